@@ -1,0 +1,105 @@
+"""The ``keel`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from keel.cli import log as log_cli
+from keel.cli._common import console, friendly, project
+from keel.config import Settings
+from keel.project import init_project
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="keel",
+    help="Keel: an AI-native model platform — log, features, registry, serving, monitoring.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(log_cli.app, name="log")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(
+        None, "--config", "-c", envvar="KEEL_CONFIG", help="keel.toml to use (default ./keel.toml)"
+    ),
+) -> None:
+    ctx.meta["keel.config"] = config
+
+
+@app.command("init")
+@friendly
+def init(
+    directory: Path = typer.Argument(..., help="folder to create the project in"),
+    name: str | None = typer.Option(None, help="project name (default: the folder's name)"),
+    force: bool = typer.Option(False, help="overwrite an existing keel.toml / definitions.py"),
+) -> None:
+    """Write a working example project: keel.toml and a definitions module."""
+    root = init_project(directory, name=name, force=force)
+    console.print(f"[green]created[/] {root / 'keel.toml'} and {root / 'definitions.py'}")
+    console.print(f"next: cd {directory} && keel apply && keel log topics")
+
+
+@app.command("apply")
+@friendly
+def apply(ctx: typer.Context) -> None:
+    """Create what the definitions module declares (topics, for now)."""
+    proj = project(ctx)
+    for topic, status in proj.apply():
+        colour = "green" if status == "created" else "dim"
+        console.print(
+            f"[{colour}]{status:9s}[/] topic {topic.name} "
+            f"({topic.partitions} partitions, key {topic.key or '—'})"
+        )
+
+
+config_app = typer.Typer(help="Show the resolved configuration.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+@friendly
+def config_show(ctx: typer.Context) -> None:
+    """Print every setting after keel.toml and KEEL_* overrides."""
+    settings = project(ctx).settings
+    table = Table(title="settings")
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("env override")
+    for field in ("project_dir", *Settings.fields()):
+        table.add_row(field, str(getattr(settings, field)), f"KEEL_{field.upper()}")
+    console.print(table)
+
+
+@app.command("demo")
+@friendly
+def demo(
+    days: float = typer.Option(3.0, help="days of shop history to stream into the log"),
+    users: int = typer.Option(5_000, help="shop users"),
+    items: int = typer.Option(2_000, help="shop items"),
+    live_seconds: float = typer.Option(3.0, help="seconds of live stream after the history"),
+    keep: Path | None = typer.Option(None, help="create the project here and keep it"),
+    seed: int = typer.Option(7, help="random seed of the shop"),
+) -> None:
+    """Run the end-to-end demo on the embedded defaults, in a fresh example project."""
+    from keel.demo import run_demo
+
+    run_demo(
+        days=days,
+        users=users,
+        items=items,
+        live_seconds=live_seconds,
+        keep=keep,
+        seed=seed,
+        console=console,
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,153 @@
+"""Settings: ``keel.toml`` in the project folder, overridden by ``KEEL_*`` environment variables.
+
+Validated once, at the edge: unknown keys are refused with the name of the key, and every
+backend URL defaults to the embedded choice under the data folder.
+
+Example
+-------
+>>> s = Settings.load(env={"KEEL_LOG_URL": "redis://127.0.0.1:6379/0"}, project_dir="/tmp/p")
+>>> s.log_url
+'redis://127.0.0.1:6379/0'
+>>> s.online_url
+'memory://'
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from keel.errors import ConfigError, did_you_mean
+
+__all__ = ["CONFIG_FILE", "Settings"]
+
+CONFIG_FILE = "keel.toml"
+ENV_PREFIX = "KEEL_"
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Where Keel keeps its state: one URL per backend and the data folder.
+
+    Relative paths are resolved against ``project_dir`` (the folder holding ``keel.toml``).
+    Empty URLs take the embedded default under ``data_dir``.
+    """
+
+    name: str = "keel"
+    project_dir: str = "."
+    data_dir: str = ".keel"
+    definitions: str = "definitions.py"
+    log_url: str = ""
+    online_url: str = "memory://"
+    offline_url: str = ""
+    registry_url: str = ""
+    artifacts_url: str = ""
+    jobs_url: str = "local://"
+
+    def __post_init__(self) -> None:
+        root = Path(self.project_dir).expanduser().resolve()
+        self.project_dir = str(root)
+        data = Path(self.data_dir).expanduser()
+        self.data_dir = str(data if data.is_absolute() else root / data)
+        if not self.log_url:
+            self.log_url = f"sqlite:///{self.data_dir}/log.db"
+        if not self.offline_url:
+            self.offline_url = f"{self.data_dir}/offline"
+        if not self.registry_url:
+            self.registry_url = f"sqlite:///{self.data_dir}/registry.db"
+        if not self.artifacts_url:
+            self.artifacts_url = f"{self.data_dir}/artifacts"
+        self.log_url = _resolve_sqlite(self.log_url, root)
+        self.registry_url = _resolve_sqlite(self.registry_url, root)
+        self.online_url = _resolve_sqlite(self.online_url, root)
+        for key in ("offline_url", "artifacts_url"):
+            value = getattr(self, key)
+            if "://" not in value and not Path(value).is_absolute():
+                setattr(self, key, str(root / value))
+
+    @property
+    def definitions_path(self) -> Path:
+        """The project's Python module of definitions."""
+        return Path(self.project_dir) / self.definitions
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f for f in cls.__struct_fields__ if f != "project_dir")
+
+    @classmethod
+    def load(
+        cls,
+        config: str | os.PathLike[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        project_dir: str | os.PathLike[str] | None = None,
+    ) -> Settings:
+        """Read settings from ``config`` (default ``./keel.toml`` if present), then ``KEEL_*``.
+
+        Parameters
+        ----------
+        config
+            Path to a TOML file. When omitted, ``keel.toml`` in ``project_dir`` (default: the
+            current folder) is read if it exists.
+        env
+            The environment to read ``KEEL_*`` overrides from (default ``os.environ``).
+        project_dir
+            The folder relative paths are resolved against; defaults to the config's folder.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        if config is not None:
+            path = Path(config)
+            if not path.is_file():
+                raise ConfigError(f"config file {str(path)!r} does not exist")
+        else:
+            path = Path(project_dir or ".") / CONFIG_FILE
+        if path.is_file():
+            values.update(_read_toml(path))
+            values.setdefault("project_dir", str(path.parent))
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX) or key == "KEEL_CONFIG":
+                continue
+            field = key[len(ENV_PREFIX) :].lower()
+            if field not in cls.fields():
+                hint = did_you_mean(field, cls.fields())
+                raise ConfigError(
+                    f"environment variable {key} names no setting{hint}; "
+                    f"known: {', '.join('KEEL_' + f.upper() for f in cls.fields())}"
+                )
+            values[field] = raw
+        if project_dir is not None:
+            values["project_dir"] = str(project_dir)
+        try:
+            return msgspec.convert(values, cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"invalid settings in {str(path)!r}: {exc}") from exc
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{str(path)!r} is not valid TOML: {exc}") from exc
+    unknown = [k for k in data if k not in Settings.fields()]
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(
+            f"{str(path)!r}: unknown key {key!r}{did_you_mean(key, Settings.fields())}; "
+            f"known keys: {', '.join(Settings.fields())}"
+        )
+    return data
+
+
+def _resolve_sqlite(url: str, root: Path) -> str:
+    """Make a relative ``sqlite:///rel/path`` absolute against the project folder."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        rel = url[len(prefix) :]
+        if rel and rel != ":memory:":
+            return prefix + str(root / rel)
+    return url

@@ -1,0 +1,95 @@
+"""The CLI against a real example project on the embedded log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from keel.cli import app
+from keel.project import Project
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for var in ("KEEL_CONFIG", "KEEL_LOG_URL", "KEEL_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    result = runner.invoke(app, ["init", str(tmp_path / "proj")])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "proj"
+
+
+def keel(project_dir: Path, *args: str):
+    return runner.invoke(app, ["-c", str(project_dir / "keel.toml"), *args])
+
+
+def test_init_refuses_to_overwrite(project_dir: Path) -> None:
+    result = runner.invoke(app, ["init", str(project_dir)])
+    assert result.exit_code == 1
+    assert "already exists" in result.output
+
+
+def test_apply_then_inspect_the_log(project_dir: Path) -> None:
+    result = keel(project_dir, "apply")
+    assert result.exit_code == 0, result.output
+    assert "created" in result.output and "shop.events" in result.output
+    again = keel(project_dir, "apply")
+    assert "unchanged" in again.output and "created" not in again.output
+
+    from keel.shop import Shop
+
+    project = Project.load(project_dir / "keel.toml")
+    shop = Shop(seed=1, n_users=50, n_items=30)
+    history = shop.history(days=0.5)
+    events = history["shop.events"]
+    project.log.append("shop.events", events)
+
+    topics = keel(project_dir, "log", "topics")
+    assert topics.exit_code == 0, topics.output
+    assert "shop.payments" in topics.output
+    assert f"{events.num_rows:,}" in topics.output
+
+    described = keel(project_dir, "log", "describe", "shop.events")
+    assert described.exit_code == 0, described.output
+    assert "event_type" in described.output and "key" in described.output
+
+    tail = keel(project_dir, "log", "tail", "shop.events", "-n", "3")
+    assert tail.exit_code == 0, tail.output
+    last_user = str(events.sort_by("ts")["user_id"][-1].as_py())
+    assert last_user in tail.output
+
+    stats = keel(project_dir, "log", "stats")
+    assert stats.exit_code == 0
+    assert "total" in stats.output and f"{events.num_rows:,}" in stats.output
+
+
+def test_errors_are_one_readable_line(project_dir: Path) -> None:
+    keel(project_dir, "apply")
+    result = keel(project_dir, "log", "describe", "shop.event")
+    assert result.exit_code == 1
+    assert "topic 'shop.event' does not exist" in result.output
+    assert "did you mean 'shop.events'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_environment_overrides_the_config(project_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere.db"
+    result = runner.invoke(
+        app,
+        ["-c", str(project_dir / "keel.toml"), "config", "show"],
+        env={"KEEL_LOG_URL": f"sqlite:///{other}"},
+    )
+    assert result.exit_code == 0, result.output
+    assert str(other) in result.output.replace("\n", "")
+
+
+def test_a_conflicting_topic_definition_is_refused(project_dir: Path) -> None:
+    keel(project_dir, "apply")
+    defs = project_dir / "definitions.py"
+    defs.write_text(defs.read_text().replace("partitions=2", "partitions=3"))
+    result = keel(project_dir, "apply")
+    assert result.exit_code == 1
+    assert "'shop.reviews' exists with a different definition" in result.output

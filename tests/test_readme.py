@@ -1,0 +1,23 @@
+"""The README's Python runs, so the docs cannot rot."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_blocks_run(capsys) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "the README should show Python"
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), {"__name__": "readme"})
+    out = capsys.readouterr().out
+    assert "row 0, field 'amount'" in out
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    head = README.read_text().splitlines()[:8]
+    assert any(line.startswith("make demo") for line in head)
+    assert any(line.startswith("make test") for line in head)
