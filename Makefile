@@ -1,6 +1,6 @@
 # The two commands: `make demo` and `make test`. Both build .venv when it is missing and
 # (re)install the package with its extras only when pyproject.toml changed.
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.keel-installed

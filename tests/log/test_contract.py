@@ -314,3 +314,11 @@ def test_a_second_client_sees_topics_created_by_the_first(log: Log, log_url: str
     other.append("ev", rows(5))
     assert sum(log.end_offsets("ev")) == 5
     other.close()
+
+
+def test_retention_is_applied_while_producing(log: Log) -> None:
+    log.create_topic(topic("capped", partitions=1, retention_bytes=1))
+    log.append("capped", rows(10))
+    # Every segment is over a 1-byte budget: producing enforces retention on its own.
+    assert log.start_offsets("capped") == [10]
+    assert log.read("capped", 0, 0).num_rows == 0

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 OFFSET = "_offset"
+RETENTION_CHECK_S = 1.0
 PARTITION = "_partition"
 
 
@@ -145,6 +146,7 @@ class Log(ABC):
     def __init__(self) -> None:
         self._topics: dict[str, Topic] = {}
         self._sticky = 0
+        self._retention_checked: dict[str, float] = {}
 
     # -- backend primitives -------------------------------------------------------------
     @abstractmethod
@@ -260,7 +262,18 @@ class Log(ABC):
         offsets = np.empty(n, dtype=np.int64)
         for rows, base in zip(groups, bases, strict=True):
             offsets[rows] = base + np.arange(len(rows), dtype=np.int64)
+        self._maybe_apply_retention(t)
         return Appended(parts, offsets)
+
+    def _maybe_apply_retention(self, t: Topic) -> None:
+        # Retention runs as a side effect of producing, at most once a second per topic and
+        # process, so no background thread is needed on the embedded default.
+        if t.retention_ms is None and t.retention_bytes is None:
+            return
+        now = time.time()
+        if now - self._retention_checked.get(t.name, 0.0) >= RETENTION_CHECK_S:
+            self._retention_checked[t.name] = now
+            self.apply_retention(t.name, now=now)
 
     # -- reading ------------------------------------------------------------------------
     def read(self, topic: str, partition: int, offset: int, max_records: int = 10_000) -> pa.Table:
