@@ -17,6 +17,7 @@ runner = CliRunner()
 def project_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for var in ("KEEL_CONFIG", "KEEL_LOG_URL", "KEEL_DATA_DIR"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("COLUMNS", "250")  # wide tables: values are not folded
     result = runner.invoke(app, ["init", str(tmp_path / "proj")])
     assert result.exit_code == 0, result.output
     return tmp_path / "proj"

@@ -52,4 +52,4 @@ def human_bytes(n: float) -> str:
 
 
 def short_time(t: datetime | None) -> str:
-    return "—" if t is None else t.strftime("%Y-%m-%d %H:%M:%S")
+    return "—" if t is None else t.strftime("%Y-%m-%d %H:%M")

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from keel.cli._common import console, friendly, human_bytes, project, short_time
 from keel.log import OFFSET, PARTITION, Log, TopicStats
+from keel.log.base import from_micros
 
 app = typer.Typer(help="Inspect the event log: topics, schemas, recent records, statistics.")
 
@@ -92,9 +93,7 @@ def _print_groups(log: Log, s: TopicStats) -> None:
 
 
 def _ts(us: int | None) -> datetime | None:
-    from keel.log.base import _from_us
-
-    return None if us is None else _from_us(us)
+    return None if us is None else from_micros(us)
 
 
 @app.command("tail")
@@ -156,7 +155,7 @@ def stats(ctx: typer.Context) -> None:
 
 def stats_table(log: Log) -> Table:
     table = Table(title=f"log {log.url}")
-    for col in ("topic", "records", "segments", "size", "oldest event", "newest event", "lag"):
+    for col in ("topic", "records", "segments", "size", "oldest", "newest", "lag"):
         table.add_column(col, justify="left" if col in ("topic", "lag") else "right")
     total_records = total_bytes = 0
     for t in log.topics():
