@@ -6,17 +6,25 @@ Thin on purpose: it loads and hands out; the work is done by the packages.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+import time
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+import msgspec
 
 from keel.config import CONFIG_FILE, Settings
-from keel.errors import ConfigError, ConflictError, ValidationError
+from keel.errors import ConfigError, ConflictError, ValidationError, did_you_mean
+from keel.features import FeatureStore, FeatureView
 from keel.log import Log, Topic, open_log
 
 __all__ = ["Project", "init_project"]
+
+VIEWS_FILE = "feature_views.json"
 
 
 class Project:
@@ -24,6 +32,7 @@ class Project:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._definitions: ModuleType | None = None
 
     @classmethod
     def load(cls, config: str | Path | None = None) -> Project:
@@ -54,23 +63,53 @@ class Project:
         return module
 
     def declared_topics(self) -> list[Topic]:
-        topics = getattr(self.definitions(), "topics", [])
-        bad = [t for t in topics if not isinstance(t, Topic)]
+        return self._declared("topics", Topic)
+
+    def declared_views(self) -> list[FeatureView]:
+        return self._declared("feature_views", FeatureView)
+
+    def _declared(self, attr: str, kind: type) -> list[Any]:
+        found = getattr(self._module(), attr, [])
+        bad = [x for x in found if not isinstance(x, kind)]
         if bad:
             raise ValidationError(
-                f"{self.settings.definitions}: 'topics' must hold Topic objects, found "
-                f"{type(bad[0]).__name__}"
+                f"{self.settings.definitions}: {attr!r} must hold {kind.__name__} objects, "
+                f"found {type(bad[0]).__name__}"
             )
-        return list(topics)
+        return list(found)
 
-    def apply(self) -> list[tuple[Topic, str]]:
-        """Create every declared topic that does not exist yet.
+    def _module(self) -> ModuleType:
+        if self._definitions is None:
+            self._definitions = self.definitions()
+        return self._definitions
 
-        Returns each topic with ``"created"`` or ``"unchanged"``. A declared topic whose
-        definition differs from the stored one is a :class:`ConflictError` naming it, and
-        nothing is created.
+    @cached_property
+    def features(self) -> FeatureStore:
+        """The feature store over the declared views (validated against their topics)."""
+        return FeatureStore(
+            self.log,
+            views=self.declared_views(),
+            online=self.settings.online_url,
+            offline=self.settings.offline_url,
+        )
+
+    def applied_views(self) -> dict[str, dict[str, Any]]:
+        """What `apply` last recorded per view: fingerprint, time, previous fingerprint."""
+        path = Path(self.settings.data_dir) / VIEWS_FILE
+        if not path.exists():
+            return {}
+        return msgspec.json.decode(path.read_bytes())
+
+    def apply(self) -> list[tuple[str, str, str]]:
+        """Create declared topics and validate and record declared feature views.
+
+        Returns ``(kind, name, status)`` rows, status being ``created``, ``changed`` or
+        ``unchanged``. Everything is checked before anything is written: a declared topic
+        whose definition differs from the stored one, or an invalid view, is an error naming
+        it, and nothing is created.
         """
         declared = self.declared_topics()
+        views = self.declared_views()
         names = [t.name for t in declared]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
@@ -83,11 +122,37 @@ class Project:
                     f"{existing[t.name]!r}; declared: {t!r}. Topics are append-only: "
                     "declare a new topic name instead"
                 )
+        known = set(existing) | set(names)
+        for v in views:
+            if v.source.topic not in known:
+                raise ValidationError(
+                    f"feature view {v.name!r} reads topic {v.source.topic!r}, which is neither "
+                    f"declared nor in the log{did_you_mean(v.source.topic, known)}"
+                )
         out = []
         for t in declared:
             status = "unchanged" if t.name in existing else "created"
             self.log.create_topic(t, exist_ok=True)
-            out.append((t, status))
+            out.append(("topic", t.name, status))
+        fingerprints = self.features.validate()
+        before = self.applied_views()
+        record = {}
+        for name, fp in fingerprints.items():
+            old = before.get(name)
+            if old is None:
+                status, previous = "created", None
+            elif old["fingerprint"] == fp:
+                status, previous = "unchanged", old.get("previous")
+            else:
+                status, previous = "changed", old["fingerprint"]
+            applied_at = old["applied_at"] if status == "unchanged" else time.time()
+            record[name] = {"fingerprint": fp, "applied_at": applied_at, "previous": previous}
+            out.append(("feature view", name, status))
+        path = Path(self.settings.data_dir) / VIEWS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(record))
+        os.replace(tmp, path)
         return out
 
 

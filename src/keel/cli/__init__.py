@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from keel.cli import features as features_cli
 from keel.cli import log as log_cli
 from keel.cli._common import console, friendly, project
 from keel.config import Settings
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(log_cli.app, name="log")
+app.add_typer(features_cli.app, name="features")
 
 
 @app.callback()
@@ -49,14 +51,11 @@ def init(
 @app.command("apply")
 @friendly
 def apply(ctx: typer.Context) -> None:
-    """Create what the definitions module declares (topics, for now)."""
+    """Create the declared topics; validate the feature views and record their fingerprints."""
     proj = project(ctx)
-    for topic, status in proj.apply():
-        colour = "green" if status == "created" else "dim"
-        console.print(
-            f"[{colour}]{status:9s}[/] topic {topic.name} "
-            f"({topic.partitions} partitions, key {topic.key or '—'})"
-        )
+    colours = {"created": "green", "changed": "yellow", "unchanged": "dim"}
+    for kind, name, status in proj.apply():
+        console.print(f"[{colours[status]}]{status:9s}[/] {kind} {name}")
 
 
 config_app = typer.Typer(help="Show the resolved configuration.")

@@ -1,0 +1,74 @@
+"""The online store on Redis (``redis://host:port/db?prefix=keel``).
+
+Each entity's state is one string key; a commit is one MULTI/EXEC transaction that sets the
+states and the view's progress together. A read of many keys is one MGET.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+from keel.errors import UnavailableError, ValidationError
+from keel.features.online.base import OnlineStore, Progress
+from keel.features.tiles import Layout, TileState
+
+__all__ = ["RedisStore"]
+
+
+class RedisStore(OnlineStore):
+    def __init__(self, url: str) -> None:
+        try:
+            import redis
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise UnavailableError(
+                "the redis:// online store needs redis-py: pip install 'keel-ml[redis]'"
+            ) from exc
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        self.prefix = query.pop("prefix", ["keel"])[0]
+        if not self.prefix:
+            raise ValidationError("redis online store prefix must not be empty")
+        self.url = url
+        clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+        self._redis = redis.Redis.from_url(clean, socket_timeout=30)
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            raise UnavailableError(f"cannot reach Redis at {clean!r}: {exc}") from exc
+
+    def _key(self, view: str, key: Any) -> str:
+        return f"{self.prefix}:fv:{view}:{key}"
+
+    def _progress_key(self, view: str) -> str:
+        return f"{self.prefix}:fvp:{view}"
+
+    def read(self, view: str, layout: Layout, keys: Sequence[Any]) -> list[TileState | None]:
+        if not keys:
+            return []
+        blobs = self._redis.mget([self._key(view, k) for k in keys])
+        return [None if b is None else TileState.decode(b, layout) for b in blobs]
+
+    def commit(self, view: str, states: Mapping[Any, TileState], progress: Progress) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        if states:
+            pipe.mset({self._key(view, k): s.encode() for k, s in states.items()})
+        pipe.set(self._progress_key(view), progress.encode())
+        pipe.execute()
+
+    def progress(self, view: str) -> Progress:
+        return Progress.decode(self._redis.get(self._progress_key(view)))
+
+    def clear(self, view: str) -> None:
+        pattern = self._key(view, "*")
+        keys = list(self._redis.scan_iter(match=pattern, count=1000))
+        for i in range(0, len(keys), 1000):
+            self._redis.delete(*keys[i : i + 1000])
+        self._redis.delete(self._progress_key(view))
+
+    def count(self, view: str) -> int:
+        return sum(1 for _ in self._redis.scan_iter(match=self._key(view, "*"), count=1000))
+
+    def close(self) -> None:
+        self._redis.close()
