@@ -79,7 +79,7 @@ def config_show(ctx: typer.Context) -> None:
 @app.command("demo")
 @friendly
 def demo(
-    days: float = typer.Option(3.0, help="days of shop history to stream into the log"),
+    days: float = typer.Option(7.0, help="days of shop history to stream into the log"),
     users: int = typer.Option(5_000, help="shop users"),
     items: int = typer.Option(2_000, help="shop items"),
     live_seconds: float = typer.Option(3.0, help="seconds of live stream after the history"),

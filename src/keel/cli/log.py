@@ -155,15 +155,15 @@ def stats(ctx: typer.Context) -> None:
 
 def stats_table(log: Log) -> Table:
     table = Table(title=f"log {log.url}")
-    for col in ("topic", "records", "segments", "size", "oldest", "newest", "lag"):
-        table.add_column(col, justify="left" if col in ("topic", "lag") else "right")
+    for col in ("topic", "records", "segments", "size", "oldest", "newest", "max lag"):
+        table.add_column(col, justify="left" if col == "topic" else "right")
     total_records = total_bytes = 0
     for t in log.topics():
         s = log.stats(t.name)
         total_records += s.records
         total_bytes += s.bytes
         lo, hi = s.time_range or (None, None)
-        lag = ", ".join(f"{g}: {v:,}" for g, v in sorted(s.lag.items())) or "—"
+        lag = f"{max(s.lag.values()):,} of {len(s.lag)}" if s.lag else "—"
         table.add_row(
             t.name,
             f"{s.records:,}",

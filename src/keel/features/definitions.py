@@ -117,6 +117,9 @@ class Source:
     def transform_code(self) -> str:
         if self.transform is None:
             return ""
+        describe = getattr(self.transform, "fingerprint_text", None)
+        if callable(describe):
+            return str(describe())
         try:
             return inspect.getsource(self.transform)
         except (OSError, TypeError):

@@ -153,6 +153,9 @@ class FeatureStore:
                         f"feature view {v.name!r}, feature {f.name!r}: topic {topic.name!r} "
                         f"has no column {f.column!r}{did_you_mean(f.column, types)}"
                     )
+            bind = getattr(v.source.transform, "bind", None)
+            if callable(bind):
+                bind(self.log)
             self._layouts[v.name] = Layout(v, types)
         return self._layouts[v.name]
 

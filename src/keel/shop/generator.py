@@ -472,9 +472,11 @@ class Shop:
             },
             schema=PAYMENTS.schema,
         )
-        # Chargebacks come within about a day; legitimate payments are confirmed after days.
+        # Chargebacks come within hours; legitimate payments are confirmed after a day or two.
         delay = np.where(
-            pay["fraud"], 2 * 3600 * US + rng.exponential(DAY, m), 3 * DAY + rng.exponential(DAY, m)
+            pay["fraud"],
+            3600 * US + rng.exponential(DAY / 4, m),
+            DAY + rng.exponential(DAY / 2, m),
         ).astype(np.int64)
         lorder = np.argsort(pay["ts"] + delay, kind="stable")
         labels = pa.table(

@@ -1,10 +1,20 @@
-"""Definitions of this Keel project: its topics (and, as the project grows, its features,
-models and routes). `keel apply` reads this module and creates what it declares.
+"""Definitions of this Keel project: its topics and feature views (and, as the project grows,
+its models and routes). `keel apply` reads this module, creates the topics, and validates and
+fingerprints the feature views.
 """
 
+from datetime import timedelta
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from keel.embeddings import MiniLM
+from keel.features import Aggregate, Entity, FeatureView, Last, Source
+from keel.features.transforms import TextEmbeddingLookup
 from keel.log import Topic
 from keel.shop import TOPICS as SHOP_TOPICS
 
+# -- topics -------------------------------------------------------------------------------
 # The demo shop's streams: items, users, events (views, carts, purchases), payments and the
 # fraud labels that arrive later.
 topics = [*SHOP_TOPICS]
@@ -27,3 +37,90 @@ topics.append(
         retention_ms=30 * 24 * 3600 * 1000,
     )
 )
+
+# -- features -----------------------------------------------------------------------------
+user = Entity("user", join_key="user_id")
+card = Entity("card", join_key="card_id")
+
+
+def event_flags(events: pa.Table) -> pa.Table:
+    """Per event: is it a cart, a purchase, and what was spent (row by row)."""
+    kind = events.column("event_type")
+    purchase = pc.equal(kind, "purchase")
+    return (
+        events.append_column("is_cart", pc.equal(kind, "cart").cast(pa.float64()))
+        .append_column("is_purchase", purchase.cast(pa.float64()))
+        .append_column("spend", pc.if_else(purchase, events.column("price"), 0.0))
+    )
+
+
+user_activity = FeatureView(
+    "user_activity",
+    entity=user,
+    source=Source(
+        "shop.events",
+        transform=event_flags,
+        fields={"is_cart": "float64", "is_purchase": "float64", "spend": "float64"},
+        allowed_lateness=timedelta(minutes=10),
+    ),
+    features=[
+        Aggregate(None, "count", timedelta(hours=1), name="events_1h"),
+        Aggregate(None, "count", timedelta(days=1), name="events_1d"),
+        Aggregate("is_cart", "sum", timedelta(days=1), name="carts_1d"),
+        Aggregate("is_purchase", "sum", timedelta(days=7), name="purchases_7d"),
+        Aggregate("spend", "sum", timedelta(days=7), name="spend_7d"),
+        Aggregate("price", "mean", timedelta(days=1), name="viewed_price_1d"),
+        Last("category", name="last_category"),
+        Last("device_id", name="last_device"),
+    ],
+    tile=timedelta(minutes=15),
+    ttl=timedelta(days=30),
+    description="What a user did in the shop lately.",
+)
+
+# Each viewed item's description, embedded with all-MiniLM-L6-v2, so the view can keep a
+# user's 7-day mean item embedding: their taste, in the same space as the items.
+item_embedding = TextEmbeddingLookup(
+    topic="shop.items",
+    key="item_id",
+    text="description",
+    into="item_emb",
+    embed=MiniLM(),
+    dim=MiniLM.dim,
+    model="all-MiniLM-L6-v2",
+)
+
+user_taste = FeatureView(
+    "user_taste",
+    entity=user,
+    source=Source(
+        "shop.events",
+        transform=item_embedding,
+        fields=item_embedding.fields,
+        allowed_lateness=timedelta(minutes=10),
+    ),
+    features=[Aggregate("item_emb", "vector_mean", timedelta(days=7), name="taste_7d")],
+    tile=timedelta(days=1),
+    description="A user's mean item embedding over the last 7 days.",
+)
+
+card_payments = FeatureView(
+    "card_payments",
+    entity=card,
+    source=Source("shop.payments", allowed_lateness=timedelta(minutes=10)),
+    features=[
+        Aggregate(None, "count", timedelta(minutes=10), name="payments_10m"),
+        Aggregate(None, "count", timedelta(hours=1), name="payments_1h"),
+        Aggregate("amount", "sum", timedelta(hours=1), name="amount_1h"),
+        Aggregate("amount", "max", timedelta(days=1), name="max_amount_1d"),
+        Aggregate("amount", "mean", timedelta(days=7), name="mean_amount_7d"),
+        Aggregate("new_device", "sum", timedelta(days=1), name="new_devices_1d"),
+        Last("country"),
+        Last("device_id", name="last_device"),
+    ],
+    tile=timedelta(minutes=5),
+    ttl=timedelta(days=30),
+    description="How a card has been used: velocity, amounts, devices.",
+)
+
+feature_views = [user_activity, user_taste, card_payments]
