@@ -9,8 +9,13 @@ from keel.embeddings import MiniLM
 
 def test_minilm_embeds_meaningfully() -> None:
     emb = MiniLM()
-    vectors = emb(["wireless noise-cancelling headphones", "bluetooth earbuds for music",
-                   "a cookbook with vegetarian recipes"])
+    vectors = emb(
+        [
+            "wireless noise-cancelling headphones",
+            "bluetooth earbuds for music",
+            "a cookbook with vegetarian recipes",
+        ]
+    )
     assert vectors.shape == (3, 384)
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

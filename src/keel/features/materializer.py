@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,16 @@ def late_mask(ts: np.ndarray, watermark: int, lateness_us: int) -> tuple[np.ndar
 class Materializer:
     """Keeps one view's online state up to date with its source topic."""
 
-    def __init__(self, log: Log, store: OnlineStore, view: FeatureView, layout: Layout) -> None:
+    def __init__(
+        self,
+        log: Log,
+        store: OnlineStore,
+        view: FeatureView,
+        layout: Layout,
+        *,
+        on_commit: Callable[[dict[Any, TileState]], None] | None = None,
+    ) -> None:
+        self.on_commit = on_commit
         self.log = log
         self.store = store
         self.view = view
@@ -137,6 +147,8 @@ class Materializer:
         progress.events += stats.events
         progress.late += stats.late
         self.store.commit(view.name, states, progress.touched())
+        if self.on_commit is not None:
+            self.on_commit(states)
         # Mirror progress into the log's consumer group so `keel log stats` shows the lag.
         self.log.commit(self.group, topic.name, progress.offsets)
         stats.entities = len(states)

@@ -36,6 +36,7 @@ from keel.features.definitions import Feature, FeatureView
 from keel.features.materializer import Materializer, MaterializeStats
 from keel.features.offline import OfflineStore
 from keel.features.online import OnlineStore, open_online_store
+from keel.features.plan import Plan, Raw
 from keel.features.tiles import Layout, TileState, concat
 from keel.features.training import check_labels, point_in_time, view_events
 from keel.log import OFFSET, PARTITION, Log, Topic
@@ -117,6 +118,8 @@ class FeatureStore:
             self._views[v.name] = v
         self._layouts: dict[str, Layout] = {}
         self._materializers: dict[str, Materializer] = {}
+        self._plans: dict[str, Plan] = {}
+        self._resolved: dict[tuple[str, ...], list[tuple[FeatureView, list[Feature]]]] = {}
 
     # -- definitions ----------------------------------------------------------------------
     @property
@@ -167,6 +170,10 @@ class FeatureStore:
         """``["view:feature", "view"]`` → views with their chosen features, in order."""
         if isinstance(features, str):
             features = [features]
+        key = tuple(features)
+        hit = self._resolved.get(key)
+        if hit is not None:
+            return hit
         chosen: dict[str, list[Feature]] = {}
         for ref in features:
             view_name, _, feat = ref.partition(":")
@@ -176,13 +183,21 @@ class FeatureStore:
             bucket.extend(f for f in picked if f not in bucket)
         if not chosen:
             raise ValidationError("no features requested")
-        return [(self._views[n], fs) for n, fs in chosen.items()]
+        out = [(self._views[n], fs) for n, fs in chosen.items()]
+        if len(self._resolved) < 1024:
+            self._resolved[key] = out
+        return out
 
     # -- online ---------------------------------------------------------------------------
     def materializer(self, view: str) -> Materializer:
         if view not in self._materializers:
             v = self.view(view)
-            self._materializers[view] = Materializer(self.log, self.online, v, self.layout(v))
+            warm = (
+                (lambda states, v=v: self._warm(v, states)) if self.online.keeps_objects else None
+            )
+            self._materializers[view] = Materializer(
+                self.log, self.online, v, self.layout(v), on_commit=warm
+            )
         return self._materializers[view]
 
     def materialize(self, views: Sequence[str] | None = None) -> dict[str, MaterializeStats]:
@@ -228,15 +243,62 @@ class FeatureStore:
         at_arr = np.full(n, at_us, dtype=np.int64)
         for view, feats in resolved:
             layout = self.layout(view)
+            full = self._full_plan(view)
             states = self.online.read(view.name, layout, key_map[view.entity.join_key])
-            owner, rows = _stack(states, layout)
-            res = layout.evaluate(owner, rows, n, at_arr, feats)
+            raw = self._aggregates(full, states, at_us // layout.tile)
+            res = full.finish(raw, at_arr)
             for f in feats:
                 name = column_name(view.name, f.name)
                 result.values[name] = res.values[f.name]
                 result.staleness_s[name] = res.staleness_s[f.name]
                 result.missing[name] = res.missing[f.name]
         return result
+
+    def _full_plan(self, view: FeatureView) -> Plan:
+        plan = self._plans.get(view.name)
+        if plan is None:
+            plan = self._plans[view.name] = Plan(self.layout(view), list(view.features))
+        return plan
+
+    def _aggregates(self, plan: Plan, states: list[TileState | None], big_k: int) -> Raw:
+        """Every feature's aggregates for ``states`` in tile ``big_k``, reusing (and keeping)
+        what in-process stores memoized on each state for that tile."""
+        n = len(states)
+        if not self.online.keeps_objects:
+            owner, rows = _stack(states, plan.layout)
+            return plan.compute(owner, rows, n, np.full(n, big_k, dtype=np.int64))
+        found: list[Raw | None] = [None] * n
+        todo = []
+        for i, s in enumerate(states):
+            if s is None:
+                continue
+            if s.memo is not None and s.memo[0] == big_k:
+                found[i] = s.memo[1]
+            else:
+                todo.append(i)
+        if todo:
+            fresh = self._memoize(plan, [states[i] for i in todo], big_k)
+            for i, r in zip(todo, fresh, strict=True):
+                found[i] = r
+        if n == 1 and found[0] is not None:
+            return found[0]
+        return plan.stack(found)
+
+    def _memoize(self, plan: Plan, states: list[TileState], big_k: int) -> list[Raw]:
+        owner, rows = _stack(states, plan.layout)
+        raw = plan.compute(owner, rows, len(states), np.full(len(states), big_k, np.int64))
+        singles = plan.memo_rows(raw)
+        for s, r in zip(states, singles, strict=True):
+            s.memo = (big_k, r)
+        return singles
+
+    def _warm(self, view: FeatureView, states: Mapping[Any, TileState]) -> None:
+        """After a commit to an in-process store: precompute the current tile's aggregates
+        for the touched entities in one batch, so lookups find them ready."""
+        if states:
+            plan = self._full_plan(view)
+            now_k = to_micros(datetime.now(UTC)) // plan.layout.tile
+            self._memoize(plan, list(states.values()), now_k)
 
     def _key_map(
         self,
@@ -308,6 +370,8 @@ def _landed_schema(topic: Topic) -> pa.Schema:
 
 
 def _stack(states: list[TileState | None], layout: Layout) -> tuple[np.ndarray, TileState]:
+    if len(states) == 1 and states[0] is not None:  # one key: no copy
+        return np.zeros(len(states[0]), dtype=np.int64), states[0]
     present = [(i, s) for i, s in enumerate(states) if s is not None and len(s)]
     owner = (
         np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in present])

@@ -37,6 +37,9 @@ class TileState:
     floats: np.ndarray  # float64 (m, n_float)
     vecs: np.ndarray  # float64 (m, n_vec)
     strs: np.ndarray  # object (m, n_str)
+    # (tile index, aggregates) last computed for this state; kept only by in-process stores,
+    # whose states are never changed in place.
+    memo: Any = None
 
     def __len__(self) -> int:
         return len(self.k)
@@ -276,85 +279,6 @@ class Layout:
         k[stale] = CARRY
         return self.combine(owner, TileState(k, rows.ints, rows.floats, rows.vecs, rows.strs))
 
-    # -- reading --------------------------------------------------------------------------
-    def evaluate(
-        self,
-        owner: np.ndarray,
-        rows: TileState,
-        n_keys: int,
-        at_us: np.ndarray,
-        features: list[Feature],
-    ) -> Result:
-        """Feature values for ``n_keys`` entities read at ``at_us`` (one time per key)."""
-        big_k = np.floor_divide(at_us, self.tile)
-        row_k = big_k[owner] if len(owner) else np.zeros(0, np.int64)
-        values: dict[str, Any] = {}
-        stale: dict[str, np.ndarray] = {}
-        missing: dict[str, np.ndarray] = {}
-        masks: dict[int | None, np.ndarray] = {}
-        for f in features:
-            w = None if f.window_us is None else f.window_us // self.tile
-            if w not in masks:
-                if w is None:
-                    masks[w] = rows.k <= row_k
-                else:
-                    masks[w] = (rows.k > row_k - w) & (rows.k <= row_k)
-            mask = masks[w]
-            raw, newest = self._aggregate(f, owner, rows, mask, n_keys)
-            values[f.name], stale[f.name], missing[f.name] = finalize(
-                self.view, f, raw, newest, at_us
-            )
-        return Result(values, stale, missing)
-
-    def _aggregate(
-        self, f: Feature, owner: np.ndarray, rows: TileState, mask: np.ndarray, n: int
-    ) -> tuple[Any, np.ndarray]:
-        c = f.column
-        if f.fn == "last":
-            ts = np.where(mask, rows.ints[:, self.last_ts[c]], NEVER)
-            winner, has = _last_per_owner(owner, ts, rows.ints[:, self.last_seq[c]], n)
-            newest = np.full(n, NEVER, dtype=np.int64)
-            newest[has] = ts[winner[has]]
-            if c in self.text:
-                out = np.full(n, None, dtype=object)
-                out[has] = rows.strs[winner[has], self.last_val[c]]
-            else:
-                out = np.full(n, np.nan)
-                out[has] = rows.floats[winner[has], self.last_val[c]]
-            return out, newest
-        newest = _masked_max(owner, rows.ints[:, self.MAXTS], mask, n)
-        if f.fn == "count":
-            slot = self.N if c is None else self.cnt[c]
-            return np.bincount(owner, weights=rows.ints[:, slot] * mask, minlength=n).astype(
-                np.int64
-            ), newest
-        if f.fn == "sum":
-            return np.bincount(
-                owner, weights=rows.floats[:, self.sum[c]] * mask, minlength=n
-            ), newest
-        if f.fn == "mean":
-            total = np.bincount(owner, weights=rows.floats[:, self.sum[c]] * mask, minlength=n)
-            cnt = np.bincount(owner, weights=rows.ints[:, self.cnt[c]] * mask, minlength=n)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(cnt > 0, total / np.maximum(cnt, 1), np.nan), newest
-        if f.fn in ("min", "max"):
-            slot = (self.min if f.fn == "min" else self.max)[c]
-            fill = np.inf if f.fn == "min" else -np.inf
-            out = np.full(n, fill)
-            ufunc = np.minimum if f.fn == "min" else np.maximum
-            ufunc.at(out, owner[mask], rows.floats[mask, slot])
-            return np.where(np.isinf(out), np.nan, out), newest
-        if f.fn == "vector_mean":
-            lo, hi = self.vec[c]
-            cnt = np.bincount(owner, weights=rows.ints[:, self.cnt[c]] * mask, minlength=n)
-            total = np.zeros((n, hi - lo))
-            np.add.at(total, owner[mask], rows.vecs[mask, lo:hi])
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out = total / cnt[:, None]
-            out[cnt == 0] = np.nan
-            return out, newest
-        raise ValidationError(f"unknown aggregation {f.fn!r}")  # pragma: no cover
-
 
 def finalize(
     view: FeatureView, f: Feature, raw: Any, newest: np.ndarray, at_us: np.ndarray
@@ -430,29 +354,9 @@ def _last_per_group(group: np.ndarray, ts: np.ndarray, seq: np.ndarray) -> np.nd
     return order[ends]
 
 
-def _last_per_owner(
-    owner: np.ndarray, ts: np.ndarray, seq: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    winner = np.zeros(n, dtype=np.int64)
-    has = np.zeros(n, dtype=bool)
-    if len(owner) == 0:
-        return winner, has
-    idx = _last_per_group(owner, ts, seq)
-    owners = owner[idx]
-    winner[owners] = idx
-    has[owners] = ts[idx] != NEVER
-    return winner, has
-
-
 def _group_max(owner: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Per row: the maximum of ``values`` over the rows of the same owner."""
     uniq, inverse = np.unique(owner, return_inverse=True)
     out = np.full(len(uniq), np.iinfo(np.int64).min, dtype=np.int64)
     np.maximum.at(out, inverse, values)
     return out[inverse]
-
-
-def _masked_max(owner: np.ndarray, values: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
-    out = np.full(n, NEVER, dtype=np.int64)
-    np.maximum.at(out, owner[mask], values[mask])
-    return out

@@ -46,6 +46,9 @@ class OnlineStore(ABC):
     """Per-view entity states for sub-millisecond reads."""
 
     url: str
+    #: States are kept as objects (not copies), so aggregates computed for one read can be
+    #: memoized on them for the next.
+    keeps_objects: bool = False
 
     @abstractmethod
     def read(self, view: str, layout: Layout, keys: Sequence[Any]) -> list[TileState | None]:

@@ -16,6 +16,8 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore(OnlineStore):
+    keeps_objects = True
+
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._states: dict[str, dict[Any, TileState]] = {}
