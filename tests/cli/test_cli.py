@@ -94,3 +94,36 @@ def test_a_conflicting_topic_definition_is_refused(project_dir: Path) -> None:
     result = keel(project_dir, "apply")
     assert result.exit_code == 1
     assert "'shop.reviews' exists with a different definition" in result.output
+
+
+def test_features_commands(project_dir: Path) -> None:
+    assert keel(project_dir, "apply").exit_code == 0
+    from keel.shop import Shop
+
+    project = Project.load(project_dir / "keel.toml")
+    shop = Shop(seed=2, n_users=100, n_items=20)
+    for name, table in {**shop.catalog(), **shop.history(days=1)}.items():
+        project.log.append(name, table)
+
+    listed = keel(project_dir, "features", "list")
+    assert listed.exit_code == 0, listed.output
+    assert "card_payments" in listed.output and "user_activity" in listed.output
+
+    shown = keel(project_dir, "features", "show", "card_payments")
+    assert shown.exit_code == 0, shown.output
+    assert "max_amount_1d" in shown.output and "fingerprint" in shown.output
+
+    done = keel(project_dir, "features", "backfill", "--view", "card_payments")
+    assert done.exit_code == 0, done.output
+    assert "card_payments: rebuilt from" in done.output
+
+    pays = [project.log.read("shop.payments", p, 0, 1) for p in range(4)]
+    card = next(t for t in pays if t.num_rows)["card_id"][0].as_py()
+    got = keel(
+        project_dir, "features", "get", "card_payments:payments_1h", "-k", str(card), "--json"
+    )
+    assert got.exit_code == 0, got.output
+    assert '"card_payments__payments_1h"' in got.output
+
+    bad = keel(project_dir, "features", "show", "card_paymnts")
+    assert bad.exit_code == 1 and "did you mean 'card_payments'" in bad.output

@@ -1,0 +1,41 @@
+"""The demo, end to end, small: what `make demo` shows must hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from keel.demo import run_demo
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    console = Console(record=True, width=120)
+    result = run_demo(
+        days=3,
+        users=300,
+        items=100,
+        live_seconds=1.0,
+        live_rate=500,
+        keep=tmp_path / "demo",
+        console=console,
+    )
+    text = console.export_text()
+    assert result.read_back == result.appended["shop.events"] > 0
+    assert "all there" in text
+    assert result.training_rows > 0
+    same, total = result.consistent
+    assert total > 0 and same == total
+    assert (tmp_path / "demo" / "keel.toml").exists()
+    for step in (
+        "1. Project",
+        "2. History",
+        "3. Features",
+        "4. Live stream",
+        "5. Read back",
+        "6. Online lookups",
+        "7. Training set",
+    ):
+        assert step in text
