@@ -26,7 +26,8 @@ VIEW = textwrap.dedent(
     from keel.features import Aggregate, Entity, FeatureView, Last, Source
     view = FeatureView(
         "card", Entity("card", "card_id"), Source("pay", allowed_lateness=timedelta(minutes=5)),
-        [Aggregate(None, "count", timedelta(hours=1)), Aggregate("amount", "sum", timedelta(days=1)),
+        [Aggregate(None, "count", timedelta(hours=1)),
+         Aggregate("amount", "sum", timedelta(days=1)),
          Aggregate("amount", "max", timedelta(hours=6)), Last("country")],
         tile=timedelta(minutes=10))
     """
@@ -111,7 +112,7 @@ def test_sigkill_then_restart_equals_uninterrupted(tmp_path: Path, request, back
         # Let it commit a few steps, then kill it at a random moment, often mid-step.
         lines = [proc.stdout.readline() for _ in range(rnd.randint(1, 4))]
         if b"done\n" in lines or b"" in lines:
-            out, err = proc.communicate(timeout=60)
+            _, err = proc.communicate(timeout=60)
             assert proc.returncode == 0, err.decode()
             break
         time.sleep(rnd.uniform(0, 0.03))
