@@ -63,7 +63,7 @@ class Materializer:
         view: FeatureView,
         layout: Layout,
         *,
-        on_commit: Callable[[dict[Any, TileState]], None] | None = None,
+        on_commit: Callable[[list[TileState], np.ndarray, TileState], None] | None = None,
     ) -> None:
         self.on_commit = on_commit
         self.log = log
@@ -139,51 +139,57 @@ class Materializer:
         if stats.events == 0:
             return stats
         events = pa.concat_tables(kept) if len(kept) > 1 else kept[0]
-        states = (
-            self._merge(events.drop_columns([OFFSET]), np.concatenate(seqs))
-            if events.num_rows
-            else {}
-        )
+        states: dict[Any, TileState] = {}
+        if events.num_rows:
+            states, owner, merged = self._merge(events.drop_columns([OFFSET]), np.concatenate(seqs))
         progress.events += stats.events
         progress.late += stats.late
         self.store.commit(view.name, states, progress.touched())
-        if self.on_commit is not None:
-            self.on_commit(states)
+        if self.on_commit is not None and states:
+            self.on_commit(list(states.values()), owner, merged)
         # Mirror progress into the log's consumer group so `keel log stats` shows the lag.
         self.log.commit(self.group, topic.name, progress.offsets)
         stats.entities = len(states)
         stats.seconds = time.perf_counter() - started
         return stats
 
-    def _merge(self, events: pa.Table, seq: np.ndarray) -> dict[Any, TileState]:
+    def _merge(
+        self, events: pa.Table, seq: np.ndarray
+    ) -> tuple[dict[Any, TileState], np.ndarray, TileState]:
+        """New states of the touched entities (in key order), plus their rows stacked:
+        the owner of each row (an index into the states) and the rows."""
         events = self.view.source.apply(events)
         key = self.view.entity.join_key
         keys, rows = self.layout.lift(events, key, self.topic.event_time, seq)
         uniq, owner = np.unique(keys, return_inverse=True)
         uniq_list = uniq.tolist()
-        old = self.store.read(self.view.name, self.layout, uniq_list)
-        parts = [rows]
-        owners = [owner]
-        for i, state in enumerate(old):
-            if state is not None and len(state):
-                parts.append(state)
-                owners.append(np.full(len(state), i, dtype=np.int64))
-        all_owner = np.concatenate(owners)
-        merged_owner, merged = self.layout.combine(all_owner, concat(parts, self.layout))
+        old_owner, old = self.store.read_stacked(self.view.name, self.layout, uniq_list)
+        merged_owner, merged = self.layout.combine(
+            np.concatenate([owner, old_owner]), concat([rows, old], self.layout)
+        )
         merged_owner, merged = self.layout.prune(merged_owner, merged)
         cuts = np.flatnonzero(np.diff(merged_owner)) + 1
         starts = np.r_[0, cuts]
         ends = np.r_[cuts, len(merged_owner)]
         out: dict[Any, TileState] = {}
+        k, ints, floats, vecs, strs = (
+            merged.k,
+            merged.ints,
+            merged.floats,
+            merged.vecs,
+            merged.strs,
+        )
+        no_vecs, no_strs = vecs.shape[1] == 0, strs.shape[1] == 0
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            # Copies, so a state does not keep the whole batch's arrays alive.
             out[uniq_list[merged_owner[s]]] = TileState(
-                merged.k[s:e].copy(),
-                merged.ints[s:e].copy(),
-                merged.floats[s:e].copy(),
-                merged.vecs[s:e].copy(),
-                merged.strs[s:e].copy(),
+                k[s:e].copy(),
+                ints[s:e].copy(),
+                floats[s:e].copy(),
+                vecs[s:e] if no_vecs else vecs[s:e].copy(),
+                strs[s:e] if no_strs else strs[s:e].copy(),
             )
-        return out
+        return out, merged_owner, merged
 
     def run_until_caught_up(self, max_records: int = 200_000) -> MaterializeStats:
         """Step until nothing is left to read; return the totals."""

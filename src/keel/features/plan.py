@@ -198,44 +198,38 @@ class Plan:
             values[name], stale[name], missing[name] = finalize(self.layout.view, f, out, nw, at_us)
         return Result(values, stale, missing)
 
-    def memo_rows(self, raw: Raw) -> list[Raw]:
-        """One single-key :class:`Raw` per key, to keep with each key's state."""
-        return [
-            Raw(
+    def gather(self, picks: list[tuple[Raw, int] | None]) -> Raw:
+        """Rows of earlier batch results, one per key (None: an unknown key), as one batch."""
+        n = len(picks)
+        if n == 1 and picks[0] is not None:
+            raw, i = picks[0]
+            return Raw(
                 raw.num[i : i + 1],
                 raw.newest[i : i + 1],
                 {k: (v[i : i + 1], t[i : i + 1]) for k, (v, t) in raw.other.items()},
             )
-            for i in range(len(raw.num))
-        ]
-
-    def stack(self, rows: list[Raw | None]) -> Raw:
-        """Many single-key results (None: an unknown key) as one batch."""
-        n = len(rows)
         num = np.full((n, len(self.numeric)), np.nan)
         new = np.full((n, len(self.numeric)), NEVER, dtype=np.int64)
         other: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name in self.other_names:
             f = self.by_name[name]
-            shape = (
-                (n, self.layout.vec[f.column][1] - self.layout.vec[f.column][0])
-                if f.fn == "vector_mean"
-                else (n,)
-            )
-            other[name] = (
-                np.full(shape, np.nan)
-                if f.fn == "vector_mean"
-                else np.full(shape, None, dtype=object),
-                np.full(n, NEVER, np.int64),
-            )
-        for i, r in enumerate(rows):
-            if r is None:
-                continue
-            num[i] = r.num[0]
-            new[i] = r.newest[0]
-            for name, (v, t) in r.other.items():
-                other[name][0][i] = v[0]
-                other[name][1][i] = t[0]
+            if f.fn == "vector_mean":
+                lo, hi = self.layout.vec[f.column]
+                other[name] = (np.full((n, hi - lo), np.nan), np.full(n, NEVER, np.int64))
+            else:
+                other[name] = (np.full(n, None, dtype=object), np.full(n, NEVER, np.int64))
+        groups: dict[int, tuple[Raw, list[int], list[int]]] = {}
+        for pos, pick in enumerate(picks):
+            if pick is not None:
+                entry = groups.setdefault(id(pick[0]), (pick[0], [], []))
+                entry[1].append(pos)
+                entry[2].append(pick[1])
+        for raw, positions, rows in groups.values():
+            num[positions] = raw.num[rows]
+            new[positions] = raw.newest[rows]
+            for name, (v, t) in raw.other.items():
+                other[name][0][positions] = v[rows]
+                other[name][1][positions] = t[rows]
         return Raw(num, new, other)
 
     def _finalize_numeric(

@@ -193,7 +193,7 @@ class FeatureStore:
         if view not in self._materializers:
             v = self.view(view)
             warm = (
-                (lambda states, v=v: self._warm(v, states)) if self.online.keeps_objects else None
+                (lambda *merged, v=v: self._warm(v, *merged)) if self.online.keeps_objects else None
             )
             self._materializers[view] = Materializer(
                 self.log, self.online, v, self.layout(v), on_commit=warm
@@ -244,8 +244,13 @@ class FeatureStore:
         for view, feats in resolved:
             layout = self.layout(view)
             full = self._full_plan(view)
-            states = self.online.read(view.name, layout, key_map[view.entity.join_key])
-            raw = self._aggregates(full, states, at_us // layout.tile)
+            keys = key_map[view.entity.join_key]
+            states = (
+                self.online.read(view.name, layout, keys)
+                if self.online.keeps_objects
+                else self.online.read_stacked(view.name, layout, keys)
+            )
+            raw = self._aggregates(full, states, len(keys), at_us // layout.tile)
             res = full.finish(raw, at_arr)
             for f in feats:
                 name = column_name(view.name, f.name)
@@ -260,45 +265,48 @@ class FeatureStore:
             plan = self._plans[view.name] = Plan(self.layout(view), list(view.features))
         return plan
 
-    def _aggregates(self, plan: Plan, states: list[TileState | None], big_k: int) -> Raw:
-        """Every feature's aggregates for ``states`` in tile ``big_k``, reusing (and keeping)
-        what in-process stores memoized on each state for that tile."""
-        n = len(states)
+    def _aggregates(self, plan: Plan, states: Any, n: int, big_k: int) -> Raw:
+        """Every feature's aggregates for ``n`` keys in tile ``big_k``: from their stacked rows
+        (``(owner, rows)``), or from their state objects, reusing (and keeping) what an
+        in-process store memoized on each state for that tile."""
         if not self.online.keeps_objects:
-            owner, rows = _stack(states, plan.layout)
+            owner, rows = states
             return plan.compute(owner, rows, n, np.full(n, big_k, dtype=np.int64))
-        found: list[Raw | None] = [None] * n
+        picks: list[tuple[Raw, int] | None] = [None] * n
         todo = []
         for i, s in enumerate(states):
             if s is None:
                 continue
             if s.memo is not None and s.memo[0] == big_k:
-                found[i] = s.memo[1]
+                picks[i] = s.memo[1]
             else:
                 todo.append(i)
         if todo:
-            fresh = self._memoize(plan, [states[i] for i in todo], big_k)
-            for i, r in zip(todo, fresh, strict=True):
-                found[i] = r
-        if n == 1 and found[0] is not None:
-            return found[0]
-        return plan.stack(found)
+            fresh = [states[i] for i in todo]
+            owner, rows = _stack(fresh, plan.layout)
+            self._memoize(plan, fresh, owner, rows, big_k)
+            for i in todo:
+                picks[i] = states[i].memo[1]
+        return plan.gather(picks)
 
-    def _memoize(self, plan: Plan, states: list[TileState], big_k: int) -> list[Raw]:
-        owner, rows = _stack(states, plan.layout)
+    @staticmethod
+    def _memoize(
+        plan: Plan, states: list[TileState], owner: np.ndarray, rows: TileState, big_k: int
+    ) -> None:
+        # Each state keeps (tile, (batch result, its row)): one shared result per batch.
         raw = plan.compute(owner, rows, len(states), np.full(len(states), big_k, np.int64))
-        singles = plan.memo_rows(raw)
-        for s, r in zip(states, singles, strict=True):
-            s.memo = (big_k, r)
-        return singles
+        for i, s in enumerate(states):
+            s.memo = (big_k, (raw, i))
 
-    def _warm(self, view: FeatureView, states: Mapping[Any, TileState]) -> None:
-        """After a commit to an in-process store: precompute the current tile's aggregates
-        for the touched entities in one batch, so lookups find them ready."""
+    def _warm(
+        self, view: FeatureView, states: list[TileState], owner: np.ndarray, rows: TileState
+    ) -> None:
+        """After a commit to an in-process store: compute the current tile's aggregates for
+        the touched entities in one batch (from the merged rows), so lookups find them ready."""
         if states:
             plan = self._full_plan(view)
             now_k = to_micros(datetime.now(UTC)) // plan.layout.tile
-            self._memoize(plan, list(states.values()), now_k)
+            self._memoize(plan, states, owner, rows, now_k)
 
     def _key_map(
         self,

@@ -72,6 +72,41 @@ class TileState:
         )
 
 
+def decode_many(blobs: list[bytes | None], layout: Layout) -> tuple[np.ndarray, TileState]:
+    """Decode many encoded states at once: (owner index of each row, all rows stacked).
+
+    Each field of all states is joined into one buffer and read with one ``frombuffer``, so
+    the cost per state is one msgpack decode."""
+    present = [(i, _DECODER.decode(b)) for i, b in enumerate(blobs) if b is not None]
+    if not present:
+        return np.zeros(0, np.int64), empty(layout, 0)
+    ms = np.fromiter((w.m for _, w in present), dtype=np.int64, count=len(present))
+    owner = np.repeat(np.fromiter((i for i, _ in present), dtype=np.int64, count=len(present)), ms)
+    m = int(ms.sum())
+    wires = [w for _, w in present]
+
+    def joined(field: str, dtype: type, width: int) -> np.ndarray:
+        buf = b"".join(getattr(w, field) for w in wires)
+        return (
+            np.frombuffer(buf, dtype=dtype).reshape(m, width)
+            if width
+            else np.zeros((m, 0), dtype=dtype)
+        )
+
+    strs = np.empty((m, layout.n_str), dtype=object)
+    if layout.n_str:
+        flat = [x for w in wires for x in w.strs]
+        strs.ravel()[:] = flat
+    k = np.frombuffer(b"".join(w.k for w in wires), dtype=np.int64)
+    return owner, TileState(
+        k,
+        joined("ints", np.int64, layout.n_int),
+        joined("floats", np.float64, layout.n_float),
+        joined("vecs", np.float64, layout.n_vec),
+        strs,
+    )
+
+
 class _Wire(msgspec.Struct, array_like=True):
     m: int
     k: bytes
@@ -348,10 +383,20 @@ def empty(layout: Layout, m: int) -> TileState:
 
 
 def _last_per_group(group: np.ndarray, ts: np.ndarray, seq: np.ndarray) -> np.ndarray:
-    """Row index of the greatest (ts, seq) in each contiguous group."""
-    order = np.lexsort((seq, ts, group))
-    ends = np.flatnonzero(np.r_[group[order][1:] != group[order][:-1], True])
-    return order[ends]
+    """Row index of the greatest (ts, seq) in each group (``group`` sorted ascending).
+
+    Most groups hold one row; only rows of larger groups are sorted."""
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    sizes = np.diff(np.r_[starts, len(group)])
+    winner = starts.copy()
+    multi = sizes > 1
+    if multi.any():
+        idx = np.flatnonzero(np.repeat(multi, sizes))
+        g = group[idx]
+        order = np.lexsort((seq[idx], ts[idx], g))
+        ends = np.flatnonzero(np.r_[g[order][1:] != g[order][:-1], True])
+        winner[multi] = idx[order[ends]]
+    return winner
 
 
 def _group_max(owner: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
+import numpy as np
 
-from keel.features.tiles import Layout, TileState
+from keel.features.tiles import Layout, TileState, concat, empty
 
 __all__ = ["OnlineStore", "Progress"]
 
@@ -53,6 +54,17 @@ class OnlineStore(ABC):
     @abstractmethod
     def read(self, view: str, layout: Layout, keys: Sequence[Any]) -> list[TileState | None]:
         """The state of each key (None for keys never seen)."""
+
+    def read_stacked(
+        self, view: str, layout: Layout, keys: Sequence[Any]
+    ) -> tuple[np.ndarray, TileState]:
+        """The states of ``keys`` stacked: (index into ``keys`` of each row, the rows)."""
+        states = self.read(view, layout, keys)
+        present = [(i, s) for i, s in enumerate(states) if s is not None and len(s)]
+        if not present:
+            return np.zeros(0, np.int64), empty(layout, 0)
+        owner = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in present])
+        return owner, concat([s for _, s in present], layout)
 
     @abstractmethod
     def commit(self, view: str, states: Mapping[Any, TileState], progress: Progress) -> None:

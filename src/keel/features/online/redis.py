@@ -10,9 +10,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+import numpy as np
+
 from keel.errors import UnavailableError, ValidationError
 from keel.features.online.base import OnlineStore, Progress
-from keel.features.tiles import Layout, TileState
+from keel.features.tiles import Layout, TileState, decode_many
 
 __all__ = ["RedisStore"]
 
@@ -44,11 +46,16 @@ class RedisStore(OnlineStore):
     def _progress_key(self, view: str) -> str:
         return f"{self.prefix}:fvp:{view}"
 
+    def _blobs(self, view: str, keys: Sequence[Any]) -> list[bytes | None]:
+        return self._redis.mget([self._key(view, k) for k in keys]) if len(keys) else []
+
     def read(self, view: str, layout: Layout, keys: Sequence[Any]) -> list[TileState | None]:
-        if not keys:
-            return []
-        blobs = self._redis.mget([self._key(view, k) for k in keys])
-        return [None if b is None else TileState.decode(b, layout) for b in blobs]
+        return [None if b is None else TileState.decode(b, layout) for b in self._blobs(view, keys)]
+
+    def read_stacked(
+        self, view: str, layout: Layout, keys: Sequence[Any]
+    ) -> tuple[np.ndarray, TileState]:
+        return decode_many(self._blobs(view, keys), layout)
 
     def commit(self, view: str, states: Mapping[Any, TileState], progress: Progress) -> None:
         pipe = self._redis.pipeline(transaction=True)

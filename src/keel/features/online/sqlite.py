@@ -9,9 +9,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from keel.errors import UnavailableError
 from keel.features.online.base import OnlineStore, Progress
-from keel.features.tiles import Layout, TileState
+from keel.features.tiles import Layout, TileState, decode_many
 
 __all__ = ["SQLiteStore"]
 
@@ -46,6 +48,14 @@ class SQLiteStore(OnlineStore):
             self._db.execute(stmt)
 
     def read(self, view: str, layout: Layout, keys: Sequence[Any]) -> list[TileState | None]:
+        return [None if b is None else TileState.decode(b, layout) for b in self._blobs(view, keys)]
+
+    def read_stacked(
+        self, view: str, layout: Layout, keys: Sequence[Any]
+    ) -> tuple[np.ndarray, TileState]:
+        return decode_many(self._blobs(view, keys), layout)
+
+    def _blobs(self, view: str, keys: Sequence[Any]) -> list[bytes | None]:
         found: dict[Any, bytes] = {}
         with self._lock:
             for i in range(0, len(keys), _CHUNK):
@@ -57,7 +67,7 @@ class SQLiteStore(OnlineStore):
                         [view, *chunk],
                     ).fetchall()
                 )
-        return [None if (b := found.get(k)) is None else TileState.decode(b, layout) for k in keys]
+        return [found.get(k) for k in keys]
 
     def commit(self, view: str, states: Mapping[Any, TileState], progress: Progress) -> None:
         rows = [(view, k, s.encode()) for k, s in states.items()]
