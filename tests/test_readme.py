@@ -11,8 +11,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_python_blocks_run(capsys) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "the README should show Python"
+    namespace = {"__name__": "readme"}  # blocks build on each other, like a tutorial
     for block in blocks:
-        exec(compile(block, str(README), "exec"), {"__name__": "readme"})
+        exec(compile(block, str(README), "exec"), namespace)
     out = capsys.readouterr().out
     assert "row 0, field 'amount'" in out
 

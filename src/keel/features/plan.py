@@ -80,8 +80,11 @@ class Plan:
         through its tile ``big_k``, so they can be kept and reused within a tile."""
         lay = self.layout
         m = len(owner)
-        present = np.unique(owner) if m else np.zeros(0, np.int64)
-        starts = np.searchsorted(owner, present) if m else present
+        # owner is sorted: each key's rows are contiguous
+        starts = (
+            np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if m else np.zeros(0, np.int64)
+        )
+        present = owner[starts]
         row_k = big_k[owner][:, None]
         k = rows.k[:, None]
         inw = (k <= row_k) & (
