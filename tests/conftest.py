@@ -92,3 +92,83 @@ def redis_prefix(redis_server: str) -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+PG = ("127.0.0.1", 5432)
+
+
+def _pg_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _start_postgres() -> tuple[str, subprocess.Popen[bytes] | None, str]:
+    """Start a private PostgreSQL from the machine's binaries; return (url, process, dir)."""
+    import glob
+    import os
+    import pwd
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    initdb = shutil.which("initdb") or (bins[-1] if bins else None)
+    if initdb is None:
+        pytest.fail(
+            "these tests need PostgreSQL: none answers at 127.0.0.1:5432 and no initdb is "
+            "installed (apt-get install postgresql, or start one on port 5432 with trust auth)"
+        )
+    bindir = os.path.dirname(initdb)
+    workdir = tempfile.mkdtemp(prefix="keel-pg-")
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(workdir, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data = os.path.join(workdir, "data")
+    subprocess.run([*prefix, initdb, "-D", data, "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*prefix, os.path.join(bindir, "postgres"), "-D", data, "-p", str(port), "-k", workdir,
+         "-c", "listen_addresses=127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not _pg_answers("127.0.0.1", port):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail(f"started PostgreSQL from {bindir} but it never answered")
+        time.sleep(0.1)
+    return f"postgresql://postgres@127.0.0.1:{port}", proc, workdir
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """``postgresql://postgres@host:port`` of a running server (the machine's, or one
+    started here). Tests create and drop their own databases on it."""
+    if _pg_answers(*PG):
+        yield "postgresql://postgres@127.0.0.1:5432"
+        return
+    url, proc, workdir = _start_postgres()
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_db(postgres_server: str) -> Iterator[str]:
+    """A fresh database of this test's own, dropped afterwards."""
+    import psycopg
+
+    name = f"keel_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{postgres_server}/{name}"
+    finally:
+        with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -53,6 +53,8 @@ class DemoResult:
     training_seconds: float = 0.0
     training_rows: int = 0
     consistent: tuple[int, int] = (0, 0)
+    model_ref: str = ""
+    reproduced: bool = False
 
 
 def run_demo(
@@ -180,7 +182,8 @@ def _run(
     )
     console.print(stats_table(log))
     _lookups(console, features, result)
-    _training_set(console, features, result)
+    train = _training_set(console, features, result)
+    _registry(console, project, train, result)
     _summary(console, project, result)
     return result
 
@@ -280,7 +283,7 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h old"
 
 
-def _training_set(console: Console, features: FeatureStore, result: DemoResult) -> None:
+def _training_set(console: Console, features: FeatureStore, result: DemoResult) -> pa.Table:
     console.print(
         "[bold]7. Training set[/], point in time: every labelled payment with its "
         "card's and user's features as they were at the payment"
@@ -345,6 +348,107 @@ def _training_set(console: Console, features: FeatureStore, result: DemoResult) 
     console.print(
         f"   online == offline for [{colour}]{same}/{len(cards)}[/] cards at the same instant"
     )
+    return train
+
+
+def _registry(console: Console, project: Project, train: pa.Table, result: DemoResult) -> None:
+    """Train a real fraud model on the point-in-time set, register it, show its lineage,
+    and rebuild its training set to check the hash."""
+    import lightgbm
+    from sklearn.metrics import roc_auc_score
+
+    console.print(
+        "[bold]8. Registry[/]: a LightGBM fraud model trained on that set, "
+        "registered with its lineage"
+    )
+    columns = [
+        c
+        for c in train.column_names
+        if ("__" in c
+        and pa.types.is_integer(train.schema.field(c).type))
+        or ("__" in c
+        and pa.types.is_floating(train.schema.field(c).type))
+    ]
+    columns.append("amount")
+    x = np.column_stack(
+        [train[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in columns]
+    )
+    y = train["is_fraud"].to_numpy(zero_copy_only=False).astype(int)
+    cut = int(len(y) * 0.7)  # the set is sorted by time: train on the past, test on the rest
+    params = {
+        "n_estimators": 200,
+        "learning_rate": 0.05,
+        "num_leaves": 15,
+        "min_child_samples": 10,
+        "verbose": -1,
+        "random_state": 7,
+    }
+    model = lightgbm.LGBMClassifier(**params).fit(x[:cut], y[:cut])
+    auc = (
+        float(roc_auc_score(y[cut:], model.predict_proba(x[cut:])[:, 1]))
+        if 0 < y[cut:].sum() < len(y[cut:])
+        else float("nan")
+    )
+    registry = project.registry
+    version = registry.register(
+        "fraud",
+        model,
+        training_set=train,
+        params=params,
+        metrics={"test_auc": auc, "train_rows": cut, "test_rows": len(y) - cut},
+        description="card fraud on card and user features",
+        code_dir=str(project.settings.project_dir),
+    )
+    registry.set_alias("fraud", "champion", version.version, reason="first model")
+    result.model_ref = version.ref
+    lin = registry.lineage("fraud", version.version)
+    ts = lin["training_set"]
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row(
+        "model",
+        f"{version.ref} ({version.format}, {version.artifact_size:,} bytes, "
+        f"sha256 {version.artifact[:12]}…) ← champion",
+    )
+    table.add_row("metrics", f"test AUC {auc:.3f} on {len(y) - cut:,} later payments")
+    for view, info in ts["views"].items():
+        table.add_row(
+            "features",
+            f"{view} fingerprint {info['fingerprint'][:12]} ({len(info['features'])} features)",
+        )
+    table.add_row(
+        "data",
+        f"{ts['rows']:,} rows, sha256 {ts['sha256'][:12]}…, "
+        f"{ts['time_range'][0][:16]} → {ts['time_range'][1][:16]}",
+    )
+    offsets = "; ".join(
+        f"{t}: " + ", ".join(f"p{p}<{o:,}" for p, o in sorted(offs.items()))
+        for t, offs in ts["offsets"].items()
+    )
+    table.add_row("log offsets", offsets)
+    code = lin["code"]
+    table.add_row(
+        "code",
+        f"commit {code['git_commit'][:12]}{' (dirty)' if code['dirty'] else ''}"
+        if code.get("git_commit")
+        else f"source sha256 {code['source_sha256'][:12]}… ({code['files']} files, not in git)",
+    )
+    pkgs = lin["environment"]["packages"]
+    table.add_row(
+        "environment",
+        f"python {lin['environment']['python']}, "
+        + ", ".join(f"{k} {pkgs[k]}" for k in ("lightgbm", "duckdb", "pyarrow") if k in pkgs),
+    )
+    console.print(table)
+    start = time.perf_counter()
+    report = registry.reproduce("fraud", version.version, project.features)
+    result.reproduced = report.matches
+    verdict = "[green]matches[/]" if report.matches else "[red]DOES NOT MATCH[/]"
+    console.print(
+        f"   reproduce: rebuilt {report.rows:,} rows from the offline store in "
+        f"{time.perf_counter() - start:.2f} s — sha256 {verdict} the recorded one"
+    )
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -401,5 +505,12 @@ def _summary(console: Console, project: Project, result: DemoResult) -> None:
         table.add_row(name, f"{n:,} records")
     cfg = result.project_dir / CONFIG_FILE
     table.add_row("try", f"keel -c {cfg} log tail shop.events")
-    table.add_row("", f"keel -c {cfg} log describe shop.payments")
+    table.add_row("", f"keel -c {cfg} features get card_payments -k <card>")
+    if result.model_ref:
+        table.add_row(
+            "model",
+            f"{result.model_ref} (champion), reproducible: {'yes' if result.reproduced else 'no'}",
+        )
+        table.add_row("", f"keel -c {cfg} registry lineage fraud@champion")
+        table.add_row("", f"keel -c {cfg} registry reproduce fraud@champion")
     console.print(Panel(table, title="Keel so far", expand=False))

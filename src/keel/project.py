@@ -21,6 +21,7 @@ from keel.config import CONFIG_FILE, Settings
 from keel.errors import ConfigError, ConflictError, ValidationError, did_you_mean
 from keel.features import FeatureStore, FeatureView
 from keel.log import Log, Topic, open_log
+from keel.registry import Registry
 
 __all__ = ["Project", "init_project"]
 
@@ -92,6 +93,11 @@ class Project:
             online=self.settings.online_url,
             offline=self.settings.offline_url,
         )
+
+    @cached_property
+    def registry(self) -> Registry:
+        """The model registry (metadata and artifacts) named by the settings."""
+        return Registry(self.settings.registry_url, self.settings.artifacts_url, log=self.log)
 
     def applied_views(self) -> dict[str, dict[str, Any]]:
         """What `apply` last recorded per view: fingerprint, time, previous fingerprint."""

@@ -22,6 +22,7 @@ Example
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,13 @@ from keel.features.offline import OfflineStore
 from keel.features.online import OnlineStore, open_online_store
 from keel.features.plan import Plan, Raw
 from keel.features.tiles import Layout, TileState, concat
-from keel.features.training import check_labels, point_in_time, view_events
+from keel.features.training import (
+    TRAINING_SET_KEY,
+    check_labels,
+    point_in_time,
+    table_sha256,
+    view_events,
+)
 from keel.log import OFFSET, PARTITION, Log, Topic
 from keel.log.base import to_micros
 from keel.log.schema import parse_type
@@ -344,11 +351,16 @@ class FeatureStore:
         *,
         timestamp: str = "ts",
         land: bool = True,
+        until: Mapping[str, Mapping[int, int]] | None = None,
     ) -> pa.Table:
         """Each label row with every requested feature's value as of the row's timestamp.
 
         ``labels`` (Arrow table or pandas DataFrame) needs the entity join key(s) and a
         time-zone-aware ``timestamp`` column. Feature columns are named ``view__feature``.
+        ``until`` bounds the history per topic and partition (next offset not to read), to
+        rebuild an earlier training set exactly; by default everything landed is read.
+        The table's schema metadata records how it was built (views and fingerprints,
+        offsets, time range, the labels' hash), which the registry keeps as lineage.
         """
         if land:
             self.land()
@@ -358,19 +370,57 @@ class FeatureStore:
         at_us = (
             table.column(timestamp).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
         )
-        until = int(at_us.max()) if len(at_us) else None
+        latest = int(at_us.max()) if len(at_us) else None
+        bounds: dict[str, dict[int, int]] = {}
         out = table
         for view, feats in resolved:
             self.layout(view)
             topic = self.log.topic(view.source.topic)
             history = self.offline.read(view.source.topic, schema=_landed_schema(topic))
-            events = view_events(view, history, topic.event_time, until_us=until)
+            if until is not None:
+                history = _bounded(history, until.get(topic.name, {}))
+                bounds[topic.name] = {int(p): int(o) for p, o in until.get(topic.name, {}).items()}
+            else:
+                bounds[topic.name] = self.offline.landed(topic.name)
+            events = view_events(view, history, topic.event_time, until_us=latest)
             keys = table.column(view.entity.join_key).combine_chunks()
             values = point_in_time(view, feats, events, keys, at_us)
             for f in feats:
                 vals = values[f.name][0]
                 out = out.append_column(column_name(view.name, f.name), _arrow(vals))
-        return out
+        info = {
+            "features": list(features),
+            "views": {
+                v.name: {
+                    "fingerprint": v.fingerprint,
+                    "topic": v.source.topic,
+                    "features": [f.name for f in fs],
+                }
+                for v, fs in resolved
+            },
+            "offsets": bounds,
+            "timestamp": timestamp,
+            "time_range": None
+            if latest is None
+            else [
+                datetime.fromtimestamp(int(at_us.min()) / 1e6, UTC).isoformat(),
+                datetime.fromtimestamp(latest / 1e6, UTC).isoformat(),
+            ],
+            "label_columns": table.column_names,
+            "labels_sha256": table_sha256(table),
+        }
+        return out.replace_schema_metadata({TRAINING_SET_KEY: json.dumps(info)})
+
+
+def _bounded(history: pa.Table, offsets: Mapping[int, int]) -> pa.Table:
+    """Only the records before ``offsets`` (partition → next offset not to read)."""
+    parts = history.column(PARTITION).to_numpy()
+    offs = history.column(OFFSET).to_numpy()
+    limit = np.zeros(int(parts.max()) + 1 if len(parts) else 0, dtype=np.int64)
+    for p, o in offsets.items():
+        if int(p) < len(limit):
+            limit[int(p)] = int(o)
+    return history.filter(pa.array(offs < limit[parts])) if len(parts) else history
 
 
 def _landed_schema(topic: Topic) -> pa.Schema:

@@ -10,6 +10,7 @@ function as online (:func:`keel.features.tiles.finalize`).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import duckdb
@@ -20,7 +21,20 @@ from keel.errors import ValidationError, did_you_mean
 from keel.features.definitions import Feature, FeatureView
 from keel.features.tiles import NEVER, SEQ_BITS, finalize
 
-__all__ = ["point_in_time", "view_events"]
+__all__ = ["TRAINING_SET_KEY", "point_in_time", "table_sha256", "view_events"]
+
+#: The schema-metadata key under which a training set carries how it was built.
+TRAINING_SET_KEY = b"keel.training_set"
+
+
+def table_sha256(table: pa.Table) -> str:
+    """A content hash of a table: its columns' types and values in row order (metadata and
+    chunking do not count)."""
+    table = table.replace_schema_metadata(None).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue()).hexdigest()
 
 
 def view_events(
@@ -90,10 +104,12 @@ def point_in_time(
             c = f'e."{f.column}"' if f.column else None
             if f.fn == "count":
                 selects.append(f"count({c or 'e.__ts'}) AS f{i}")
+            # Float sums in a fixed order (by log position): parallel aggregation would add
+            # in a different order on every run, and a rebuilt training set must hash alike.
             elif f.fn == "sum":
-                selects.append(f"sum({c}::DOUBLE) AS f{i}")
+                selects.append(f"sum({c}::DOUBLE ORDER BY e.__seq) AS f{i}")
             elif f.fn == "mean":
-                selects.append(f"sum({c}::DOUBLE) / count({c}) AS f{i}")
+                selects.append(f"sum({c}::DOUBLE ORDER BY e.__seq) / count({c}) AS f{i}")
             elif f.fn in ("min", "max"):
                 selects.append(f"{f.fn}({c}::DOUBLE) AS f{i}")
             elif f.fn == "last":
@@ -147,6 +163,8 @@ def _vector_mean(
     vectors = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, size).astype(np.float64)
     rows = pairs["row_id"].to_numpy()
     idx = pairs["__idx"].to_numpy()
+    order = np.lexsort((idx, rows))  # a fixed summation order: the same bits on every run
+    rows, idx = rows[order], idx[order]
     total = np.zeros((n, size))
     np.add.at(total, rows, vectors[idx])
     cnt = np.bincount(rows, minlength=n)
