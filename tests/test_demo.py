@@ -29,6 +29,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     same, total = result.consistent
     assert total > 0 and same == total
     assert (tmp_path / "demo" / "keel.toml").exists()
+    assert result.model_ref == "fraud@1" and result.reproduced
     for step in (
         "1. Project",
         "2. History",

@@ -127,3 +127,41 @@ def test_features_commands(project_dir: Path) -> None:
 
     bad = keel(project_dir, "features", "show", "card_paymnts")
     assert bad.exit_code == 1 and "did you mean 'card_payments'" in bad.output
+
+
+def test_registry_commands(project_dir: Path) -> None:
+    import pyarrow as pa
+    from sklearn.linear_model import LogisticRegression
+
+    from keel.shop import Shop
+
+    assert keel(project_dir, "apply").exit_code == 0
+    project = Project.load(project_dir / "keel.toml")
+    shop = Shop(seed=4, n_users=80, n_items=20)
+    for name, table in {**shop.catalog(), **shop.history(days=1)}.items():
+        project.log.append(name, table)
+    pays = pa.concat_tables([project.log.read("shop.payments", p, 0, 10**6) for p in range(4)])
+    labels = pays.select(["card_id", "ts"]).append_column(
+        "y", pa.array([i % 2 for i in range(pays.num_rows)]))
+    train = project.features.training_set(labels, ["card_payments:payments_1h"])
+    model = LogisticRegression().fit(train["card_payments__payments_1h"].to_numpy()[:, None],
+                                     train["y"].to_numpy())
+    project.registry.register("fraud", model, training_set=train, params={"C": 1.0})
+    project.registry.register("fraud", model, training_set=train, params={"C": 2.0})
+
+    listed = keel(project_dir, "registry", "list")
+    assert listed.exit_code == 0 and "fraud" in listed.output, listed.output
+    moved = keel(project_dir, "registry", "alias", "fraud", "champion", "2", "--reason", "better")
+    assert moved.exit_code == 0, moved.output
+    assert "better" in moved.output
+    shown = keel(project_dir, "registry", "show", "fraud")
+    assert shown.exit_code == 0 and "champion" in shown.output
+    lineage = keel(project_dir, "registry", "lineage", "fraud@champion")
+    assert lineage.exit_code == 0 and '"training_set"' in lineage.output
+    diff = keel(project_dir, "registry", "diff", "fraud", "1", "2")
+    assert diff.exit_code == 0 and "params.C" in diff.output
+    same = keel(project_dir, "registry", "reproduce", "fraud@champion")
+    assert same.exit_code == 0, same.output
+    assert "reproduced" in same.output
+    missing = keel(project_dir, "registry", "show", "fraud@nope")
+    assert missing.exit_code == 1 and "no alias 'nope'" in missing.output
