@@ -20,30 +20,55 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def view(window_h: int = 2) -> FeatureView:
-    return FeatureView("card", Entity("card", "card_id"), Source("pay"),
-                       [Aggregate(None, "count", timedelta(hours=1)),
-                        Aggregate("amount", "sum", timedelta(hours=window_h),
-                                  name="amount_recent")],
-                       tile=timedelta(minutes=30))
+    return FeatureView(
+        "card",
+        Entity("card", "card_id"),
+        Source("pay"),
+        [
+            Aggregate(None, "count", timedelta(hours=1)),
+            Aggregate("amount", "sum", timedelta(hours=window_h), name="amount_recent"),
+        ],
+        tile=timedelta(minutes=30),
+    )
 
 
 @pytest.fixture
 def world(tmp_path: Path):
     log = open_log(f"sqlite:///{tmp_path / 'log.db'}")
-    log.create_topic(Topic("pay", {"ts": "timestamp", "card_id": "int64", "amount": "float64"},
-                           event_time="ts", key="card_id", partitions=2))
+    log.create_topic(
+        Topic(
+            "pay",
+            {"ts": "timestamp", "card_id": "int64", "amount": "float64"},
+            event_time="ts",
+            key="card_id",
+            partitions=2,
+        )
+    )
     rng = np.random.default_rng(3)
     n = 400
-    log.append("pay", pa.table({
-        "ts": pa.array([T0 + timedelta(minutes=int(m)) for m in np.sort(rng.integers(0, 600, n))],
-                       pa.timestamp("us", tz="UTC")),
-        "card_id": rng.integers(0, 20, n), "amount": np.round(rng.gamma(2, 10, n), 2)}))
-    labels = pa.table({
-        "card_id": rng.integers(0, 20, 100),
-        "ts": pa.array([T0 + timedelta(minutes=int(m)) for m in rng.integers(60, 600, 100)],
-                       pa.timestamp("us", tz="UTC")),
-        "is_fraud": rng.random(100) < 0.2,
-    })
+    log.append(
+        "pay",
+        pa.table(
+            {
+                "ts": pa.array(
+                    [T0 + timedelta(minutes=int(m)) for m in np.sort(rng.integers(0, 600, n))],
+                    pa.timestamp("us", tz="UTC"),
+                ),
+                "card_id": rng.integers(0, 20, n),
+                "amount": np.round(rng.gamma(2, 10, n), 2),
+            }
+        ),
+    )
+    labels = pa.table(
+        {
+            "card_id": rng.integers(0, 20, 100),
+            "ts": pa.array(
+                [T0 + timedelta(minutes=int(m)) for m in rng.integers(60, 600, 100)],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "is_fraud": rng.random(100) < 0.2,
+        }
+    )
     return log, labels, tmp_path
 
 
@@ -51,8 +76,9 @@ def train(store: FeatureStore, labels: pa.Table):
     from sklearn.linear_model import LogisticRegression
 
     table = store.training_set(labels, ["card"])
-    x = np.column_stack([table["card__count_1h"].to_numpy(),
-                         table["card__amount_recent"].to_numpy()])
+    x = np.column_stack(
+        [table["card__count_1h"].to_numpy(), table["card__amount_recent"].to_numpy()]
+    )
     return table, LogisticRegression().fit(x, table["is_fraud"].to_numpy())
 
 
@@ -61,8 +87,14 @@ def test_lineage_is_captured_and_reproduces(world, registry_url: str) -> None:
     store = FeatureStore(log, views=[view()], offline=tmp / "offline")
     table, model = train(store, labels)
     reg = Registry(registry_url, str(tmp / "artifacts"), log=log)
-    v = reg.register("fraud", model, training_set=table, params={"C": 1.0},
-                     metrics={"auc": 0.71}, code_dir=str(tmp))
+    v = reg.register(
+        "fraud",
+        model,
+        training_set=table,
+        params={"C": 1.0},
+        metrics={"auc": 0.71},
+        code_dir=str(tmp),
+    )
     lin = reg.lineage("fraud", v.version)
     ts = lin["training_set"]
     assert ts["views"]["card"]["fingerprint"] == view().fingerprint
@@ -96,8 +128,9 @@ def test_diff_shows_what_changed(world, registry_url: str) -> None:
     reg.register("fraud", model, training_set=table, params={"C": 1.0}, metrics={"auc": 0.7})
     store2 = FeatureStore(log, views=[view(window_h=4)], offline=tmp / "offline")
     table2, model2 = train(store2, labels)
-    reg.register("fraud", model2, training_set=table2, params={"C": 0.5},
-                 metrics={"auc": 0.75}, parent=1)
+    reg.register(
+        "fraud", model2, training_set=table2, params={"C": 0.5}, metrics={"auc": 0.75}, parent=1
+    )
     changes = {c.field: (c.a, c.b) for c in reg.diff("fraud", 1, 2)}
     assert changes["params.C"] == (1.0, 0.5)
     assert changes["metrics.auc"] == (0.7, 0.75)
@@ -125,12 +158,20 @@ def test_migrations_upgrade_empty_and_populated(registry_url: str) -> None:
     assert current_revision(engine) == "0001"
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO models (name, created_at, description) "
-                             "VALUES ('old', :t, 'kept')"), {"t": now})
-        conn.execute(sa.text(
-            "INSERT INTO versions (model, version, created_at, format, artifact, "
-            "artifact_size, loader, params, metrics, lineage) VALUES ('old', 1, :t, 'onnx', "
-            "'ab', 2, '{}', '{\"lr\": 0.1}', '{}', '{}')"), {"t": now})
+        conn.execute(
+            sa.text(
+                "INSERT INTO models (name, created_at, description) VALUES ('old', :t, 'kept')"
+            ),
+            {"t": now},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO versions (model, version, created_at, format, artifact, "
+                "artifact_size, loader, params, metrics, lineage) VALUES ('old', 1, :t, 'onnx', "
+                "'ab', 2, '{}', '{\"lr\": 0.1}', '{}', '{}')"
+            ),
+            {"t": now},
+        )
     migrate(engine)
     assert current_revision(engine) == "0002"
     with engine.connect() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -61,8 +62,9 @@ def test_xgboost_round_trip(registry: Registry) -> None:
     m = xgboost.XGBClassifier(n_estimators=5, max_depth=2).fit(X, Y)
     assert registry.register("xgb", m).format == "xgboost"
     back = registry.load("xgb")
-    np.testing.assert_allclose(back.predict(xgboost.DMatrix(X)), m.predict_proba(X)[:, 1],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        back.predict(xgboost.DMatrix(X)), m.predict_proba(X)[:, 1], rtol=1e-6
+    )
 
 
 def test_torch_round_trip_through_safetensors(registry: Registry) -> None:
@@ -84,9 +86,12 @@ def test_onnx_round_trip(registry: Registry) -> None:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "y"], ["z"])], "add",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4]),
-         helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        [helper.make_node("Add", ["x", "y"], ["z"])],
+        "add",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4]),
+        ],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 4])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -115,8 +120,9 @@ def test_pickle_only_when_trusted(registry: Registry) -> None:
     assert registry.load("p", trusted=True).weights == [1, 2, 3]
 
 
-def test_tampered_truncated_or_missing_artifacts_are_refused(registry: Registry,
-                                                             tmp_path: Path) -> None:
+def test_tampered_truncated_or_missing_artifacts_are_refused(
+    registry: Registry, tmp_path: Path
+) -> None:
     from sklearn.linear_model import LogisticRegression
 
     v = registry.register("m", LogisticRegression().fit(X, Y))
@@ -156,14 +162,20 @@ def test_aliases_move_with_history_and_compare_and_set(registry: Registry) -> No
         registry.get("m", "champoin")
     registry.set_alias("m", "challenger", None, reason="retired")
     assert "challenger" not in registry.aliases("m")
-    history = [(h.alias, h.from_version, h.to_version, h.reason)
-               for h in registry.alias_history("m")]
-    assert history == [("challenger", None, 2, ""), ("challenger", 2, None, "retired"),
-                       ("champion", None, 1, "first"), ("champion", 1, 2, "promoted")]
+    history = [
+        (h.alias, h.from_version, h.to_version, h.reason) for h in registry.alias_history("m")
+    ]
+    assert history == [
+        ("challenger", None, 2, ""),
+        ("challenger", 2, None, "retired"),
+        ("champion", None, 1, "first"),
+        ("champion", 1, 2, "promoted"),
+    ]
 
 
-def test_two_processes_moving_one_alias(registry: Registry, registry_url: str,
-                                        tmp_path: Path) -> None:
+def test_two_processes_moving_one_alias(
+    registry: Registry, registry_url: str, tmp_path: Path
+) -> None:
     from sklearn.linear_model import LogisticRegression
 
     m = LogisticRegression().fit(X, Y)
@@ -181,13 +193,12 @@ def test_two_processes_moving_one_alias(registry: Registry, registry_url: str,
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     history = registry.alias_history("m", "champion")
     assert [h.seq for h in history] == list(range(1, 31))
-    for before, after in zip(history, history[1:], strict=False):
+    for before, after in itertools.pairwise(history):
         assert after.from_version == before.to_version  # an unbroken chain: no lost move
     assert registry.aliases("m")["champion"] == history[-1].to_version
 
 
-def test_two_processes_registering(registry: Registry, registry_url: str,
-                                   tmp_path: Path) -> None:
+def test_two_processes_registering(registry: Registry, registry_url: str, tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         from sklearn.linear_model import LogisticRegression
         from keel.registry import Registry
@@ -210,5 +221,7 @@ def test_moves_are_published_on_the_log(registry_url: str, tmp_path: Path) -> No
     reg.set_alias("m", "champion", 1, reason="go")
     events = log.read(EVENTS_TOPIC, 0, 0).to_pylist()
     assert [(e["event"], e["alias"], e["to_version"]) for e in events] == [
-        ("registered", None, 1), ("alias_moved", "champion", 1)]
+        ("registered", None, 1),
+        ("alias_moved", "champion", 1),
+    ]
     reg.close()
