@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -9,117 +9,314 @@ import pytest
 
 from keel.errors import ValidationError
 from keel.log import open_log
-from keel.shop import EVENTS, LABELS, PAYMENTS, TOPICS, Shop
+from keel.shop import EVENTS, ITEMS, LABELS, PAYMENTS, TOPICS, USERS, Shift, Shop
+from keel.shop.catalog import CATEGORIES
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
+def micros(column: pa.ChunkedArray) -> np.ndarray:
+    return column.cast(pa.int64()).to_numpy()
+
+
+def at(when: datetime) -> int:
+    return int(when.timestamp()) * 1_000_000
+
+
+def mean(mask: pa.ChunkedArray | np.ndarray) -> float:
+    return float(np.mean(np.asarray(mask, dtype=float)))
+
+
+def with_truth(history: dict[str, pa.Table]) -> pa.Table:
+    labels = history[LABELS.name].select(["payment_id", "is_fraud"])
+    return history[PAYMENTS.name].join(labels, "payment_id").sort_by("ts")
+
+
 @pytest.fixture(scope="module")
 def week() -> dict[str, pa.Table]:
-    return Shop(seed=3, n_users=2_000, n_items=800, start=START).history(days=7)
+    return Shop(seed=3, n_users=20_000, start=START).history(days=7)
 
 
-def test_tables_fit_their_topics_and_append_to_a_log(week) -> None:
-    shop = Shop(seed=3, n_users=50, n_items=40, start=START)
+@pytest.fixture(scope="module")
+def risky_week() -> dict[str, pa.Table]:
+    return Shop(seed=3, n_users=20_000, start=START, shift=Shift(fraud_rate=0.05)).history(7)
+
+
+def test_tables_fit_their_topics_and_append_to_a_log() -> None:
+    shop = Shop(seed=3, n_users=100, n_items=40, start=START)
     log = open_log("sqlite://")
-    for t in TOPICS:
-        log.create_topic(t)
-    for name, table in {**shop.catalog(), **shop.history(days=1)}.items():
-        assert table.schema == log.topic(name).schema
-        assert len(log.append(name, table)) == table.num_rows
+    for topic in TOPICS:
+        log.create_topic(topic)
+    schemas = {t.name: t.schema for t in TOPICS}
+    tables = [shop.catalog(), shop.history(days=1), *shop.stream(rate=200, duration_s=3)]
+    appended: dict[str, int] = {}
+    for batch in tables:
+        for name, table in batch.items():
+            assert table.schema == schemas[name]
+            assert table.column_names == list(log.topic(name).fields)
+            appended[name] = appended.get(name, 0) + len(log.append(name, table))
+    for name, n in appended.items():
+        assert log.stats(name).records == n
+    assert set(appended) == {t.name for t in TOPICS}
+    assert appended[EVENTS.name] > 1_000 and appended[PAYMENTS.name] > 10
 
 
-def test_same_seed_same_tables() -> None:
-    a = Shop(seed=5, n_users=100, n_items=60, start=START).history(days=1)
-    b = Shop(seed=5, n_users=100, n_items=60, start=START).history(days=1)
-    c = Shop(seed=6, n_users=100, n_items=60, start=START).history(days=1)
-    assert all(a[k].equals(b[k]) for k in a)
-    assert not a[EVENTS.name].equals(c[EVENTS.name])
+def test_same_seed_and_calls_same_tables() -> None:
+    def run(seed: int) -> list[dict[str, pa.Table]]:
+        shop = Shop(seed=seed, n_users=300, n_items=60, start=START)
+        return [shop.catalog(), shop.history(days=1), *shop.stream(rate=300, duration_s=2)]
+
+    a, b, c = run(5), run(5), run(6)
+    assert all(x[k].equals(y[k]) for x, y in zip(a, b, strict=True) for k in x)
+    assert not a[1][EVENTS.name].equals(c[1][EVENTS.name])
+    assert not a[0][ITEMS.name].equals(c[0][ITEMS.name])
 
 
-def test_times_sorted_and_inside_the_range(week) -> None:
-    lo = pa.scalar(START, pa.timestamp("us", tz="UTC"))
-    hi = pa.scalar(datetime(2026, 11, 8, tzinfo=UTC), pa.timestamp("us", tz="UTC"))
+def test_times_sorted_and_inside_the_window(week) -> None:
+    lo, hi = at(START), at(START + timedelta(days=7))
+    for name in (EVENTS.name, PAYMENTS.name, LABELS.name):
+        ts = micros(week[name]["ts"])
+        assert len(ts) and (np.diff(ts) >= 0).all(), name
     for name in (EVENTS.name, PAYMENTS.name):
-        ts = week[name]["ts"]
-        assert pc.all(pc.greater_equal(ts, lo)).as_py() and pc.all(pc.less(ts, hi)).as_py()
-        values = ts.cast(pa.int64()).to_numpy()
-        assert (np.diff(values) >= 0).all()
+        ts = micros(week[name]["ts"])
+        assert lo <= ts[0] and ts[-1] < hi
+    # Labels may be known after the window, never before their payment's window.
+    assert micros(week[LABELS.name]["ts"])[0] > lo
+
+
+def test_consecutive_histories_join_without_a_seam() -> None:
+    evening = START + timedelta(hours=18)  # busy hours either side of the joins
+    one = Shop(seed=2, n_users=30_000, n_items=500, start=evening)
+    first, second = one.history(days=1), one.history(days=1)
+    both = Shop(seed=2, n_users=30_000, n_items=500, start=evening).history(days=2)
+    edge = at(evening + timedelta(days=1))
+    assert micros(second[EVENTS.name]["ts"])[0] >= edge
+    split = pa.concat_tables([first[EVENTS.name], second[EVENTS.name]])
+    assert 0.97 < split.num_rows / both[EVENTS.name].num_rows < 1.03
+    # Ids run on across calls, never repeat, and event ids follow time.
+    assert (np.diff(split["event_id"].to_numpy()) == 1).all()
+    pays = pa.concat_tables([first[PAYMENTS.name], second[PAYMENTS.name]])["payment_id"]
+    assert len(pc.unique(pays)) == len(pays)
+
+    def busy(table: pa.Table, start: int, minutes: int = 10) -> int:
+        ts = micros(table["ts"])
+        return int(((ts >= start) & (ts < start + minutes * 60_000_000)).sum())
+
+    # Sessions running across a join go on in the next call, and the first call starts with
+    # sessions already under way: the minutes after either are as busy as those before.
+    ten = 10 * 60_000_000
+    assert 0.85 < busy(split, edge) / busy(split, edge - ten) < 1.15
+    assert 0.85 < busy(split, at(evening)) / busy(split, at(evening) + ten) < 1.15
+
+
+def test_catalog_items_and_users() -> None:
+    shop = Shop(seed=4, n_users=400, n_items=600, start=START)
+    catalog = shop.catalog()
+    items, users = catalog[ITEMS.name], catalog[USERS.name]
+    assert items.num_rows == 600 and users.num_rows == 400
+    assert set(items["category"].to_pylist()) == {c.name for c in CATEGORIES}
+    # Texts use their category's words, so embeddings can tell categories apart.
+    for c in CATEGORIES:
+        rows = items.filter(pc.equal(items["category"], c.name))
+        for title, text in zip(
+            rows["title"].to_pylist(), rows["description"].to_pylist(), strict=True
+        ):
+            assert any(noun in title for noun in c.nouns)
+            assert text.endswith(".") and any(use in text for use in c.uses)
+    price = {
+        c: np.median(items.filter(pc.equal(items["category"], c))["price"].to_numpy())
+        for c in ("electronics", "grocery")
+    }
+    assert price["electronics"] > 4 * price["grocery"]
+    assert pc.min(items["price"]).as_py() > 0
+    assert (micros(users["ts"]) < at(START)).all()
+    assert len(pc.unique(users["device_id"])) == users.num_rows
+    assert users["user_id"].to_pylist() == list(range(1, 401))
 
 
 def test_popularity_is_zipf_like(week) -> None:
-    views = week[EVENTS.name].filter(pc.equal(week[EVENTS.name]["event_type"], "view"))
-    counts = np.sort(np.bincount(views["item_id"].to_numpy()))[::-1]
-    top = counts[: max(1, len(counts) // 100)].sum() / counts.sum()
-    assert top > 0.08  # the top 1% of items take far more than 1% of views
+    def top_share(history: dict[str, pa.Table]) -> float:
+        events = history[EVENTS.name]
+        views = events.filter(pc.equal(events["event_type"], "view"))["item_id"].to_numpy()
+        counts = np.sort(np.bincount(views))[::-1]
+        return counts[: len(counts) // 100].sum() / counts.sum()
+
+    flat = Shop(seed=3, start=START).shift(popularity_exponent=0.0).history(days=7)
+    assert top_share(week) > 0.15  # the top 1% of 2,000 items: 15 times their fair share
+    assert top_share(flat) < 0.05
 
 
 def test_daily_cycle(week) -> None:
-    hours = pc.hour(week[EVENTS.name]["ts"]).to_numpy()
-    evening = np.isin(hours, [18, 19, 20, 21]).sum()
-    night = np.isin(hours, [2, 3, 4, 5]).sum()
-    assert evening > 5 * night
+    hours = np.bincount(pc.hour(week[EVENTS.name]["ts"]).to_numpy(), minlength=24)
+    assert hours[18:22].mean() > 5 * hours[3:5].mean()
+    assert hours[18:22].mean() > hours[9:12].mean()
 
 
-def test_fraud_share_and_patterns(week) -> None:
-    labels = week[LABELS.name]
-    pay = week[PAYMENTS.name]
-    joined = pay.join(labels.select(["payment_id", "is_fraud"]), "payment_id")
-    fraud = joined.filter(joined["is_fraud"])
-    legit = joined.filter(pc.invert(joined["is_fraud"]))
-    share = fraud.num_rows / joined.num_rows
-    assert 0.004 < share < 0.025
-    assert pc.mean(fraud["new_device"].cast(pa.float64())).as_py() > 0.9
-    assert pc.mean(legit["new_device"].cast(pa.float64())).as_py() < 0.1
-    assert np.median(fraud["amount"].to_numpy()) > 2 * np.median(legit["amount"].to_numpy())
+def test_fraud_rate_and_patterns(week, risky_week) -> None:
+    paid = with_truth(week)
+    share = mean(paid["is_fraud"])
+    assert 0.007 < share < 0.013
+    risky = with_truth(risky_week)
+    assert 0.04 < mean(risky["is_fraud"]) < 0.06
+    fraud = risky.filter(risky["is_fraud"])
+    legit = risky.filter(pc.invert(risky["is_fraud"]))
+    assert mean(fraud["new_device"]) > 0.7 > 0.1 > mean(legit["new_device"])
+    f_amount, l_amount = fraud["amount"].to_numpy(), legit["amount"].to_numpy()
+    assert np.median(f_amount) > 2 * np.median(l_amount)
+    assert np.std(f_amount) > 2 * np.std(l_amount)
+    home = {"DE", "FR", "GB", "NL", "ES", "IT", "PL", "SE"}
+    assert mean(~np.isin(fraud["country"].to_numpy(zero_copy_only=False), list(home))) > 0.5
+    assert mean(~np.isin(legit["country"].to_numpy(zero_copy_only=False), list(home))) < 0.05
+    night = pc.less(pc.hour(risky["ts"]), 6).to_numpy(zero_copy_only=False)
+    is_fraud = risky["is_fraud"].to_numpy(zero_copy_only=False)
+    assert night[is_fraud].mean() > 3 * night[~is_fraud].mean()
+    # Bursts: most fraud payments have another on the same card within ten minutes.
+    by_card = fraud.sort_by([("card_id", "ascending"), ("ts", "ascending")])
+    card, ts = by_card["card_id"].to_numpy(), micros(by_card["ts"])
+    close = (card[1:] == card[:-1]) & (np.diff(ts) < 600_000_000)
+    assert mean(np.r_[close, False] | np.r_[False, close]) > 0.7
 
 
-def test_labels_one_per_payment_and_later(week) -> None:
-    pay = week[PAYMENTS.name]
-    labels = week[LABELS.name]
-    assert sorted(labels["payment_id"].to_pylist()) == sorted(pay["payment_id"].to_pylist())
-    joined = pay.select(["payment_id", "ts"]).join(
-        labels.select(["payment_id", "ts"]).rename_columns(["payment_id", "label_ts"]), "payment_id"
+def test_one_label_per_payment_known_later(risky_week) -> None:
+    pay, labels = risky_week[PAYMENTS.name], risky_week[LABELS.name]
+    assert labels.num_rows == pay.num_rows == len(pc.unique(labels["payment_id"]))
+    joined = pay.select(["payment_id", "user_id", "ts"]).join(
+        labels.rename_columns(["label_ts", "payment_id", "label_user", "is_fraud"]), "payment_id"
     )
-    assert pc.all(pc.greater(joined["label_ts"], joined["ts"])).as_py()
+    assert joined.num_rows == pay.num_rows
+    assert pc.all(pc.equal(joined["user_id"], joined["label_user"])).as_py()
+    delay = micros(joined["label_ts"]) - micros(joined["ts"])
+    assert (delay > 0).all()
+    fraud = joined["is_fraud"].to_numpy(zero_copy_only=False)
+    assert np.median(delay[fraud]) < np.median(delay[~fraud]) / 2
 
 
-def test_shift_changes_distributions(week) -> None:
-    base = Shop(seed=3, n_users=2_000, n_items=800, start=START)
-    pricey = base.shift(price_scale=2.0).history(days=7)
-    a = np.median(week[PAYMENTS.name]["amount"].to_numpy())
-    b = np.median(pricey[PAYMENTS.name]["amount"].to_numpy())
-    assert 1.6 < b / a < 2.4
-    risky = base.shift(fraud_rate=0.05).history(days=7)[LABELS.name]
-    assert pc.mean(risky["is_fraud"].cast(pa.float64())).as_py() > 0.03
-    with pytest.raises(ValidationError, match="did you mean 'price_scale'"):
-        base.shift(price_scal=2)
-    with pytest.raises(ValidationError, match="fraud_rate"):
-        base.shift(fraud_rate=1.5)
+def test_shift_changes_distributions_and_keeps_the_world(week) -> None:
+    base = Shop(seed=3, n_users=20_000, start=START)
+    pricey = base.shift(price_scale=2.0)
+    assert pricey.catalog()[ITEMS.name].equals(base.catalog()[ITEMS.name])
+    assert base.knobs == Shift() and pricey.knobs.price_scale == 2.0
+
+    def purchase_median(history: dict[str, pa.Table]) -> float:
+        paid = with_truth(history)
+        return float(np.median(paid.filter(pc.invert(paid["is_fraud"]))["amount"].to_numpy()))
+
+    ratio = purchase_median(pricey.history(days=7)) / purchase_median(week)
+    assert 1.8 < ratio < 2.2
+
+    def share(history: dict[str, pa.Table], column: str, value: str) -> float:
+        return mean(pc.equal(history[EVENTS.name][column], value))
+
+    books = base.shift(category_weights={"books": 5.0}).history(days=2)
+    assert share(books, "category", "books") > 2 * share(week, "category", "books")
+    night = base.shift(night_share=0.5).history(days=2)
+    hours = pc.hour(night[EVENTS.name]["ts"]).to_numpy()
+    assert (hours < 6).mean() > 0.4
+    desktop = base.shift(mobile_share=0.0).history(days=1)[EVENTS.name]["device_id"]
+    phone = base.shift(mobile_share=1.0).history(days=1)[EVENTS.name]["device_id"]
+    web_share = [mean(pc.starts_with(d, "web-")) for d in (desktop, phone)]
+    assert web_share[0] > web_share[1] + 0.2
+
+
+def test_shift_forks_the_timeline() -> None:
+    base = Shop(seed=8, n_users=300, n_items=50, start=START)
+    day = base.history(days=1)
+    fork = base.shift(fraud_rate=0.2)
+    after = fork.history(days=1)
+    assert micros(after[EVENTS.name]["ts"])[0] >= at(START + timedelta(days=1))
+    assert after[EVENTS.name]["event_id"][0].as_py() == day[EVENTS.name]["event_id"][-1].as_py() + 1
+    seen = set(day[PAYMENTS.name]["payment_id"].to_pylist())
+    assert not seen & set(after[PAYMENTS.name]["payment_id"].to_pylist())
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        pytest.param({"bad_knob": 1}, "unknown shift knob 'bad_knob'", id="unknown"),
+        pytest.param({"price_scal": 2}, "did you mean 'price_scale'", id="typo"),
+        pytest.param({"fraud_rate": 1.5}, "fraud_rate", id="fraud-rate"),
+        pytest.param({"price_scale": 0}, "price_scale", id="price-scale"),
+        pytest.param({"category_weights": {"book": 2}}, "did you mean 'books'", id="category"),
+        pytest.param({"mobile_share": float("nan")}, "mobile_share", id="nan"),
+    ],
+)
+def test_bad_shifts_are_refused(changes: dict, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        Shop(n_users=10, n_items=20).shift(**changes)
 
 
 def test_stream_ticks_at_the_rate_in_time_order() -> None:
     shop = Shop(seed=1, n_users=500, n_items=100, start=START)
-    last = None
-    counts = []
-    for tick in shop.stream(rate=1_000, tick_s=1.0, duration_s=5):
-        ts = tick[EVENTS.name]["ts"].cast(pa.int64()).to_numpy()
-        counts.append(len(ts))
-        assert (np.diff(ts) >= 0).all()
-        if last is not None and len(ts):
-            assert ts[0] >= last
-        if len(ts):
-            last = ts[-1]
-    assert 600 < np.median(counts) < 1_400
+    shop.history(days=0.5)
+    ticks = list(shop.stream(rate=1_000, tick_s=1.0, duration_s=20))
+    assert len(ticks) == 20
+    counts = [t[EVENTS.name].num_rows for t in ticks]
+    assert 800 < np.median(counts) < 1_200
+    ts = np.concatenate([micros(t[EVENTS.name]["ts"]) for t in ticks])
+    assert (np.diff(ts) >= 0).all()
+    assert ts[0] >= at(START + timedelta(hours=12)) and ts[-1] < at(START) + 43_220_000_000
+    ids = np.concatenate([t[EVENTS.name]["event_id"].to_numpy() for t in ticks])
+    assert (np.diff(ids) == 1).all()
+    # Purchases of sessions under way when the stream starts are paid from the first tick:
+    # 150 sessions a second buy about 29 times.
+    assert 400 < sum(t[PAYMENTS.name].num_rows for t in ticks) < 800
+    assert ticks[0][PAYMENTS.name].num_rows > 5
+
+
+def test_stream_hands_out_labels_when_they_are_known() -> None:
+    shop = Shop(seed=1, n_users=300, n_items=50, start=START, shift=Shift(fraud_rate=0.3))
+    paid, known = set(), []
+    for tick in shop.stream(rate=20, tick_s=600, duration_s=12 * 3600):
+        paid |= set(tick[PAYMENTS.name]["payment_id"].to_pylist())
+        labels = tick[LABELS.name]
+        if labels.num_rows:
+            hi = micros(tick[EVENTS.name]["ts"])[-1]
+            assert (micros(labels["ts"]) <= hi + 600_000_000).all()
+            known.extend(labels["payment_id"].to_pylist())
+    assert known and set(known) <= paid and len(set(known)) == len(known)
+    # A history afterwards hands out the rest: every payment ends up with exactly one label.
+    later = shop.history(days=3)
+    paid |= set(later[PAYMENTS.name]["payment_id"].to_pylist())
+    assert sorted(known + later[LABELS.name]["payment_id"].to_pylist()) == sorted(paid)
+
+
+def test_realtime_stream_is_stamped_with_the_wall_clock() -> None:
+    shop = Shop(seed=1, n_users=100, n_items=30, start=START)
+    before = datetime.now(UTC)
+    ticks = list(shop.stream(rate=2_000, realtime=True, tick_s=0.05, duration_s=0.15))
+    after = datetime.now(UTC)
+    assert len(ticks) == 3
+    ts = np.concatenate([micros(t[EVENTS.name]["ts"]) for t in ticks])
+    assert len(ts) and at(before) - 1_000_000 <= ts.min() and ts.max() <= at(after) + 1_000_000
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"n_users": 0}, {"n_items": 3}, {"sessions_per_user_day": 0}],
-    ids=["users", "items", "sessions"],
+    ("kwargs", "match"),
+    [
+        pytest.param({"n_users": 0}, "n_users", id="users"),
+        pytest.param({"n_items": 3}, "n_items", id="items"),
+        pytest.param({"seed": -1}, "seed", id="seed"),
+        pytest.param({"sessions_per_user_day": 0}, "sessions_per_user_day", id="sessions"),
+        pytest.param({"start": "2026-11-01"}, "start", id="start"),
+        pytest.param({"shift": {"fraud_rate": 0.1}}, "Shift", id="shift"),
+    ],
 )
-def test_bad_arguments(kwargs) -> None:
-    with pytest.raises(ValidationError):
+def test_bad_shop_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
         Shop(**kwargs)
-    with pytest.raises(ValidationError, match="days"):
-        Shop().history(days=-1)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        pytest.param(lambda s: s.history(days=-1), "days", id="negative-days"),
+        pytest.param(lambda s: s.history(days=float("inf")), "days", id="infinite-days"),
+        pytest.param(lambda s: s.stream(rate=0), "rate", id="zero-rate"),
+        pytest.param(lambda s: s.stream(rate=-5.0), "rate", id="negative-rate"),
+        pytest.param(lambda s: s.stream(tick_s=0), "tick_s", id="tick"),
+        pytest.param(lambda s: s.stream(duration_s=-1), "duration_s", id="duration"),
+    ],
+)
+def test_bad_call_arguments(call, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        call(Shop(n_users=10, n_items=20))

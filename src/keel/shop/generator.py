@@ -1,121 +1,90 @@
-"""A seeded, reproducible web shop: catalogue, sessions, payments, fraud and its labels.
+"""A seeded, reproducible web shop: sessions of views, carts and purchases, payments with
+bursts of card fraud, and fraud labels that arrive later.
 
-Everything is drawn with NumPy over whole arrays (sessions, then their views, carts and
-purchases), so a week of a mid-sized shop takes a second or two.
-
-Example
--------
->>> from datetime import datetime, UTC
->>> shop = Shop(seed=1, n_users=100, n_items=50, start=datetime(2026, 11, 1, tzinfo=UTC))
->>> day = shop.history(days=1)
->>> sorted(day)
-['shop.events', 'shop.fraud_labels', 'shop.payments']
->>> day["shop.events"].num_rows == Shop(seed=1, n_users=100, n_items=50,
-...     start=datetime(2026, 11, 1, tzinfo=UTC)).history(days=1)["shop.events"].num_rows
-True
+Everything is drawn with NumPy over whole arrays (see :mod:`keel.shop.behaviour`), so a
+million events take about a second. Rows that fall after the window asked for (a session still
+running, a label not yet known) wait in a :class:`~keel.shop.timeline.Timeline` for the next
+call, so consecutive calls join without a seam.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from keel.errors import ValidationError, did_you_mean
-from keel.shop.catalog import CATEGORIES, COUNTRIES, FOREIGN
+from keel.shop.behaviour import (
+    EVENT_COLUMNS,
+    EVENTS_PER_SESSION,
+    FRESH,
+    HOUR,
+    LABEL_COLUMNS,
+    PAYMENT_COLUMNS,
+    Behaviour,
+    Shift,
+    check_int,
+    check_number,
+    empty,
+)
+from keel.shop.catalog import (
+    CATEGORIES,
+    COUNTRIES,
+    FOREIGN,
+    build_items,
+    build_users,
+    fresh_device_names,
+)
+from keel.shop.timeline import Frame, Timeline
 from keel.shop.topics import EVENTS, ITEMS, LABELS, PAYMENTS, USERS
 
-__all__ = ["Shift", "Shop"]
+__all__ = ["DEFAULT_START", "Shift", "Shop"]
 
+DEFAULT_START = datetime(2026, 11, 1, tzinfo=UTC)
 US = 1_000_000
-DAY = 86_400 * US
-VIEWS_PER_SESSION = 6.0
-CART_P = 0.09
-BUY_P = 0.35
-EVENTS_PER_SESSION = VIEWS_PER_SESSION * (1 + CART_P + CART_P * BUY_P)
-# Relative activity per hour of the day (UTC): quiet at night, peak in the evening.
-HOURLY = np.array(
-    [
-        0.25,
-        0.15,
-        0.1,
-        0.08,
-        0.08,
-        0.12,
-        0.3,
-        0.55,
-        0.75,
-        0.85,
-        0.9,
-        0.95,
-        1.0,
-        0.95,
-        0.9,
-        0.9,
-        0.95,
-        1.05,
-        1.25,
-        1.45,
-        1.55,
-        1.35,
-        0.95,
-        0.55,
-    ]
-)
-NIGHT = np.zeros(24)
-NIGHT[[0, 1, 2, 3, 4, 5]] = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Shift:
-    """Distribution knobs; the defaults are the unshifted shop."""
-
-    price_scale: float = 1.0
-    category_weights: dict[str, float] | None = None
-    popularity_exponent: float = 1.1
-    fraud_rate: float = 0.01
-    night_share: float = 0.0
-    mobile_share: float = 0.6
-    fraud_amount_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("price_scale", "popularity_exponent", "fraud_amount_scale"):
-            if getattr(self, name) <= 0:
-                raise ValidationError(f"shift {name} must be positive, got {getattr(self, name)}")
-        for name in ("fraud_rate", "night_share", "mobile_share"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValidationError(f"shift {name} must be in [0, 1), got {getattr(self, name)}")
-        known = {c.name for c in CATEGORIES}
-        for cat, w in (self.category_weights or {}).items():
-            if cat not in known:
-                raise ValidationError(
-                    f"shift category_weights: unknown category {cat!r}{did_you_mean(cat, known)}"
-                )
-            if w < 0:
-                raise ValidationError(f"shift category_weights[{cat!r}] must be >= 0")
+DAY = 24 * HOUR
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_KINDS = pa.array(["view", "cart", "purchase"])
+_CATEGORY_NAMES = pa.array([c.name for c in CATEGORIES])
+_COUNTRY_NAMES = pa.array([c for c, _ in COUNTRIES] + list(FOREIGN))
 
 
 class Shop:
-    """A reproducible shop of ``n_users`` users and ``n_items`` items from ``start`` on.
+    """A reproducible shop of ``n_users`` users and ``n_items`` items whose time starts at
+    ``start``; the same seed and arguments give the same tables.
+
+    Each call to :meth:`history` or :meth:`stream` continues where the last one ended.
 
     Parameters
     ----------
     seed
-        Same seed and arguments, same tables.
+        Seeds the catalogue, the users and every draw after.
     n_users, n_items
-        Catalogue sizes.
+        How many users (at least 1) and items (at least one per category, 12).
     start
-        When the history begins (default 2026-11-01 UTC).
+        When the shop's history begins (naive datetimes are UTC).
     sessions_per_user_day
-        Mean browsing sessions per user and day.
+        Mean browsing sessions per user and day in :meth:`history`.
     shift
-        Distribution knobs (see :class:`Shift`).
+        The distribution knobs (see :class:`Shift`); kept as :attr:`knobs`.
+
+    Example
+    -------
+    >>> shop = Shop(seed=1, n_users=100, n_items=50)
+    >>> sorted(shop.catalog())
+    ['shop.items', 'shop.users']
+    >>> day = shop.history(days=1)
+    >>> sorted(day)
+    ['shop.events', 'shop.fraud_labels', 'shop.payments']
+    >>> day["shop.events"].equals(Shop(seed=1, n_users=100, n_items=50).history(1)["shop.events"])
+    True
     """
 
     def __init__(
@@ -124,119 +93,134 @@ class Shop:
         seed: int = 7,
         n_users: int = 5_000,
         n_items: int = 2_000,
-        start: datetime | None = None,
+        start: datetime = DEFAULT_START,
         sessions_per_user_day: float = 1.0,
         shift: Shift | None = None,
     ) -> None:
-        if n_users < 1 or n_items < len(CATEGORIES):
+        check_int("seed", seed, 0)
+        check_int("n_users", n_users, 1)
+        check_int("n_items", n_items, len(CATEGORIES), "one item per category")
+        check_number("sessions_per_user_day", sessions_per_user_day, low=0.0, low_open=True)
+        if shift is not None and not isinstance(shift, Shift):
             raise ValidationError(
-                f"a shop needs n_users >= 1 and n_items >= {len(CATEGORIES)}, got "
-                f"n_users={n_users}, n_items={n_items}"
+                f"shift must be a Shift, e.g. Shift(fraud_rate=0.05), not {type(shift).__name__}"
             )
-        if sessions_per_user_day <= 0:
-            raise ValidationError("sessions_per_user_day must be positive")
         self.seed = seed
         self.n_users = n_users
         self.n_items = n_items
-        self.start = start or datetime(2026, 11, 1, tzinfo=UTC)
-        if self.start.tzinfo is None:
-            self.start = self.start.replace(tzinfo=UTC)
+        self.start = start
         self.sessions_per_user_day = sessions_per_user_day
-        self.shift_ = shift or Shift()
-        self._build_catalog()
-        self._cursor = _us(self.start)
-        self._ids = 0
+        self.knobs = shift if shift is not None else Shift()
+        start_us = _micros(start, "start")
+        self._items = build_items(_rng(seed, 1), int(n_items), start_us)
+        self._users = build_users(_rng(seed, 2), int(n_users), start_us)
+        self._device_names = pa.array(self._users.devices)
+        # Items by category, then by a random popularity rank within it.
+        rank = _rng(seed, 3).permutation(int(n_items))
+        self._popularity = np.lexsort((rank, self._items.category))
+        self._behaviour = Behaviour(self._items, self._users, self._popularity, self.knobs)
+        self._clock = start_us  # where the next history() or stream() begins by default
+        # The end, pace and kind of the last window drawn: a window that continues it needs
+        # no warm-up, the sessions under way are pending already.
+        self._drawn_to: tuple[int, float, bool] | None = None
+        self._next = {"event": 1, "session": 1, "payment": 1}
+        self._pending = {
+            "events": Timeline(empty(EVENT_COLUMNS)),
+            "payments": Timeline(empty(PAYMENT_COLUMNS)),
+            "labels": Timeline(empty(LABEL_COLUMNS)),
+        }
 
-    # -- catalogue ------------------------------------------------------------------------
-    def _build_catalog(self) -> None:
-        rng = np.random.default_rng([self.seed, 1])
-        weights = np.array([c.weight for c in CATEGORIES])
-        cats = rng.choice(len(CATEGORIES), self.n_items, p=weights / weights.sum())
-        cats[: len(CATEGORIES)] = np.arange(len(CATEGORIES))  # every category has items
-        self.item_cat = cats
-        titles, descriptions = [], []
-        price = np.empty(self.n_items)
-        for i, c in enumerate(cats):
-            cat = CATEGORIES[c]
-            adj = cat.adjectives[rng.integers(len(cat.adjectives))]
-            noun = cat.nouns[rng.integers(len(cat.nouns))]
-            use = cat.uses[rng.integers(len(cat.uses))]
-            titles.append(f"{adj.capitalize()} {noun}")
-            descriptions.append(f"A {adj} {noun} {use}.")
-            price[i] = round(cat.price_median * rng.lognormal(0, cat.price_sigma), 2)
-        self.item_title, self.item_desc, self.item_price = titles, descriptions, price
-        # Popularity ranks within each category, for the Zipf draw.
-        self.item_rank_order = [
-            np.flatnonzero(cats == c)[rng.permutation((cats == c).sum())]
-            for c in range(len(CATEGORIES))
-        ]
-        self.user_activity = rng.lognormal(0, 0.8, self.n_users)
-        self.user_pref = rng.dirichlet(np.full(len(CATEGORIES), 0.4), self.n_users)
-        names = [c for c, _ in COUNTRIES]
-        shares = np.array([w for _, w in COUNTRIES])
-        self.user_country = np.array(names)[
-            rng.choice(len(names), self.n_users, p=shares / shares.sum())
-        ]
-        self.user_signup = _us(self.start) - rng.integers(1, 730, self.n_users) * DAY
-        ids = np.arange(1, self.n_users + 1).astype(str)
-        self.mobile_device = np.char.add("m-", ids)
-        self.web_device = np.char.add("w-", ids)
+    def __repr__(self) -> str:
+        return (
+            f"Shop(seed={self.seed}, n_users={self.n_users}, n_items={self.n_items}, "
+            f"start={self.start!r}, shift={self.knobs!r})"
+        )
 
+    # -- the fixed world ----------------------------------------------------------------
     def catalog(self) -> dict[str, pa.Table]:
-        """The items (with texts and prices) and the users, stamped at their creation."""
-        ids = np.arange(1, self.n_items + 1)
-        items = pa.table(
-            {
-                "ts": _ts(np.full(self.n_items, _us(self.start) - 365 * DAY)),
-                "item_id": ids,
-                "category": [CATEGORIES[c].name for c in self.item_cat],
-                "title": self.item_title,
-                "description": self.item_desc,
-                "price": self.item_price,
-            },
+        """The items, with texts and list prices, and the users, each stamped at creation.
+
+        Example
+        -------
+        >>> items = Shop(seed=1, n_users=10, n_items=20).catalog()["shop.items"]
+        >>> items.num_rows, items.column_names[:3]
+        (20, ['ts', 'item_id', 'category'])
+        """
+        it, us = self._items, self._users
+        items = pa.Table.from_arrays(
+            [
+                _ts(it.listed),
+                pa.array(np.arange(1, self.n_items + 1, dtype=np.int64)),
+                pc.take(_CATEGORY_NAMES, it.category),
+                pa.array(it.title),
+                pa.array(it.description),
+                pa.array(it.price),
+            ],
             schema=ITEMS.schema,
         )
-        users = pa.table(
-            {
-                "ts": _ts(self.user_signup),
-                "user_id": np.arange(1, self.n_users + 1),
-                "country": self.user_country,
-                "device_id": self.mobile_device,
-            },
+        users = pa.Table.from_arrays(
+            [
+                _ts(us.signup),
+                pa.array(np.arange(1, self.n_users + 1, dtype=np.int64)),
+                pc.take(_COUNTRY_NAMES, us.country),
+                self._device_names.slice(0, self.n_users),
+            ],
             schema=USERS.schema,
         )
-        return {ITEMS.name: items, USERS.name: users.sort_by("ts")}
+        return {ITEMS.name: items, USERS.name: users}
 
-    # -- shifting -------------------------------------------------------------------------
     def shift(self, **changes: Any) -> Shop:
-        """A new shop with the same catalogue and users and shifted distributions."""
+        """A fork of this shop with some knobs of :class:`Shift` changed.
+
+        The fork keeps the catalogue, the users, the clock and the id counters, so what it
+        generates next continues this shop's timeline under the new distributions.
+
+        Example
+        -------
+        >>> shop = Shop(seed=1, n_users=10, n_items=20)
+        >>> shop.shift(price_scale=1.5).knobs.price_scale
+        1.5
+        >>> shop.shift(fraud_rat=0.1)
+        Traceback (most recent call last):
+        ...
+        keel.errors.ValidationError: unknown shift knob 'fraud_rat' — did you mean 'fraud_rate'?...
+        """
         known = [f.name for f in dataclasses.fields(Shift)]
         for name in changes:
             if name not in known:
                 raise ValidationError(
-                    f"unknown shift knob {name!r}{did_you_mean(name, known)}; knobs: "
-                    f"{', '.join(known)}"
+                    f"unknown shift knob {name!r}{did_you_mean(name, known)} "
+                    f"(knobs: {', '.join(known)})"
                 )
-        new = Shop.__new__(Shop)
-        new.__dict__.update(self.__dict__)
-        new.shift_ = dataclasses.replace(self.shift_, **changes)
-        return new
+        fork = copy.copy(self)
+        fork.knobs = dataclasses.replace(self.knobs, **changes)
+        fork._next = dict(self._next)
+        fork._pending = {name: t.copy() for name, t in self._pending.items()}
+        fork._behaviour = Behaviour(self._items, self._users, self._popularity, fork.knobs)
+        return fork
 
-    # -- history and streams --------------------------------------------------------------
+    # -- time ---------------------------------------------------------------------------
     def history(self, days: float = 7.0) -> dict[str, pa.Table]:
-        """``days`` of events, payments and fraud labels from the current cursor (``start``
-        at first); each table sorted by time. Labels carry the time they become known."""
-        if days <= 0:
-            raise ValidationError(f"days must be positive, got {days}")
-        lo = self._cursor
-        hi = lo + int(days * DAY)
-        rng = np.random.default_rng([self.seed, 2, lo // US, int(days * 1000)])
-        n = rng.poisson(self.sessions_per_user_day * days * self.n_users)
-        out = self._simulate(rng, lo, hi, n, daily_cycle=True)
-        self._cursor = hi
-        return {
-            name: t.filter(_before(t, hi)) if name != LABELS.name else t for name, t in out.items()
-        }
+        """``days`` of events and payments from where the shop's clock stands (``start`` at
+        first), each sorted by time, with the fraud labels of those payments.
+
+        Labels carry the time they become known, hours to days after their payment, so some
+        lie after the window.
+
+        Example
+        -------
+        >>> shop = Shop(seed=1, n_users=200, n_items=50)
+        >>> day = shop.history(days=1)
+        >>> day["shop.payments"].num_rows == day["shop.fraud_labels"].num_rows > 0
+        True
+        >>> str(day["shop.events"]["ts"][0].as_py().date())
+        '2026-11-01'
+        """
+        check_number("days", days, low=0.0, low_open=True)
+        lo = self._clock
+        hi = lo + max(round(days * DAY), 1)
+        rate = self.n_users * self.sessions_per_user_day / DAY
+        return self._advance(lo, hi, rate, history=True)
 
     def stream(
         self,
@@ -247,266 +231,150 @@ class Shop:
         tick_s: float = 1.0,
         duration_s: float | None = None,
     ) -> Iterator[dict[str, pa.Table]]:
-        """Yield one dict of tables per tick, about ``rate * tick_s`` shop events each.
+        """Yield one dict of tables per tick of ``tick_s`` seconds, with about
+        ``rate * tick_s`` shop events each and the payments and labels that fall due.
 
-        With ``realtime`` the ticks are paced by the wall clock and stamped with it.
-        Events of sessions that run past a tick are held back until their time comes.
+        Time runs on from ``start``, by default the end of the last :meth:`history` or stream
+        (``start`` of the shop at first), or, with ``realtime``, now. With ``realtime`` each
+        tick is held back until the wall clock has passed it. Ends after ``duration_s``
+        seconds of shop time; ``None`` runs forever.
+
+        Example
+        -------
+        >>> shop = Shop(seed=1, n_users=100, n_items=50)
+        >>> ticks = list(shop.stream(rate=500, tick_s=1.0, duration_s=3))
+        >>> len(ticks), 300 < ticks[-1]["shop.events"].num_rows < 700
+        (3, True)
         """
-        if rate <= 0 or tick_s <= 0:
-            raise ValidationError(f"rate and tick_s must be positive, got {rate}, {tick_s}")
-        cursor = _us(start) if start is not None else self._cursor
-        if realtime:
-            cursor = _us(datetime.now(UTC))
-        rng = np.random.default_rng([self.seed, 3, cursor // US])
-        step = int(tick_s * US)
+        check_number("rate", rate, low=0.0, low_open=True)
+        check_number("tick_s", tick_s, low=1e-6)
+        if duration_s is not None:
+            check_number("duration_s", duration_s, low=0.0, low_open=True)
+        if start is not None:
+            begin = _micros(start, "start")
+        elif realtime:
+            begin = _micros(datetime.now(UTC), "now")
+        else:
+            begin = self._clock
         ticks = None if duration_s is None else max(round(duration_s / tick_s), 1)
-        # Sessions already under way when the stream starts, so it begins at full rate.
-        warm = 10 * 60 * US
-        n = rng.poisson(rate * warm / US / EVENTS_PER_SESSION)
-        pending = {
-            name: table.filter(pa.compute.invert(_before(table, cursor)))
-            for name, table in self._simulate(
-                rng, cursor - warm, cursor, n, daily_cycle=False
-            ).items()
-        }
+        return self._ticks(begin, rate / EVENTS_PER_SESSION / US, tick_s, ticks, realtime)
+
+    def _ticks(
+        self, begin: int, session_rate: float, tick_s: float, ticks: int | None, realtime: bool
+    ) -> Iterator[dict[str, pa.Table]]:
+        step = round(tick_s * US)
         wall = time.monotonic()
         i = 0
         while ticks is None or i < ticks:
-            lo, hi = cursor + i * step, cursor + (i + 1) * step
-            n = rng.poisson(rate * tick_s / EVENTS_PER_SESSION)
-            fresh = self._simulate(rng, lo, hi, n, daily_cycle=False)
-            out = {}
-            for name, table in fresh.items():
-                both = pa.concat_tables([pending[name], table]).sort_by("ts")
-                now = _before(both, hi)
-                out[name] = both.filter(now)
-                pending[name] = both.filter(pa.compute.invert(now))
-            if realtime:
-                time.sleep(max(0.0, wall + (i + 1) * tick_s - time.monotonic()))
-            self._cursor = hi
+            lo = begin + i * step
+            out = self._advance(lo, lo + step, session_rate, history=False)
             i += 1
+            if realtime:
+                time.sleep(max(0.0, wall + i * tick_s - time.monotonic()))
             yield out
 
-    # -- simulation -----------------------------------------------------------------------
-    def _simulate(
-        self, rng: np.random.Generator, lo: int, hi: int, n: int, *, daily_cycle: bool
+    def _advance(
+        self, lo: int, hi: int, session_rate: float, *, history: bool
     ) -> dict[str, pa.Table]:
-        s = self.shift_
-        p = self.user_activity / self.user_activity.sum()
-        user = rng.choice(self.n_users, n, p=p)
-        start = self._session_starts(rng, lo, hi, n, daily_cycle)
-        length = rng.geometric(1 / VIEWS_PER_SESSION, n)
-        mobile = rng.random(n) < s.mobile_share
-        session_id = 1 + self._next_ids(n)
-        # Views: one row per view, its time the session start plus exponential gaps.
-        sess = np.repeat(np.arange(n), length)
-        gaps = rng.exponential(40 * US, len(sess)).astype(np.int64)
-        first = np.r_[0, np.cumsum(length)[:-1]]
-        gaps[first] = 0
-        cum = np.cumsum(gaps)
-        vts = start[sess] + cum - cum[first][sess]
-        vuser = user[sess]
-        pref = self.user_pref[vuser]
-        if s.category_weights:
-            w = np.array([s.category_weights.get(c.name, 1.0) for c in CATEGORIES])
-            pref = pref * w
-            pref = pref / pref.sum(axis=1, keepdims=True)
-        cat = (rng.random(len(sess))[:, None] > np.cumsum(pref, axis=1)).sum(axis=1)
-        cat = np.minimum(cat, len(CATEGORIES) - 1)
-        item = self._zipf_items(rng, cat)
-        # Carts follow some views, purchases some carts.
-        carted = rng.random(len(sess)) < CART_P
-        bought = carted & (rng.random(len(sess)) < BUY_P)
-        cts = vts + rng.exponential(20 * US, len(sess)).astype(np.int64)
-        bts = cts + rng.exponential(60 * US, len(sess)).astype(np.int64)
-        kinds = np.concatenate(
-            [
-                np.zeros(len(sess), np.int8),
-                np.ones(carted.sum(), np.int8),
-                np.full(bought.sum(), 2, np.int8),
-            ]
-        )
-        rows = np.concatenate(
-            [np.arange(len(sess)), np.flatnonzero(carted), np.flatnonzero(bought)]
-        )
-        ets = np.concatenate([vts, cts[carted], bts[bought]])
-        price = np.round(self.item_price[item] * s.price_scale, 2)
-        device = np.where(mobile[sess], self.mobile_device[vuser], self.web_device[vuser])
-        order = np.argsort(ets, kind="stable")
-        r = rows[order]
-        events = pa.table(
-            {
-                "ts": _ts(ets[order]),
-                "event_id": 1 + self._next_ids(len(order)),
-                "user_id": vuser[r] + 1,
-                "session_id": session_id[sess[r]],
-                "item_id": item[r] + 1,
-                "event_type": np.array(["view", "cart", "purchase"])[kinds[order]],
-                "category": np.array([c.name for c in CATEGORIES])[cat[r]],
-                "price": price[r],
-                "device_id": device[r],
-            },
-            schema=EVENTS.schema,
-        )
-        b = np.flatnonzero(bought)
-        quantity = 1 + rng.geometric(0.7, len(b)) - 1
-        legit = {
-            "ts": bts[b],
-            "user": vuser[b],
-            "amount": np.round(price[b] * quantity, 2),
-            "country": self.user_country[vuser[b]],
-            "device": device[b],
-            "category": cat[b],
-            "new_device": rng.random(len(b)) < 0.02,
-            "fraud": np.zeros(len(b), dtype=bool),
-        }
-        fraud = self._fraud(rng, lo, hi, len(b))
-        pay = {k: np.concatenate([legit[k], fraud[k]]) for k in legit}
-        return {EVENTS.name: events, **self._payments(rng, lo, pay)}
-
-    def _session_starts(
-        self, rng: np.random.Generator, lo: int, hi: int, n: int, daily_cycle: bool
-    ) -> np.ndarray:
-        if not daily_cycle:
-            return rng.integers(lo, hi, n)
-        # Draw a day, then an hour by the daily cycle (mixed with the night knob), then a time.
-        hourly = (
-            1 - self.shift_.night_share
-        ) * HOURLY / HOURLY.sum() + self.shift_.night_share * NIGHT / NIGHT.sum()
-        first_day = lo // DAY
-        days = int(-(-(hi - first_day * DAY) // DAY))
-        day = first_day + rng.integers(0, days, n)
-        hour = rng.choice(24, n, p=hourly / hourly.sum())
-        ts = day * DAY + hour * 3600 * US + rng.integers(0, 3600 * US, n)
-        inside = (ts >= lo) & (ts < hi)
-        missing = n - inside.sum()
-        ts = ts[inside]
-        if missing:  # redraw what fell outside a partial first or last day
-            ts = np.concatenate([ts, self._session_starts(rng, lo, hi, missing, True)])
-        return ts
-
-    def _zipf_items(self, rng: np.random.Generator, cat: np.ndarray) -> np.ndarray:
-        item = np.empty(len(cat), dtype=np.int64)
-        for c, ranked in enumerate(self.item_rank_order):
-            rows = np.flatnonzero(cat == c)
-            if not len(rows):
-                continue
-            w = 1.0 / np.arange(1, len(ranked) + 1) ** self.shift_.popularity_exponent
-            pick = np.searchsorted(np.cumsum(w / w.sum()), rng.random(len(rows)))
-            item[rows] = ranked[np.minimum(pick, len(ranked) - 1)]
-        return item
-
-    def _fraud(self, rng: np.random.Generator, lo: int, hi: int, n_legit: int) -> dict:
-        """Bursts on compromised cards: several payments within minutes, unusual amounts,
-        new devices in foreign countries, mostly at night."""
-        s = self.shift_
-        target = rng.poisson(s.fraud_rate * n_legit / (1 - s.fraud_rate)) if n_legit else 0
-        sizes = []
-        while sum(sizes) < target:
-            sizes.append(int(rng.integers(3, 9)))
-        if sizes:
-            sizes[-1] -= sum(sizes) - target
-            sizes = [x for x in sizes if x > 0]
-        k = len(sizes)
-        size = np.array(sizes, dtype=np.int64)
-        victim = rng.integers(0, self.n_users, k)
-        night = rng.random(k) < 0.6
-        day0 = lo // DAY + rng.integers(0, max(1, -(-(hi - lo) // DAY)), k)
-        hour = np.where(night, rng.integers(0, 6, k), rng.integers(0, 24, k))
-        begin = np.clip(day0 * DAY + hour * 3600 * US + rng.integers(0, 3600 * US, k), lo, hi - 1)
-        burst = np.repeat(np.arange(k), size)
-        gaps = rng.exponential(90 * US, len(burst)).astype(np.int64)
-        first = np.r_[0, np.cumsum(size)[:-1]].astype(np.int64)
-        if len(burst):
-            gaps[first] = 0
-        cum = np.cumsum(gaps)
-        ts = np.minimum(begin[burst] + cum - (cum[first][burst] if len(burst) else 0), hi - 1)
-        m = len(burst)
-        round_amount = rng.random(m) < 0.4
-        amount = (
-            np.where(
-                round_amount,
-                rng.choice([100.0, 200.0, 250.0, 500.0, 1000.0], m),
-                np.round(rng.lognormal(np.log(350), 0.6, m), 2),
-            )
-            * s.fraud_amount_scale
-        )
-        risky = [
-            i
-            for i, c in enumerate(CATEGORIES)
-            if c.name in ("electronics", "games", "beauty", "fashion")
-        ]
+        """Draw the sessions and fraud bursts starting in [lo, hi), then hand out what is due:
+        events and payments before ``hi``; labels before ``hi`` in a stream, and in a history
+        those of every payment handed out, known or not yet."""
+        behaviour = self._behaviour
+        if self._drawn_to != (lo, session_rate, history):
+            # A cold start, or a change of pace: add the sessions already under way at lo.
+            self._add(behaviour.under_way(_rng(self.seed, 4, lo), lo, session_rate, history))
+        rng = _rng(self.seed, 5 + history, lo, hi)
+        self._add(behaviour.draw(rng, lo, hi, session_rate, history))
+        self._drawn_to = (hi, session_rate, history)
+        self._clock = hi
+        pending = self._pending
+        if history:
+            labels = pending["labels"].pop_where(lambda f: f["paid"] < hi)
+        else:
+            labels = pending["labels"].pop_before(hi)
         return {
-            "ts": ts,
-            "user": victim[burst],
-            "amount": np.round(amount, 2),
-            "country": np.array(FOREIGN)[rng.integers(0, len(FOREIGN), m)],
-            "device": np.array([f"x-{v:08x}" for v in rng.integers(0, 2**32, k)])[burst]
-            if m
-            else np.zeros(0, dtype=str),
-            "category": np.array(risky)[rng.integers(0, len(risky), m)],
-            "new_device": np.ones(m, dtype=bool),
-            "fraud": np.ones(m, dtype=bool),
+            EVENTS.name: self._events_table(pending["events"].pop_before(hi)),
+            PAYMENTS.name: self._payments_table(pending["payments"].pop_before(hi)),
+            LABELS.name: _labels_table(labels),
         }
 
-    def _payments(self, rng: np.random.Generator, lo: int, pay: dict) -> dict[str, pa.Table]:
-        order = np.argsort(pay["ts"], kind="stable")
-        pay = {k: v[order] for k, v in pay.items()}
-        m = len(order)
-        payment_id = 1 + self._next_ids(m)
-        payments = pa.table(
-            {
-                "ts": _ts(pay["ts"]),
-                "payment_id": payment_id,
-                "user_id": pay["user"] + 1,
-                "card_id": (pay["user"] + 1) * 10 + 1,
-                "amount": pay["amount"].astype(np.float64),
-                "country": pay["country"].astype(str),
-                "device_id": pay["device"].astype(str),
-                "merchant_category": np.array([c.name for c in CATEGORIES])[
-                    pay["category"].astype(np.int64)
-                ]
-                if m
-                else np.zeros(0, dtype=str),
-                "new_device": pay["new_device"].astype(bool),
-            },
-            schema=PAYMENTS.schema,
-        )
-        # Chargebacks come within hours; legitimate payments are confirmed after a day or two.
-        delay = np.where(
-            pay["fraud"],
-            3600 * US + rng.exponential(DAY / 4, m),
-            DAY + rng.exponential(DAY / 2, m),
-        ).astype(np.int64)
-        lorder = np.argsort(pay["ts"] + delay, kind="stable")
-        labels = pa.table(
-            {
-                "ts": _ts((pay["ts"] + delay)[lorder]),
-                "payment_id": payment_id[lorder],
-                "user_id": pay["user"][lorder] + 1,
-                "is_fraud": pay["fraud"][lorder].astype(bool),
-            },
-            schema=LABELS.schema,
-        )
-        return {PAYMENTS.name: payments, LABELS.name: labels}
+    def _add(self, drawn: tuple[Frame, Frame, Frame, int]) -> None:
+        """Number the sessions and payments drawn on from earlier draws and keep them pending."""
+        events, payments, labels, n = drawn
+        events["session"] += self._next["session"]
+        self._next["session"] += n
+        payments["payment"] += self._next["payment"]
+        labels["payment"] += self._next["payment"]
+        self._next["payment"] += len(payments["ts"])
+        self._pending["events"].add(events)
+        self._pending["payments"].add(payments)
+        self._pending["labels"].add(labels)
 
-    def _next_ids(self, n: int) -> np.ndarray:
-        ids = self._ids + np.arange(n, dtype=np.int64)
-        self._ids += n
+    def _take(self, counter: str, n: int) -> np.ndarray:
+        ids = self._next[counter] + np.arange(n, dtype=np.int64)
+        self._next[counter] += n
         return ids
 
+    # -- tables -------------------------------------------------------------------------
+    def _events_table(self, f: Frame) -> pa.Table:
+        return pa.Table.from_arrays(
+            [
+                _ts(f["ts"]),
+                pa.array(self._take("event", len(f["ts"]))),
+                pa.array(f["user"] + 1),
+                pa.array(f["session"]),
+                pa.array(f["item"] + 1),
+                pc.take(_KINDS, f["kind"]),
+                pc.take(_CATEGORY_NAMES, f["category"]),
+                pa.array(f["price"]),
+                pc.take(self._device_names, f["device"]),
+            ],
+            schema=EVENTS.schema,
+        )
 
-def _us(t: datetime) -> int:
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return int(t.timestamp()) * US + t.microsecond
+    def _payments_table(self, f: Frame) -> pa.Table:
+        code = f["device"]
+        fresh = code >= FRESH
+        serial = (code - FRESH) & 0xFFFFFFFF
+        names = np.where(
+            fresh,
+            fresh_device_names(np.where(fresh, (code - FRESH) >> 32, 0), serial),
+            self._users.devices[np.where(fresh, 0, code)],
+        )
+        return pa.Table.from_arrays(
+            [
+                _ts(f["ts"]),
+                pa.array(f["payment"]),
+                pa.array(f["user"] + 1),
+                pa.array(f["card"]),
+                pa.array(f["amount"]),
+                pc.take(_COUNTRY_NAMES, f["country"]),
+                pa.array(names, pa.string()),
+                pc.take(_CATEGORY_NAMES, f["category"]),
+                pa.array(f["new_device"]),
+            ],
+            schema=PAYMENTS.schema,
+        )
 
 
-def _ts(values: np.ndarray) -> pa.Array:
-    return pa.array(np.asarray(values, dtype=np.int64), pa.int64()).cast(
-        pa.timestamp("us", tz="UTC")
+def _labels_table(f: Frame) -> pa.Table:
+    return pa.Table.from_arrays(
+        [_ts(f["ts"]), pa.array(f["payment"]), pa.array(f["user"] + 1), pa.array(f["fraud"])],
+        schema=LABELS.schema,
     )
 
 
-def _before(table: pa.Table, hi: int) -> pa.ChunkedArray:
-    return pa.compute.less(table.column("ts").cast(pa.int64()), hi)
+def _rng(seed: int, purpose: int, *at: int) -> np.random.Generator:
+    return np.random.default_rng([seed, purpose, *(t % 2**64 for t in at)])
+
+
+def _ts(values: np.ndarray) -> pa.Array:
+    return pa.array(values, pa.timestamp("us", tz="UTC"))
+
+
+def _micros(when: Any, name: str) -> int:
+    if not isinstance(when, datetime):
+        raise ValidationError(f"{name} must be a datetime, got {type(when).__name__}")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - EPOCH) // timedelta(microseconds=1)
