@@ -126,13 +126,27 @@ def _start_postgres() -> tuple[str, subprocess.Popen[bytes] | None, str]:
         os.chown(workdir, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
     data = os.path.join(workdir, "data")
-    subprocess.run([*prefix, initdb, "-D", data, "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*prefix, initdb, "-D", data, "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
     port = _free_port()
     proc = subprocess.Popen(
-        [*prefix, os.path.join(bindir, "postgres"), "-D", data, "-p", str(port), "-k", workdir,
-         "-c", "listen_addresses=127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            *prefix,
+            os.path.join(bindir, "postgres"),
+            "-D",
+            data,
+            "-p",
+            str(port),
+            "-k",
+            workdir,
+            "-c",
+            "listen_addresses=127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     while not _pg_answers("127.0.0.1", port):

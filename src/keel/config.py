@@ -22,12 +22,50 @@ from typing import Any
 
 import msgspec
 
-from keel.errors import ConfigError, did_you_mean
+from keel.errors import ConfigError, ValidationError, did_you_mean
 
-__all__ = ["CONFIG_FILE", "Settings"]
+__all__ = ["CONFIG_FILE", "FastPathConfig", "RouteConfig", "Settings"]
 
 CONFIG_FILE = "keel.toml"
 ENV_PREFIX = "KEEL_"
+
+
+class FastPathConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A small checkpoint on the CPU, without batching, for requests whose deadline
+    (``x-keel-deadline-ms``) is below ``below_ms``."""
+
+    model: str
+    features: list[str] = msgspec.field(default_factory=list)
+    below_ms: float = 10.0
+
+
+class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How one model is served."""
+
+    name: str
+    model: str  # "name@alias", "name@3", or "builtin:all-MiniLM-L6-v2"
+    runtime: str = "auto"
+    device: str = "cpu"
+    batching: bool = True
+    max_batch_size: int = 32
+    max_wait_ms: float = 10.0
+    max_queue: int = 1024
+    threads: int | None = None
+    features: list[str] = msgspec.field(default_factory=list)
+    fast_path: FastPathConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise ValidationError(f"route name {self.name!r} is invalid")
+        if self.device not in ("cpu", "cuda"):
+            raise ValidationError(f"route {self.name!r}: device must be 'cpu' or 'cuda'")
+        if self.max_batch_size < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
+            raise ValidationError(f"route {self.name!r}: batch policy values must be positive")
+        if not self.model.startswith("builtin:") and "@" not in self.model:
+            raise ValidationError(
+                f"route {self.name!r}: model {self.model!r} must be 'name@alias' or "
+                "'name@version' (or builtin:all-MiniLM-L6-v2)"
+            )
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -47,6 +85,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     registry_url: str = ""
     artifacts_url: str = ""
     jobs_url: str = "local://"
+    routes: list[RouteConfig] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         root = Path(self.project_dir).expanduser().resolve()
@@ -124,7 +163,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             values["project_dir"] = str(project_dir)
         try:
             return msgspec.convert(values, cls)
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, ValidationError) as exc:
             raise ConfigError(f"invalid settings in {str(path)!r}: {exc}") from exc
 
 

@@ -364,10 +364,8 @@ def _registry(console: Console, project: Project, train: pa.Table, result: DemoR
     columns = [
         c
         for c in train.column_names
-        if ("__" in c
-        and pa.types.is_integer(train.schema.field(c).type))
-        or ("__" in c
-        and pa.types.is_floating(train.schema.field(c).type))
+        if ("__" in c and pa.types.is_integer(train.schema.field(c).type))
+        or ("__" in c and pa.types.is_floating(train.schema.field(c).type))
     ]
     columns.append("amount")
     x = np.column_stack(

@@ -142,10 +142,12 @@ def test_registry_commands(project_dir: Path) -> None:
         project.log.append(name, table)
     pays = pa.concat_tables([project.log.read("shop.payments", p, 0, 10**6) for p in range(4)])
     labels = pays.select(["card_id", "ts"]).append_column(
-        "y", pa.array([i % 2 for i in range(pays.num_rows)]))
+        "y", pa.array([i % 2 for i in range(pays.num_rows)])
+    )
     train = project.features.training_set(labels, ["card_payments:payments_1h"])
-    model = LogisticRegression().fit(train["card_payments__payments_1h"].to_numpy()[:, None],
-                                     train["y"].to_numpy())
+    model = LogisticRegression().fit(
+        train["card_payments__payments_1h"].to_numpy()[:, None], train["y"].to_numpy()
+    )
     project.registry.register("fraud", model, training_set=train, params={"C": 1.0})
     project.registry.register("fraud", model, training_set=train, params={"C": 2.0})
 

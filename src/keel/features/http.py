@@ -81,18 +81,9 @@ def create_app(store: FeatureStore, *, follow: bool = True, interval_s: float = 
         stop = threading.Event()
         thread = None
         if follow:
-
-            def run() -> None:
-                while not stop.is_set():
-                    try:
-                        moved = sum(s.events for s in store.materialize().values())
-                    except Exception:
-                        log.exception("background materialization failed; retrying")
-                        moved = 0
-                    if not moved:
-                        stop.wait(interval_s)
-
-            thread = threading.Thread(target=run, name="keel-materializer", daemon=True)
+            thread = threading.Thread(
+                target=store.follow, args=(stop, interval_s), name="keel-materializer", daemon=True
+            )
             thread.start()
         try:
             yield

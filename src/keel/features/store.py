@@ -23,7 +23,9 @@ Example
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +53,8 @@ from keel.log.base import to_micros
 from keel.log.schema import parse_type
 
 __all__ = ["FeatureStore", "OnlineResult"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -211,6 +215,17 @@ class FeatureStore:
         """Bring the online store up to date with the log; return what each view consumed."""
         names = list(views) if views is not None else list(self._views)
         return {n: self.materializer(n).run_until_caught_up() for n in names}
+
+    def follow(self, stop: threading.Event, interval_s: float = 0.2) -> None:
+        """Materialize every view until ``stop`` is set (for servers on ``memory://``)."""
+        while not stop.is_set():
+            try:
+                moved = sum(s.events for s in self.materialize().values())
+            except Exception:
+                log.exception("background materialization failed; retrying")
+                moved = 0
+            if not moved:
+                stop.wait(interval_s)
 
     def backfill(self, views: Sequence[str] | None = None) -> dict[str, MaterializeStats]:
         """Rebuild each view's online state from the offline history, then catch up with

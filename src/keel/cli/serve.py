@@ -1,0 +1,228 @@
+"""``keel serve`` and ``keel bench``."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from keel.cli._common import console, friendly, project
+from keel.errors import NotFoundError, ValidationError
+from keel.project import Project
+
+_TEXT = """wireless noise cancelling headphones with a battery that lasts all week for music
+calls and video meetings a gripping thriller set in post war berlin organic cotton sweater for
+everyday wear handmade ceramic plant pot for balcony herbs and tomatoes waterproof running shoes
+for marathon training fair trade coffee beans roasted in small batches"""
+WORDS = tuple(_TEXT.split())
+
+
+def build_server(proj: Project, only: list[str] | None = None) -> Any:
+    from keel.serving import InferenceServer
+
+    routes = [r for r in proj.settings.routes if not only or r.name in only]
+    if not routes:
+        raise ValidationError("no routes to serve: add [[routes]] to keel.toml (see README)")
+    needs_features = any(r.features or (r.fast_path and r.fast_path.features) for r in routes)
+    needs_registry = any(not r.model.startswith("builtin:") for r in routes)
+    server = InferenceServer(
+        routes,
+        registry=proj.registry if needs_registry else None,
+        features=proj.features if needs_features else None,
+        log_=proj.log if needs_registry else None,
+        follow_features=needs_features,
+    )
+    server.load_all()
+    return server
+
+
+def serve(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", help="address to bind"),
+    port: int = typer.Option(8000, help="port"),
+    route: list[str] = typer.Option(None, "--route", help="serve only these routes"),
+) -> None:
+    """Serve the configured routes: Open Inference Protocol v2, /v1/routes, /metrics."""
+    import uvicorn
+
+    from keel.serving import create_app
+
+    server = build_server(project(ctx), route or None)
+    names = ", ".join(f"{r.name} ({r.current.version})" for r in server.routes.values())
+    console.print(f"serving {names} on http://{host}:{port}")
+    uvicorn.run(
+        create_app(server),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+def bench(
+    ctx: typer.Context,
+    route: str = typer.Argument(..., help="route to measure"),
+    concurrency: str = typer.Option("1,4,8,16,32", help="connections to sweep"),
+    seconds: float = typer.Option(5.0, help="seconds per level"),
+) -> None:
+    """Throughput and p50/p99 of ROUTE as configured, and of the same model served one
+    request per forward pass, side by side (a lean built-in load generator, same machine)."""
+    proj = project(ctx)
+    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    results = run_bench(proj, route, levels, seconds)
+    table = Table(title=f"keel bench {route}: as configured vs one request per forward pass")
+    table.add_column("connections", justify="right")
+    for label in ("batched", "unbatched"):
+        table.add_column(f"{label} req/s", justify="right")
+        table.add_column(f"{label} p50 ms", justify="right")
+        table.add_column(f"{label} p99 ms", justify="right")
+    for level in levels:
+        a, b = results["batched"][level], results["unbatched"][level]
+        table.add_row(
+            str(level),
+            f"{a.rps:,.0f}",
+            f"{a.pct(50):.1f}",
+            f"{a.pct(99):.1f}",
+            f"{b.rps:,.0f}",
+            f"{b.pct(50):.1f}",
+            f"{b.pct(99):.1f}",
+        )
+    console.print(table)
+    best_a = max(r.rps for r in results["batched"].values())
+    best_b = max(r.rps for r in results["unbatched"].values())
+    errors = sum(r.errors for rs in results.values() for r in rs.values())
+    console.print(
+        f"peak {best_a:,.0f} vs {best_b:,.0f} req/s: {best_a / max(best_b, 1e-9):.1f}x"
+        f" with micro-batching; {errors} failed requests"
+    )
+
+
+def run_bench(
+    proj: Project, route: str, levels: list[int], seconds: float
+) -> dict[str, dict[int, Any]]:
+    """Start ``keel serve`` for ``route``, add its unbatched twin, and sweep both."""
+    from keel.serving.loadgen import run_load
+
+    cfg = next((r for r in proj.settings.routes if r.name == route), None)
+    if cfg is None:
+        raise NotFoundError(f"no route {route!r} in {proj.settings.project_dir}/keel.toml")
+    path, bodies = _requests(proj, cfg)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = Path(proj.settings.project_dir) / "keel.toml"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from keel.cli import main; main()",
+            "-c",
+            str(config),
+            "serve",
+            "--port",
+            str(port),
+            "--route",
+            route,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        _wait(port, proc)
+        twin = json.loads(_post(port, "/v1/routes", json.dumps(_twin(cfg)).encode()))
+        results: dict[str, dict[int, Any]] = {"batched": {}, "unbatched": {}}
+        run_load("127.0.0.1", port, path, bodies, concurrency=2, seconds=1.0)  # warm up
+        for level in levels:
+            for label, name in (("batched", route), ("unbatched", twin["name"])):
+                p = path.replace(f"/{route}/", f"/{name}/")
+                results[label][level] = run_load(
+                    "127.0.0.1", port, p, bodies, concurrency=level, seconds=seconds
+                )
+        return results
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _twin(cfg: Any) -> dict[str, Any]:
+    import msgspec
+
+    doc = msgspec.to_builtins(cfg)
+    doc.update(name=f"{cfg.name}-unbatched", batching=False, fast_path=None)
+    return doc
+
+
+def _requests(proj: Project, cfg: Any) -> tuple[str, list[bytes]]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    if cfg.model.startswith("builtin:"):
+        bodies = []
+        for _ in range(200):
+            text = " ".join(rng.choice(WORDS, 15))
+            bodies.append(
+                json.dumps(
+                    {
+                        "inputs": [
+                            {"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}
+                        ]
+                    }
+                ).encode()
+            )
+        return f"/v2/models/{cfg.name}/infer", bodies
+    import pyarrow.parquet as pq
+
+    name, _, ref = cfg.model.partition("@")
+    v = proj.registry.get(name, ref or "latest")
+    info = v.lineage.get("training_set") or {}
+    if "labels_artifact" not in info:
+        raise ValidationError(f"{v.ref} has no recorded training set to take request rows from")
+    labels = pq.read_table(io.BytesIO(proj.registry.artifacts.get(info["labels_artifact"])))
+    rows = labels.slice(max(labels.num_rows - 500, 0)).to_pylist()
+    bodies = [
+        json.dumps(
+            {"rows": [{k: v for k, v in r.items() if not hasattr(v, "isoformat")}]}, default=str
+        ).encode()
+        for r in rows
+    ]
+    return f"/v1/routes/{cfg.name}/predict", bodies
+
+
+def _wait(port: int, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ValidationError("keel serve exited before it was ready")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise ValidationError("keel serve did not start in time")
+
+
+def _post(port: int, path: str, body: bytes) -> str:
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=body,
+        method="POST",
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        return resp.read().decode()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(friendly(serve))
+    app.command("bench")(friendly(bench))

@@ -1,0 +1,251 @@
+"""HTTP: the Open Inference Protocol v2, route predictions with joined features, the control
+API and Prometheus metrics, on Starlette.
+
+Intended errors (any :class:`KeelError`) answer ``{"error": "..."}`` with their status; an
+overloaded route answers 503 with ``Retry-After``; anything else is logged with its traceback
+and answered as a generic 500 — the server lives on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route as HttpRoute
+
+from keel import __version__
+from keel.errors import KeelError, ValidationError
+from keel.serving.batcher import Overloaded
+from keel.serving.protocol import HEADER, decode_request, encode_response
+from keel.serving.routes import RouteConfig, Rows
+from keel.serving.server import InferenceServer
+
+__all__ = ["MAX_BODY", "create_app"]
+
+log = logging.getLogger(__name__)
+MAX_BODY = 32 * 1024 * 1024
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        _encoder.encode(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _error(exc: Exception) -> Response:
+    if isinstance(exc, Overloaded):
+        return _json(
+            {"error": str(exc)}, 503, {"retry-after": str(max(1, math.ceil(exc.retry_after_s)))}
+        )
+    if isinstance(exc, KeelError):
+        return _json({"error": str(exc)}, exc.status_code)
+    log.exception("request failed")
+    return _json({"error": "internal error"}, 500)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guard(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            return _error(exc)
+
+    return wrapped
+
+
+async def _body(request: Request) -> bytes:
+    limit = request.app.state.max_body
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(
+            f"request body of {int(length):,} bytes is over the {limit:,}-byte limit"
+        )
+    body = await request.body()
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body is over the {limit:,}-byte limit")
+    return body
+
+
+class PayloadTooLarge(KeelError):
+    status_code = 413
+
+
+def _deadline(request: Request) -> float | None:
+    raw = request.headers.get("x-keel-deadline-ms")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationError(f"x-keel-deadline-ms must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ValidationError("x-keel-deadline-ms must be positive")
+    return value
+
+
+def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlette:
+    """The ASGI app for ``server`` (routes are loaded before it takes traffic); requests
+    over ``max_body`` bytes are refused with 413."""
+
+    async def live(request: Request) -> Response:
+        return _json({"live": True})
+
+    async def ready(request: Request) -> Response:
+        ok = bool(server.routes) and len(server.routes) == len(server.configs)
+        return _json({"ready": ok}, 200 if ok else 503)
+
+    async def metadata(request: Request) -> Response:
+        return _json(
+            {
+                "name": "keel",
+                "version": __version__,
+                "extensions": ["binary_tensor_data", "keel_routes"],
+            }
+        )
+
+    async def model_metadata(request: Request) -> Response:
+        route = server.route(request.path_params["model"])
+        rt = route.current.runtime
+        return _json(
+            {
+                "name": route.name,
+                "versions": [route.current.version],
+                "platform": rt.platform,
+                "inputs": [s.to_dict() for s in rt.inputs],
+                "outputs": [s.to_dict() for s in rt.outputs],
+            }
+        )
+
+    async def model_ready(request: Request) -> Response:
+        server.route(request.path_params["model"])
+        return _json({"name": request.path_params["model"], "ready": True})
+
+    async def infer(request: Request) -> Response:
+        name = request.path_params["model"]
+        route = server.route(name)
+        body = await _body(request)
+        raw_len = request.headers.get(HEADER)
+        req = decode_request(body, int(raw_len) if raw_len is not None else None)
+        payload = route.check_tensors(req.inputs, route.current.runtime)
+        outputs, version, _ = await server.infer(name, payload, deadline_ms=_deadline(request))
+        content, headers = encode_response(name, version, req.id, outputs, req)
+        media = "application/octet-stream" if headers else "application/json"
+        return Response(content, media_type=media, headers=headers)
+
+    async def predict(request: Request) -> Response:
+        name = request.path_params["route"]
+        server.route(name)
+        body = await _body(request)
+        try:
+            doc = _decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise ValidationError(f"request body is not JSON: {exc}") from None
+        rows = doc.get("rows") if isinstance(doc, dict) else None
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            raise ValidationError('predict needs {"rows": [{...}, ...]} with at least one row')
+        outputs, version, stale = await server.infer(
+            name,
+            Rows(rows, len(rows)),
+            deadline_ms=_deadline(request),
+            priority=int(request.headers.get("x-keel-priority", "0")),
+        )
+        return _json(
+            {
+                "route": name,
+                "version": version,
+                "predictions": {k: _plain(v) for k, v in outputs.items()},
+                "staleness_s": stale or {},
+            }
+        )
+
+    async def reload(request: Request) -> Response:
+        import asyncio
+
+        result = await asyncio.to_thread(server.reload, request.path_params["route"])
+        return _json(result, 200 if "error" not in result else 409)
+
+    async def list_routes(request: Request) -> Response:
+        return _json(
+            [
+                {
+                    "name": r.name,
+                    "model": r.config.model,
+                    "serving": r.current.version,
+                    "device": r.config.device,
+                    "batching": r.config.batching,
+                    "max_batch_size": r.config.max_batch_size,
+                    "queue": r.batcher.depth,
+                    "features": r.config.features,
+                    "last_error": r.last_error,
+                    "fast_path": None if r.fast is None else r.fast.version,
+                }
+                for r in server.routes.values()
+            ]
+        )
+
+    async def put_route(request: Request) -> Response:
+        import asyncio
+
+        try:
+            cfg = msgspec.json.decode(await _body(request), type=RouteConfig)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ValidationError(f"invalid route: {exc}") from None
+        route = await asyncio.to_thread(server.add, cfg)
+        return _json({"name": route.name, "serving": route.current.version}, 201)
+
+    async def metrics(request: Request) -> Response:
+        for name, route in server.routes.items():
+            server.metrics.queue.labels(name).set(route.batcher.depth)
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    h = _guard
+    app = Starlette(
+        routes=[
+            HttpRoute("/v2/health/live", h(live)),
+            HttpRoute("/v2/health/ready", h(ready)),
+            HttpRoute("/v2", h(metadata)),
+            HttpRoute("/v2/models/{model}", h(model_metadata)),
+            HttpRoute("/v2/models/{model}/versions/{version}", h(model_metadata)),
+            HttpRoute("/v2/models/{model}/ready", h(model_ready)),
+            HttpRoute("/v2/models/{model}/versions/{version}/ready", h(model_ready)),
+            HttpRoute("/v2/models/{model}/infer", h(infer), methods=["POST"]),
+            HttpRoute("/v2/models/{model}/versions/{version}/infer", h(infer), methods=["POST"]),
+            HttpRoute("/v1/routes", h(list_routes)),
+            HttpRoute("/v1/routes", h(put_route), methods=["POST"]),
+            HttpRoute("/v1/routes/{route}/predict", h(predict), methods=["POST"]),
+            HttpRoute("/v1/routes/{route}/reload", h(reload), methods=["POST"]),
+            HttpRoute("/metrics", h(metrics)),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.max_body = max_body
+    return app
+
+
+def _plain(values: np.ndarray) -> Any:
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f":
+        return [None if x != x else x for x in arr.tolist()] if arr.ndim == 1 else arr.tolist()
+    return arr.tolist()

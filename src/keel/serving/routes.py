@@ -1,0 +1,197 @@
+"""Routes: one per served model, configured (``keel.toml`` or the control API), not coded.
+
+A route owns its loaded model (a :class:`Deployed` runtime + version), its micro-batcher and
+its optional fast path. Swapping versions loads and warms the new one beside the old, then
+replaces one reference: a batch already started keeps the runtime it captured.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from keel.config import FastPathConfig, RouteConfig
+from keel.errors import NotFoundError, ValidationError
+from keel.runtimes import BUILTIN_TEXT, Runtime, TextEmbeddingRuntime, runtime_for
+
+__all__ = ["Deployed", "FastPathConfig", "Route", "RouteConfig", "Rows", "Tensors", "load"]
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """One loaded, warmed model version."""
+
+    runtime: Runtime
+    version: str  # "fraud@3", or the builtin's name
+    loaded_at: float
+
+
+@dataclass
+class Tensors:
+    arrays: dict[str, np.ndarray]
+    n: int
+
+
+@dataclass
+class Rows:
+    rows: list[dict[str, Any]]
+    n: int
+
+
+def load(model: str, registry: Any, *, device: str = "cpu", threads: int | None = None) -> Deployed:
+    """Load and warm ``model`` (a registry reference or a builtin)."""
+    if model.startswith("builtin:"):
+        name = model.split(":", 1)[1]
+        if name != BUILTIN_TEXT:
+            raise NotFoundError(f"no builtin model {name!r}; builtins: {BUILTIN_TEXT}")
+        runtime: Runtime = TextEmbeddingRuntime(device=device, threads=threads)
+        version = name
+    else:
+        if registry is None:
+            raise ValidationError(f"model {model!r} needs a registry")
+        name, _, ref = model.partition("@")
+        v = registry.get(name, ref or "latest")
+        obj = registry.load(name, v.version)
+        runtime = runtime_for(obj, v.format, device=device)
+        version = v.ref
+    runtime.warmup()
+    return Deployed(runtime, version, time.time())
+
+
+class Route:
+    """A configured route with its current model; swapped atomically."""
+
+    def __init__(
+        self, config: RouteConfig, deployed: Deployed, fast: Deployed | None = None
+    ) -> None:
+        self.config = config
+        self.current = deployed
+        self.fast = fast
+        self.batcher: Any = None
+        self.swap_lock = threading.Lock()
+        self.last_error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def swap(self, deployed: Deployed) -> Deployed:
+        """Make ``deployed`` current (one reference assignment); return the old one."""
+        old, self.current = self.current, deployed
+        return old
+
+    def check_tensors(self, arrays: dict[str, np.ndarray], runtime: Runtime) -> Tensors:
+        """Validate a request's tensors against the model's declared inputs."""
+        specs = {s.name: s for s in runtime.inputs}
+        unknown = [n for n in arrays if n not in specs]
+        if unknown:
+            raise ValidationError(
+                f"route {self.name!r} has no input {unknown[0]!r}; inputs: {', '.join(specs)}"
+            )
+        out = {}
+        n = None
+        for name, spec in specs.items():
+            if name not in arrays:
+                raise ValidationError(f"route {self.name!r}: input {name!r} is missing")
+            arr = spec.check(np.asarray(arrays[name]), f"route {self.name!r}")
+            if n is not None and arr.shape[0] != n:
+                raise ValidationError(f"route {self.name!r}: inputs disagree on the batch size")
+            n = arr.shape[0]
+            out[name] = arr
+        return Tensors(out, int(n or 0))
+
+
+def run_batch(
+    route: Route,
+    payloads: Sequence[Tensors | Rows],
+    features: Any,
+    deployed: Deployed | None = None,
+) -> list[Any]:
+    """One forward pass for every payload of a micro-batch (rows get their features joined
+    with one batched online lookup). Returns one result per payload."""
+    deployed = deployed or route.current  # captured once: the whole batch sees one version
+    runtime = deployed.runtime
+    joined: dict[int, tuple[Tensors, dict[str, list[float | None]]]] = {}
+    rows = [(i, p) for i, p in enumerate(payloads) if isinstance(p, Rows)]
+    if rows:
+        all_rows = [r for _, p in rows for r in p.rows]
+        tensors, stale = rows_to_tensors(route, runtime, all_rows, features, route.config.features)
+        start = 0
+        for i, p in rows:
+            part = Tensors({k: v[start : start + p.n] for k, v in tensors.arrays.items()}, p.n)
+            joined[i] = (part, {k: v[start : start + p.n] for k, v in stale.items()})
+            start += p.n
+    parts = [joined[i][0] if i in joined else p for i, p in enumerate(payloads)]
+    names = [s.name for s in runtime.inputs]
+    batch = {n: np.concatenate([p.arrays[n] for p in parts]) for n in names}
+    out = runtime.predict(batch)
+    results: list[Any] = []
+    start = 0
+    for i, p in enumerate(parts):
+        sliced = {k: v[start : start + p.n] for k, v in out.items()}
+        start += p.n
+        results.append((sliced, deployed.version, joined[i][1] if i in joined else None))
+    return results
+
+
+def rows_to_tensors(
+    route: Route,
+    runtime: Runtime,
+    rows: list[dict[str, Any]],
+    features: Any,
+    refs: list[str],
+) -> tuple[Tensors, dict[str, list[float | None]]]:
+    """Build the model's input from request rows: named features come from the online store
+    (one lookup for all rows), the rest from the rows' own fields."""
+    names = getattr(runtime, "feature_names", [])
+    staleness: dict[str, list[float | None]] = {}
+    if not names:  # a tensor model: each row maps input names to values
+        arrays = {}
+        for spec in runtime.inputs:
+            try:
+                arrays[spec.name] = np.asarray([r[spec.name] for r in rows])
+            except KeyError:
+                raise ValidationError(
+                    f"route {route.name!r}: each row needs {spec.name!r}"
+                ) from None
+        return route.check_tensors(arrays, runtime), staleness
+    columns: dict[str, np.ndarray] = {}
+    if refs:
+        store_views = features.resolve(refs)
+        keys = {}
+        for view, _ in store_views:
+            jk = view.entity.join_key
+            try:
+                keys[jk] = [r[jk] for r in rows]
+            except KeyError:
+                raise ValidationError(
+                    f"route {route.name!r}: each row needs the entity key {jk!r}"
+                ) from None
+        got = features.get_online(refs, keys)
+        for name, values in got.values.items():
+            arr = np.asarray(values)
+            if arr.dtype.kind in "fiub":
+                columns[name] = arr.astype(np.float64)
+            staleness[name] = [None if s != s else float(s) for s in got.staleness_s[name]]
+    matrix = np.empty((len(rows), len(names)), dtype=np.float64)
+    for j, name in enumerate(names):
+        if name in columns:
+            matrix[:, j] = columns[name]
+            continue
+        try:
+            matrix[:, j] = [float(r[name]) if r[name] is not None else np.nan for r in rows]
+        except KeyError:
+            raise ValidationError(
+                f"route {route.name!r}: the model needs {name!r}, which is neither a joined "
+                "feature nor a field of the request"
+            ) from None
+        except (TypeError, ValueError):
+            raise ValidationError(
+                f"route {route.name!r}: field {name!r} must be a number"
+            ) from None
+    return Tensors({runtime.inputs[0].name: matrix}, len(rows)), staleness

@@ -1,0 +1,192 @@
+"""The micro-batcher's contract."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keel.runtimes import LightGBMRuntime
+from keel.serving import Batcher, Overloaded
+
+
+def doubling(payloads):
+    return [p * 2 for p in payloads]
+
+
+def test_an_idle_model_runs_a_request_at_once() -> None:
+    async def go() -> int:
+        b = Batcher(doubling, max_batch_size=8, max_wait_ms=60_000)
+        try:
+            # A 60 s window: waiting it out would hit the 5 s timeout.
+            return await asyncio.wait_for(b.submit(21), timeout=5)
+        finally:
+            await b.close()
+
+    assert asyncio.run(go()) == 42
+
+
+def test_requests_under_load_share_forward_passes() -> None:
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def slow(payloads):
+        gate.wait(5)
+        return [p + 1 for p in payloads]
+
+    async def go() -> list[int]:
+        b = Batcher(slow, max_batch_size=16, max_wait_ms=5, on_batch=lambda n, s: sizes.append(n))
+        tasks = [asyncio.create_task(b.submit(i)) for i in range(40)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        out = await asyncio.gather(*tasks)
+        await b.close()
+        return out
+
+    assert asyncio.run(go()) == [i + 1 for i in range(40)]
+    assert max(sizes) > 1 and max(sizes) <= 16 and sum(sizes) == 40
+
+
+def test_a_failing_request_does_not_fail_its_batch_mates() -> None:
+    def picky(payloads):
+        if any(p < 0 for p in payloads):
+            raise ValueError("negative input")
+        return [p * 10 for p in payloads]
+
+    async def go():
+        b = Batcher(picky, max_batch_size=8, max_wait_ms=20)
+        results = await asyncio.gather(
+            *(b.submit(p) for p in (1, 2, -3, 4)), return_exceptions=True
+        )
+        await b.close()
+        return results
+
+    results = asyncio.run(go())
+    assert results[0] == 10 and results[1] == 20 and results[3] == 40
+    assert isinstance(results[2], ValueError)
+
+
+def test_a_full_queue_sheds_load_with_a_retry_hint() -> None:
+    gate = threading.Event()
+
+    def blocked(payloads):
+        gate.wait(5)
+        return payloads
+
+    async def go():
+        b = Batcher(blocked, max_batch_size=1, max_wait_ms=0, max_queue=2)
+        first = asyncio.create_task(b.submit(0))
+        await asyncio.sleep(0.05)  # the worker holds request 0
+        queued = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="overloaded") as info:
+            await b.submit(3)
+        assert info.value.retry_after_s > 0
+        gate.set()
+        assert await first == 0
+        assert await asyncio.gather(*queued) == [1, 2]
+        await b.close()
+
+    asyncio.run(go())
+
+
+def test_a_deadline_that_cannot_be_met_is_refused_up_front() -> None:
+    gate = threading.Event()
+
+    def slow(payloads):
+        gate.wait(0.2)
+        return payloads
+
+    async def go():
+        b = Batcher(slow, max_batch_size=1, max_wait_ms=0)
+        await b.submit(0)  # learn how long a batch takes (~0.2 s)
+        gate.set()
+        gate.clear()
+        waiting = [asyncio.create_task(b.submit(i)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="cannot answer within 5 ms"):
+            await b.submit(9, deadline_s=0.005)
+        gate.set()
+        await asyncio.gather(*waiting)
+        await b.close()
+
+    asyncio.run(go())
+
+
+def test_higher_priority_goes_first() -> None:
+    order: list[int] = []
+    gate = threading.Event()
+
+    def record(payloads):
+        gate.wait(5)
+        order.extend(payloads)
+        return payloads
+
+    async def go():
+        b = Batcher(record, max_batch_size=1, max_wait_ms=0)
+        first = asyncio.create_task(b.submit(0))
+        await asyncio.sleep(0.05)
+        low = asyncio.create_task(b.submit(1, priority=0))
+        high = asyncio.create_task(b.submit(2, priority=5))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(first, low, high)
+        await b.close()
+
+    asyncio.run(go())
+    assert order == [0, 2, 1]
+
+
+@pytest.fixture(scope="module")
+def gbm_runtime() -> LightGBMRuntime:
+    import lightgbm
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 6))
+    y = (x[:, 0] * x[:, 1] + x[:, 2] > 0).astype(int)
+    return LightGBMRuntime(lightgbm.LGBMClassifier(n_estimators=30, verbose=-1).fit(x, y))
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.data(),
+    sizes=st.lists(st.integers(1, 5), min_size=1, max_size=12),
+    max_batch=st.integers(1, 8),
+)
+def test_batching_never_changes_a_prediction(gbm_runtime, data, sizes, max_batch) -> None:
+    rows = [
+        np.asarray(
+            data.draw(
+                st.lists(
+                    st.lists(st.floats(-3, 3, allow_nan=False), min_size=6, max_size=6),
+                    min_size=n,
+                    max_size=n,
+                )
+            ),
+            dtype=np.float64,
+        )
+        for n in sizes
+    ]
+
+    def run(payloads):
+        stacked = np.concatenate(payloads)
+        out = gbm_runtime.predict({"features": stacked})["score"]
+        splits = np.cumsum([len(p) for p in payloads])[:-1]
+        return np.split(out, splits)
+
+    alone = [gbm_runtime.predict({"features": r})["score"] for r in rows]
+
+    async def go():
+        b = Batcher(run, max_batch_size=max_batch, max_wait_ms=2)
+        got = await asyncio.gather(*(b.submit(r) for r in rows))
+        await b.close()
+        return got
+
+    for a, g in zip(alone, asyncio.run(go()), strict=True):
+        np.testing.assert_allclose(g, a, rtol=1e-12, atol=1e-12)
