@@ -5,6 +5,7 @@ Each capability adds a step here, so the demo always shows the whole loop built 
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -55,6 +56,9 @@ class DemoResult:
     consistent: tuple[int, int] = (0, 0)
     model_ref: str = ""
     reproduced: bool = False
+    bench_peak: float = 0.0
+    swap_errors: int = -1
+    swapped_to: str = ""
 
 
 def run_demo(
@@ -67,16 +71,18 @@ def run_demo(
     keep: Path | None = None,
     seed: int = 7,
     console: Console | None = None,
+    quick: bool = False,
 ) -> DemoResult:
-    """Create an example project, stream a shop's history and a live feed into its log,
-    read it back with a consumer group, and print what the log holds."""
+    """Create an example project and run everything Keel does on it, end to end: the log,
+    features online and offline, the registry, and serving. ``quick`` shortens the
+    load tests (for the test suite)."""
     console = console or Console()
     with ExitStack() as stack:
         if keep is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keel-demo-")))
         else:
             root = Path(keep)
-        result = _run(root, days, users, items, live_seconds, live_rate, seed, console)
+        result = _run(root, days, users, items, live_seconds, live_rate, seed, console, quick)
         if keep is None:
             console.print("[dim](the demo project was temporary; pass --keep DIR to keep it)[/]")
         return result
@@ -91,6 +97,7 @@ def _run(
     live_rate: float,
     seed: int,
     console: Console,
+    quick: bool,
 ) -> DemoResult:
     console.rule("[bold]Keel demo[/]")
     init_project(root, name="shop", force=True)
@@ -184,6 +191,7 @@ def _run(
     _lookups(console, features, result)
     train = _training_set(console, features, result)
     _registry(console, project, train, result)
+    _serving(console, project, train, result, quick=quick)
     _summary(console, project, result)
     return result
 
@@ -381,9 +389,9 @@ def _registry(console: Console, project: Project, train: pa.Table, result: DemoR
         "verbose": -1,
         "random_state": 7,
     }
-    model = lightgbm.LGBMClassifier(**params).fit(x[:cut], y[:cut])
+    model = lightgbm.LGBMClassifier(**params).fit(x[:cut], y[:cut], feature_name=columns)
     auc = (
-        float(roc_auc_score(y[cut:], model.predict_proba(x[cut:])[:, 1]))
+        float(roc_auc_score(y[cut:], model.booster_.predict(x[cut:])))
         if 0 < y[cut:].sum() < len(y[cut:])
         else float("nan")
     )
@@ -493,6 +501,98 @@ def _progress(console: Console) -> Progress:
     )
 
 
+def _serving(
+    console: Console, project: Project, train: pa.Table, result: DemoResult, *, quick: bool
+) -> None:
+    """Bench the MiniLM route against one-request-per-pass serving, then serve the fraud
+    route with joined features and hot-swap a retrained version under load."""
+    import threading
+
+    import lightgbm
+    import uvicorn
+
+    from keel.cli.serve import _requests as request_bodies
+    from keel.cli.serve import bench_table, build_server, run_bench
+    from keel.serving import create_app
+    from keel.serving.loadgen import run_load
+
+    console.print(
+        "[bold]9. Serving[/]: routes from keel.toml, micro-batched, over the Open "
+        "Inference Protocol"
+    )
+    levels, seconds = ([1, 8], 1.0) if quick else ([1, 8, 16, 32], 2.5)
+    with console.status("   keel bench embed: all-MiniLM-L6-v2, batched and unbatched…"):
+        bench = run_bench(project, "embed", levels, seconds)
+    console.print(bench_table("embed", bench))
+    result.bench_peak = max(r.rps for r in bench["batched"].values())
+
+    server = build_server(project, ["fraud"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    http = uvicorn.Server(
+        uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=http.run, daemon=True)
+    thread.start()
+    while not http.started:
+        time.sleep(0.02)
+    try:
+        cfg = next(r for r in project.settings.routes if r.name == "fraud")
+        path, bodies = request_bodies(project, cfg, port)
+        load_s = 3.0 if quick else 6.0
+        outcome: dict[str, Any] = {}
+        loader = threading.Thread(
+            target=lambda: outcome.update(
+                load=run_load("127.0.0.1", port, path, bodies, concurrency=8, seconds=load_s)
+            )
+        )
+        loader.start()
+        time.sleep(load_s / 3)
+        # Retrain with more trees on the same point-in-time set, register, promote.
+        columns = server.routes["fraud"].current.runtime.feature_names
+        x = np.column_stack(
+            [train[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in columns]
+        )
+        y = train["is_fraud"].to_numpy(zero_copy_only=False).astype(int)
+        model = lightgbm.LGBMClassifier(
+            n_estimators=300,
+            learning_rate=0.05,
+            num_leaves=15,
+            min_child_samples=10,
+            verbose=-1,
+            random_state=8,
+        )
+        model.fit(x, y, feature_name=columns)
+        registry = project.registry
+        v2 = registry.register(
+            "fraud",
+            model,
+            training_set=train,
+            parent=1,
+            params=model.get_params(),
+            description="retrained, 300 trees",
+        )
+        registry.set_alias("fraud", "champion", v2.version, reason="retrained")
+        deadline = time.monotonic() + 30
+        while server.routes["fraud"].current.version != v2.ref and time.monotonic() < deadline:
+            time.sleep(0.05)
+        loader.join()
+    finally:
+        http.should_exit = True
+        thread.join(15)
+    load = outcome["load"]
+    result.swap_errors = load.errors
+    result.swapped_to = server.routes["fraud"].current.version
+    colour = "green" if load.errors == 0 and result.swapped_to == v2.ref else "red"
+    console.print(
+        f"   fraud route (card + user features joined per micro-batch): {load.requests:,} "
+        f"requests in {load.seconds:.1f} s at {load.rps:,.0f} req/s, p99 {load.pct(99):.1f} ms;"
+        f" hot swap fraud@1 → {result.swapped_to} under load with [{colour}]{load.errors} "
+        "failed requests[/]"
+    )
+
+
 def _summary(console: Console, project: Project, result: DemoResult) -> None:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
@@ -507,8 +607,11 @@ def _summary(console: Console, project: Project, result: DemoResult) -> None:
     if result.model_ref:
         table.add_row(
             "model",
-            f"{result.model_ref} (champion), reproducible: {'yes' if result.reproduced else 'no'}",
+            f"{result.model_ref} reproducible: {'yes' if result.reproduced else 'no'}; "
+            f"champion now {result.swapped_to or result.model_ref}",
         )
+        table.add_row("serve", f"keel -c {cfg} serve   (routes embed, fraud; /metrics)")
+        table.add_row("", f"keel -c {cfg} bench fraud")
         table.add_row("", f"keel -c {cfg} registry lineage fraud@champion")
         table.add_row("", f"keel -c {cfg} registry reproduce fraud@champion")
     console.print(Panel(table, title="Keel so far", expand=False))

@@ -80,13 +80,18 @@ def bench(
     proj = project(ctx)
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     results = run_bench(proj, route, levels, seconds)
+    console.print(bench_table(route, results))
+
+
+def bench_table(route: str, results: dict[str, dict[int, Any]]) -> Table:
+    """The side-by-side table of a bench run, with the peak ratio in its caption."""
     table = Table(title=f"keel bench {route}: as configured vs one request per forward pass")
     table.add_column("connections", justify="right")
     for label in ("batched", "unbatched"):
         table.add_column(f"{label} req/s", justify="right")
-        table.add_column(f"{label} p50 ms", justify="right")
-        table.add_column(f"{label} p99 ms", justify="right")
-    for level in levels:
+        table.add_column("p50 ms", justify="right")
+        table.add_column("p99 ms", justify="right")
+    for level in results["batched"]:
         a, b = results["batched"][level], results["unbatched"][level]
         table.add_row(
             str(level),
@@ -97,14 +102,15 @@ def bench(
             f"{b.pct(50):.1f}",
             f"{b.pct(99):.1f}",
         )
-    console.print(table)
     best_a = max(r.rps for r in results["batched"].values())
     best_b = max(r.rps for r in results["unbatched"].values())
     errors = sum(r.errors for rs in results.values() for r in rs.values())
-    console.print(
-        f"peak {best_a:,.0f} vs {best_b:,.0f} req/s: {best_a / max(best_b, 1e-9):.1f}x"
-        f" with micro-batching; {errors} failed requests"
+    table.caption = (
+        f"peak {best_a:,.0f} vs {best_b:,.0f} req/s: "
+        f"{best_a / max(best_b, 1e-9):.1f}x with micro-batching; "
+        f"{errors} failed requests"
     )
+    return table
 
 
 def run_bench(
@@ -116,7 +122,6 @@ def run_bench(
     cfg = next((r for r in proj.settings.routes if r.name == route), None)
     if cfg is None:
         raise NotFoundError(f"no route {route!r} in {proj.settings.project_dir}/keel.toml")
-    path, bodies = _requests(proj, cfg)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -138,6 +143,7 @@ def run_bench(
     )
     try:
         _wait(port, proc)
+        path, bodies = _requests(proj, cfg, port)
         twin = json.loads(_post(port, "/v1/routes", json.dumps(_twin(cfg)).encode()))
         results: dict[str, dict[int, Any]] = {"batched": {}, "unbatched": {}}
         run_load("127.0.0.1", port, path, bodies, concurrency=2, seconds=1.0)  # warm up
@@ -161,40 +167,51 @@ def _twin(cfg: Any) -> dict[str, Any]:
     return doc
 
 
-def _requests(proj: Project, cfg: Any) -> tuple[str, list[bytes]]:
+def _requests(proj: Project, cfg: Any, port: int) -> tuple[str, list[bytes]]:
+    """Request bodies of one example each: rows from the model's recorded training set when
+    the route joins features, else tensors shaped as the served model declares."""
     import numpy as np
 
     rng = np.random.default_rng(0)
-    if cfg.model.startswith("builtin:"):
-        bodies = []
-        for _ in range(200):
-            text = " ".join(rng.choice(WORDS, 15))
-            bodies.append(
-                json.dumps(
-                    {
-                        "inputs": [
-                            {"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}
-                        ]
-                    }
-                ).encode()
-            )
-        return f"/v2/models/{cfg.name}/infer", bodies
-    import pyarrow.parquet as pq
+    if cfg.features and not cfg.model.startswith("builtin:"):
+        import pyarrow.parquet as pq
 
-    name, _, ref = cfg.model.partition("@")
-    v = proj.registry.get(name, ref or "latest")
-    info = v.lineage.get("training_set") or {}
-    if "labels_artifact" not in info:
-        raise ValidationError(f"{v.ref} has no recorded training set to take request rows from")
-    labels = pq.read_table(io.BytesIO(proj.registry.artifacts.get(info["labels_artifact"])))
-    rows = labels.slice(max(labels.num_rows - 500, 0)).to_pylist()
-    bodies = [
-        json.dumps(
-            {"rows": [{k: v for k, v in r.items() if not hasattr(v, "isoformat")}]}, default=str
-        ).encode()
-        for r in rows
-    ]
-    return f"/v1/routes/{cfg.name}/predict", bodies
+        name, _, ref = cfg.model.partition("@")
+        v = proj.registry.get(name, ref or "latest")
+        info = v.lineage.get("training_set") or {}
+        if "labels_artifact" not in info:
+            raise ValidationError(f"{v.ref} has no recorded training set to take rows from")
+        labels = pq.read_table(io.BytesIO(proj.registry.artifacts.get(info["labels_artifact"])))
+        rows = labels.slice(max(labels.num_rows - 500, 0)).to_pylist()
+        bodies = [
+            json.dumps(
+                {"rows": [{k: v for k, v in r.items() if not hasattr(v, "isoformat")}]}
+            ).encode()
+            for r in rows
+        ]
+        return f"/v1/routes/{cfg.name}/predict", bodies
+    meta = json.loads(_get(port, f"/v2/models/{cfg.name}"))
+    bodies = []
+    for _ in range(200):
+        inputs = []
+        for spec in meta["inputs"]:
+            shape = [1 if d == -1 else d for d in spec["shape"]]
+            if spec["datatype"] == "BYTES":
+                data: Any = [" ".join(rng.choice(WORDS, 15)) for _ in range(int(np.prod(shape)))]
+            else:
+                data = rng.normal(size=int(np.prod(shape))).round(4).tolist()
+            inputs.append(
+                {"name": spec["name"], "datatype": spec["datatype"], "shape": shape, "data": data}
+            )
+        bodies.append(json.dumps({"inputs": inputs}).encode())
+    return f"/v2/models/{cfg.name}/infer", bodies
+
+
+def _get(port: int, path: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as resp:
+        return resp.read().decode()
 
 
 def _wait(port: int, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
