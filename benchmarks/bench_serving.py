@@ -60,8 +60,8 @@ def setup(root: Path, embed_batch: int) -> Project:
     import lightgbm
 
     init_project(root, name="bench", force=True)
-    with (root / "keel.toml").open("a") as f:
-        f.write(ROUTES.format(embed_batch=embed_batch))
+    # Only the routes measured here (the example project declares its own).
+    (root / "keel.toml").write_text('name = "bench"\n' + ROUTES.format(embed_batch=embed_batch))
     proj = Project.load(root / "keel.toml")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5000, 30))
@@ -74,13 +74,17 @@ def setup(root: Path, embed_batch: int) -> Project:
 
 def show(title: str, results: dict) -> None:
     print(title)
-    print(f"  {'conns':>5} | {'batched req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | "
-          f"{'unbatched req/s':>15} {'p50 ms':>7} {'p99 ms':>7}")
+    print(
+        f"  {'conns':>5} | {'batched req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | "
+        f"{'unbatched req/s':>15} {'p50 ms':>7} {'p99 ms':>7}"
+    )
     for level in results["batched"]:
         a, b = results["batched"][level], results["unbatched"][level]
-        print(f"  {level:5d} | {a.rps:13.0f} {a.pct(50):7.1f} {a.pct(99):7.1f} | "
-              f"{b.rps:15.0f} {b.pct(50):7.1f} {b.pct(99):7.1f}"
-              + (f"   ({a.errors + b.errors} errors)" if a.errors + b.errors else ""))
+        print(
+            f"  {level:5d} | {a.rps:13.0f} {a.pct(50):7.1f} {a.pct(99):7.1f} | "
+            f"{b.rps:15.0f} {b.pct(50):7.1f} {b.pct(99):7.1f}"
+            + (f"   ({a.errors + b.errors} errors)" if a.errors + b.errors else "")
+        )
 
 
 def main() -> None:
@@ -94,8 +98,11 @@ def main() -> None:
         if args.only in (None, "embed"):
             offline()
             results = run_bench(proj, "embed", [1, 4, 8, 16, 24, 32, 48], args.seconds)
-            show("route embed (MiniLM, max_batch_size "
-                 f"{args.embed_batch}, max_wait_ms 10) vs one request per forward pass:", results)
+            show(
+                "route embed (MiniLM, max_batch_size "
+                f"{args.embed_batch}, max_wait_ms 10) vs one request per forward pass:",
+                results,
+            )
         if args.only in (None, "gbm"):
             results = run_bench(proj, "gbm", [1, 8, 16, 32, 64], args.seconds)
             show("route gbm (LightGBM 30 features x 200 trees, one row per request):", results)

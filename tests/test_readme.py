@@ -22,3 +22,15 @@ def test_readme_opens_with_the_two_commands() -> None:
     head = README.read_text().splitlines()[:8]
     assert any(line.startswith("make demo") for line in head)
     assert any(line.startswith("make test") for line in head)
+
+
+def test_readme_toml_is_valid_configuration(tmp_path) -> None:
+    from keel.config import Settings
+
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        (tmp_path / "keel.toml").write_text(block)
+        settings = Settings.load(tmp_path / "keel.toml", env={})
+        assert settings.routes and settings.routes[0].name == "fraud"
+        assert settings.routes[0].fast_path is not None

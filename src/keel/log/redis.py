@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from keel.errors import ConflictError, UnavailableError, ValidationError
+from keel.errors import ConflictError
 from keel.log.base import Log, Segment
 from keel.log.schema import Topic
+from keel.urls import connect_redis
 
 __all__ = ["RedisLog"]
 
@@ -57,24 +57,8 @@ class RedisLog(Log):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        try:
-            import redis
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise UnavailableError(
-                "the redis:// log needs redis-py: pip install 'keel-ml[redis]'"
-            ) from exc
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        self.prefix = query.pop("prefix", ["keel"])[0]
-        if not self.prefix or "{" in self.prefix or "}" in self.prefix:
-            raise ValidationError(f"redis log prefix {self.prefix!r} must be non-empty, no braces")
-        clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         self.url = url
-        self._redis = redis.Redis.from_url(clean, socket_timeout=30)
-        try:
-            self._redis.ping()
-        except redis.RedisError as exc:
-            raise UnavailableError(f"cannot reach Redis at {clean!r}: {exc}") from exc
+        self._redis, self.prefix = connect_redis(url, "log")
         self._append = self._redis.register_script(_APPEND)
         self._trim = self._redis.register_script(_TRIM)
 

@@ -14,11 +14,11 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 
 from keel.errors import ConflictError, UnavailableError
 from keel.log.base import Log, Segment
 from keel.log.schema import Topic
+from keel.urls import sqlite_path
 
 __all__ = ["SQLiteLog"]
 
@@ -64,13 +64,7 @@ class SQLiteLog(Log):
     def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
         super().__init__()
         self.url = url
-        path = url[len("sqlite://") :]
-        path = path[1:] if path.startswith("/") else path
-        if path in ("", ":memory:"):
-            path = ":memory:"
-        else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path = path = sqlite_path(url)
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(

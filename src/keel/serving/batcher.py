@@ -2,7 +2,7 @@
 
 * An idle model runs a request at once; under load, requests gather while a batch runs and
   the next batch takes them all (up to ``max_batch_size``), waiting at most ``max_wait_ms``
-  from its oldest request to fill up.
+  from its oldest request — and no longer than one forward pass takes — to fill up.
 * The forward pass runs on the route's own worker thread, never on the event loop.
 * A bounded queue sheds load: a request that cannot be started before its deadline, or that
   finds the queue full, is refused at once (:class:`Overloaded`, HTTP 503 + Retry-After)
@@ -149,8 +149,13 @@ class Batcher:
                 await self._wake.wait()
             batch = self._take()
             if len(batch) < self.max_batch_size and self._heap == [] and len(batch) > 1:
-                # Under load but not full: wait (up to the oldest request's window) for more.
-                until = min(i.enqueued for i in batch) + self.max_wait_s
+                # Under load but not full: wait for more, up to the oldest request's window —
+                # and never longer than one forward pass takes, which would cost more than
+                # the larger batch saves.
+                until = min(
+                    min(i.enqueued for i in batch) + self.max_wait_s,
+                    time.monotonic() + self._batch_s,
+                )
                 while len(batch) < self.max_batch_size and time.monotonic() < until:
                     self._wake.clear()
                     try:

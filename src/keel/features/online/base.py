@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from keel.features.tiles import Layout, TileState, concat, empty
+from keel.features.tiles import Layout, TileState, concat, decode_many, empty
 
-__all__ = ["OnlineStore", "Progress"]
+__all__ = ["EncodedStore", "OnlineStore", "Progress"]
 
 
 class Progress(msgspec.Struct, kw_only=True):
@@ -83,3 +83,20 @@ class OnlineStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release connections."""
+
+
+class EncodedStore(OnlineStore):
+    """A store that keeps states encoded (SQLite, Redis): it only fetches blobs; decoding —
+    one state, or many stacked at once — is shared."""
+
+    @abstractmethod
+    def _blobs(self, view: str, keys: Sequence[Any]) -> list[bytes | None]:
+        """The encoded state of each key (None for keys never seen)."""
+
+    def read(self, view: str, layout: Layout, keys: Sequence[Any]) -> list[TileState | None]:
+        return [None if b is None else TileState.decode(b, layout) for b in self._blobs(view, keys)]
+
+    def read_stacked(
+        self, view: str, layout: Layout, keys: Sequence[Any]
+    ) -> tuple[np.ndarray, TileState]:
+        return decode_many(self._blobs(view, keys), layout)

@@ -8,37 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-import numpy as np
-
-from keel.errors import UnavailableError, ValidationError
-from keel.features.online.base import OnlineStore, Progress
-from keel.features.tiles import Layout, TileState, decode_many
+from keel.features.online.base import EncodedStore, Progress
+from keel.features.tiles import TileState
+from keel.urls import connect_redis
 
 __all__ = ["RedisStore"]
 
 
-class RedisStore(OnlineStore):
+class RedisStore(EncodedStore):
     def __init__(self, url: str) -> None:
-        try:
-            import redis
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise UnavailableError(
-                "the redis:// online store needs redis-py: pip install 'keel-ml[redis]'"
-            ) from exc
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        self.prefix = query.pop("prefix", ["keel"])[0]
-        if not self.prefix:
-            raise ValidationError("redis online store prefix must not be empty")
         self.url = url
-        clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
-        self._redis = redis.Redis.from_url(clean, socket_timeout=30)
-        try:
-            self._redis.ping()
-        except redis.RedisError as exc:
-            raise UnavailableError(f"cannot reach Redis at {clean!r}: {exc}") from exc
+        self._redis, self.prefix = connect_redis(url, "online store")
 
     def _key(self, view: str, key: Any) -> str:
         return f"{self.prefix}:fv:{view}:{key}"
@@ -48,14 +29,6 @@ class RedisStore(OnlineStore):
 
     def _blobs(self, view: str, keys: Sequence[Any]) -> list[bytes | None]:
         return self._redis.mget([self._key(view, k) for k in keys]) if len(keys) else []
-
-    def read(self, view: str, layout: Layout, keys: Sequence[Any]) -> list[TileState | None]:
-        return [None if b is None else TileState.decode(b, layout) for b in self._blobs(view, keys)]
-
-    def read_stacked(
-        self, view: str, layout: Layout, keys: Sequence[Any]
-    ) -> tuple[np.ndarray, TileState]:
-        return decode_many(self._blobs(view, keys), layout)
 
     def commit(self, view: str, states: Mapping[Any, TileState], progress: Progress) -> None:
         pipe = self._redis.pipeline(transaction=True)

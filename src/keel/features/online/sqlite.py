@@ -6,14 +6,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from keel.errors import UnavailableError
-from keel.features.online.base import OnlineStore, Progress
-from keel.features.tiles import Layout, TileState, decode_many
+from keel.features.online.base import EncodedStore, Progress
+from keel.features.tiles import TileState
+from keel.urls import sqlite_path
 
 __all__ = ["SQLiteStore"]
 
@@ -25,15 +23,10 @@ _DDL = (
 _CHUNK = 500  # keys per SELECT … IN (…), well under SQLite's variable limit
 
 
-class SQLiteStore(OnlineStore):
+class SQLiteStore(EncodedStore):
     def __init__(self, url: str) -> None:
         self.url = url
-        path = url[len("sqlite://") :]
-        path = path[1:] if path.startswith("/") else path
-        if path in ("", ":memory:"):
-            path = ":memory:"
-        else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(url)
         try:
             self._db = sqlite3.connect(
                 path, timeout=30, isolation_level=None, check_same_thread=False
@@ -46,14 +39,6 @@ class SQLiteStore(OnlineStore):
         self._db.execute("PRAGMA synchronous=NORMAL")
         for stmt in _DDL:
             self._db.execute(stmt)
-
-    def read(self, view: str, layout: Layout, keys: Sequence[Any]) -> list[TileState | None]:
-        return [None if b is None else TileState.decode(b, layout) for b in self._blobs(view, keys)]
-
-    def read_stacked(
-        self, view: str, layout: Layout, keys: Sequence[Any]
-    ) -> tuple[np.ndarray, TileState]:
-        return decode_many(self._blobs(view, keys), layout)
 
     def _blobs(self, view: str, keys: Sequence[Any]) -> list[bytes | None]:
         found: dict[Any, bytes] = {}
