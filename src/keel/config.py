@@ -24,7 +24,15 @@ import msgspec
 
 from keel.errors import ConfigError, ValidationError, did_you_mean
 
-__all__ = ["CONFIG_FILE", "FastPathConfig", "RouteConfig", "Settings"]
+__all__ = [
+    "COMPARES",
+    "CONFIG_FILE",
+    "CanaryConfig",
+    "FastPathConfig",
+    "RouteConfig",
+    "Settings",
+    "ShadowConfig",
+]
 
 CONFIG_FILE = "keel.toml"
 ENV_PREFIX = "KEEL_"
@@ -37,6 +45,59 @@ class FastPathConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     model: str
     features: list[str] = msgspec.field(default_factory=list)
     below_ms: float = 10.0
+
+
+COMPARES = ("abs", "rel", "agreement", "topk", "cosine")
+
+
+class CanaryConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Send ``percent`` of the entities (sticky by a hash of the entity key) to ``model``;
+    roll back when its error rate or p99 latency breaks the bounds."""
+
+    model: str
+    percent: float = 10.0
+    max_error_rate: float = 0.05
+    max_p99_ms: float | None = None
+    min_requests: int = 50
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.percent <= 100:
+            raise ValidationError(f"canary percent must be within 0..100, got {self.percent}")
+        if "@" not in self.model:
+            raise ValidationError(f"canary model {self.model!r} must be 'name@alias'")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ValidationError("canary max_error_rate must be within 0..1")
+
+
+class ShadowConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Copy a ``sample`` of requests to ``model`` after answering, compare the outputs with
+    ``compare``, and promote it (move the primary's alias) once, over ``window_s``, the
+    discrepancy's confidence interval sits inside ``tolerance`` and its latency and error
+    rate are within bounds."""
+
+    model: str
+    sample: float = 1.0
+    compare: str = "abs"
+    window_s: float = 86_400.0
+    tolerance: float = 0.05
+    min_samples: int = 200
+    max_latency_ratio: float = 3.0
+    max_error_rate: float = 0.01
+    top_k: int = 10
+    auto_promote: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sample <= 1:
+            raise ValidationError(f"shadow sample must be within (0, 1], got {self.sample}")
+        if self.compare not in COMPARES:
+            raise ValidationError(
+                f"shadow compare {self.compare!r} is unknown{did_you_mean(self.compare, COMPARES)};"
+                f" expected one of {', '.join(COMPARES)}"
+            )
+        if "@" not in self.model:
+            raise ValidationError(f"shadow model {self.model!r} must be 'name@alias'")
+        if self.window_s <= 0 or self.tolerance < 0 or self.min_samples < 1:
+            raise ValidationError("shadow window_s, tolerance and min_samples must be positive")
 
 
 class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -53,6 +114,8 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     threads: int | None = None
     features: list[str] = msgspec.field(default_factory=list)
     fast_path: FastPathConfig | None = None
+    canary: CanaryConfig | None = None
+    shadow: ShadowConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):

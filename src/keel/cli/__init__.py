@@ -11,6 +11,7 @@ from keel.cli import features as features_cli
 from keel.cli import log as log_cli
 from keel.cli import registry as registry_cli
 from keel.cli import serve as serve_cli
+from keel.cli import traffic as traffic_cli
 from keel.cli._common import console, friendly, project
 from keel.config import Settings
 from keel.project import init_project
@@ -27,6 +28,7 @@ app.add_typer(log_cli.app, name="log")
 app.add_typer(features_cli.app, name="features")
 app.add_typer(registry_cli.app, name="registry")
 serve_cli.register(app)
+traffic_cli.register(app)
 
 
 @app.callback()

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -58,15 +59,29 @@ def serve(
     server = build_server(project(ctx), route or None)
     names = ", ".join(f"{r.name} ({r.current.version})" for r in server.routes.values())
     console.print(f"serving {names} on http://{host}:{port}")
-    uvicorn.run(
-        create_app(server),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-    )
+    stop = threading.Event()
+    if server.registry is not None:
+        # The embedded default runs the controller beside the routes it decides for.
+        from keel.controller import Controller
+
+        threading.Thread(
+            target=Controller(server, server.registry).run,
+            args=(stop,),
+            name="keel-controller",
+            daemon=True,
+        ).start()
+    try:
+        uvicorn.run(
+            create_app(server),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            loop="uvloop",
+            http="httptools",
+        )
+    finally:
+        stop.set()
 
 
 def bench(

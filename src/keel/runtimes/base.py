@@ -92,8 +92,9 @@ class Runtime(ABC):
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch (first dimension) and return every output, row-aligned."""
 
-    def warmup(self) -> None:
-        """Run a small batch of the right shapes so the first request is not slow."""
+    def warmup(self) -> dict[str, np.ndarray]:
+        """Run a small batch of the right shapes so the first request is not slow; return
+        its outputs."""
         sample = {}
         for spec in self.inputs:
             shape = [2 if d == -1 else d for d in spec.shape]
@@ -105,3 +106,4 @@ class Runtime(ABC):
         missing = [o.name for o in self.outputs if o.name not in out]
         if missing:
             raise ValidationError(f"warm-up produced no output {missing[0]!r}")
+        return out

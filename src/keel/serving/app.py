@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
 from keel import __version__
+from keel.config import CanaryConfig, ShadowConfig
 from keel.errors import KeelError, ValidationError
 from keel.serving.batcher import Overloaded
 from keel.serving.protocol import HEADER, decode_request, encode_response
@@ -141,7 +142,9 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
         raw_len = request.headers.get(HEADER)
         req = decode_request(body, int(raw_len) if raw_len is not None else None)
         payload = route.check_tensors(req.inputs, route.current.runtime)
-        outputs, version, _ = await server.infer(name, payload, deadline_ms=_deadline(request))
+        outputs, version, _ = await server.infer(
+            name, payload, deadline_ms=_deadline(request), key=request.headers.get("x-keel-key")
+        )
         content, headers = encode_response(name, version, req.id, outputs, req)
         media = "application/octet-stream" if headers else "application/json"
         return Response(content, media_type=media, headers=headers)
@@ -192,6 +195,12 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
                     "features": r.config.features,
                     "last_error": r.last_error,
                     "fast_path": None if r.fast is None else r.fast.version,
+                    "canary": None
+                    if r.config.canary is None
+                    else msgspec.to_builtins(r.config.canary),
+                    "shadow": None
+                    if r.config.shadow is None
+                    else msgspec.to_builtins(r.config.shadow),
                 }
                 for r in server.routes.values()
             ]
@@ -206,6 +215,37 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
             raise ValidationError(f"invalid route: {exc}") from None
         route = await asyncio.to_thread(server.add, cfg)
         return _json({"name": route.name, "serving": route.current.version}, 201)
+
+    async def get_traffic(request: Request) -> Response:
+        return _json(server.traffic(request.path_params["route"]))
+
+    async def set_traffic(request: Request) -> Response:
+        import asyncio
+
+        name = request.path_params["route"]
+        server.route(name)
+        try:
+            doc = msgspec.json.decode(await _body(request), type=TrafficRequest)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ValidationError(f"invalid traffic settings: {exc}") from None
+        fields = doc.__struct_fields__
+        given = {f: getattr(doc, f) for f in fields if getattr(doc, f) is not msgspec.UNSET}
+        if not given:
+            raise ValidationError("give 'canary' and/or 'shadow' (null removes one)")
+        await asyncio.to_thread(server.set_traffic, name, **given)
+        return _json(server.traffic(name))
+
+    async def record_decision(request: Request) -> Response:
+        name = request.path_params["route"]
+        route = server.route(name)
+        doc = _decoder.decode(await _body(request))
+        if not isinstance(doc, dict) or doc.get("action") not in ("promote", "reject", "rollback"):
+            raise ValidationError("a decision needs an 'action': promote, reject or rollback")
+        if doc["action"] == "reject" and route.shadow_state is not None:
+            route.shadow_state.status = "rejected"
+            server.snapshot(route, force=True)
+        server.publish(name, "decision", doc)
+        return _json({"recorded": True})
 
     async def metrics(request: Request) -> Response:
         for name, route in server.routes.items():
@@ -236,12 +276,20 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
             HttpRoute("/v1/routes", h(put_route), methods=["POST"]),
             HttpRoute("/v1/routes/{route}/predict", h(predict), methods=["POST"]),
             HttpRoute("/v1/routes/{route}/reload", h(reload), methods=["POST"]),
+            HttpRoute("/v1/routes/{route}/traffic", h(get_traffic)),
+            HttpRoute("/v1/routes/{route}/traffic", h(set_traffic), methods=["POST"]),
+            HttpRoute("/v1/routes/{route}/decisions", h(record_decision), methods=["POST"]),
             HttpRoute("/metrics", h(metrics)),
         ],
         lifespan=lifespan,
     )
     app.state.max_body = max_body
     return app
+
+
+class TrafficRequest(msgspec.Struct, forbid_unknown_fields=True):
+    canary: CanaryConfig | msgspec.UnsetType | None = msgspec.UNSET
+    shadow: ShadowConfig | msgspec.UnsetType | None = msgspec.UNSET
 
 
 def _plain(values: np.ndarray) -> Any:

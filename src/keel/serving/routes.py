@@ -29,6 +29,7 @@ class Deployed:
     runtime: Runtime
     version: str  # "fraud@3", or the builtin's name
     loaded_at: float
+    sample_output: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -59,8 +60,8 @@ def load(model: str, registry: Any, *, device: str = "cpu", threads: int | None 
         obj = registry.load(name, v.version)
         runtime = runtime_for(obj, v.format, device=device)
         version = v.ref
-    runtime.warmup()
-    return Deployed(runtime, version, time.time())
+    sample = runtime.warmup()
+    return Deployed(runtime, version, time.time(), sample)
 
 
 class Route:
@@ -75,6 +76,26 @@ class Route:
         self.batcher: Any = None
         self.swap_lock = threading.Lock()
         self.last_error: str | None = None
+        # Traffic between versions (set through InferenceServer.set_traffic).
+        self.canary: Deployed | None = None
+        self.canary_batcher: Any = None
+        self.canary_stats: Any = None
+        self.shadow: Deployed | None = None
+        self.shadow_batcher: Any = None
+        self.shadow_state: Any = None
+        self.join_keys: list[str] = []
+
+    def entity_key(self, payload: Tensors | Rows, header_key: str | None) -> Any:
+        """The key a canary split is sticky by: the first joined entity's key of the first
+        row, or the ``x-keel-key`` header."""
+        if header_key is not None:
+            return header_key
+        if isinstance(payload, Rows) and payload.rows:
+            first = payload.rows[0]
+            for key in self.join_keys:
+                if key in first:
+                    return first[key]
+        return None
 
     @property
     def name(self) -> str:

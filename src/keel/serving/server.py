@@ -7,20 +7,38 @@ Independent of HTTP (see :mod:`keel.serving.app`): a route is predicted through
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from keel.errors import NotFoundError, ValidationError
+from keel.clock import Clock, SystemClock
+from keel.config import CanaryConfig, ShadowConfig
+from keel.errors import NotFoundError, ValidationError, did_you_mean
+from keel.log import Topic
 from keel.serving.batcher import Batcher
-from keel.serving.routes import Route, RouteConfig, Rows, Tensors, load, run_batch
+from keel.serving.routes import Deployed, Route, RouteConfig, Rows, Tensors, load, run_batch
+from keel.serving.traffic import CanaryStats, ShadowState, bucket, check_compare, discrepancy
 
-__all__ = ["InferenceServer"]
+__all__ = ["TRAFFIC", "UNSET", "InferenceServer"]
+
+#: Traffic settings, shadow evidence snapshots and controller decisions, in order.
+TRAFFIC = Topic(
+    "keel.traffic",
+    {"ts": "timestamp", "route": "string", "kind": "string", "payload": "string"},
+    event_time="ts",
+    key="route",
+)
+SNAPSHOT_S = 2.0  # clock seconds between persisted snapshots of shadow evidence
+UNSET: Any = object()
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +92,7 @@ class InferenceServer:
         features: Any = None,
         log_: Any = None,
         follow_features: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         names = [c.name for c in configs]
         if len(set(names)) != len(names):
@@ -86,6 +105,12 @@ class InferenceServer:
         self.metrics = Metrics()
         self.started = time.time()
         self.follow_features = follow_features
+        self.clock = clock or SystemClock()
+        self._rng = random.Random()
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._last_snapshot: dict[str, float] = {}
+        if log_ is not None:
+            log_.create_topic(TRAFFIC, exist_ok=True)
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._follower: threading.Thread | None = None
@@ -103,7 +128,12 @@ class InferenceServer:
         if cfg.fast_path is not None:
             fast = load(cfg.fast_path.model, self.registry, device="cpu")
         route = Route(cfg, deployed, fast)
-        route.batcher = self._batcher(route)
+        if cfg.features and self.features is not None:
+            route.join_keys = list(
+                dict.fromkeys(v.entity.join_key for v, _ in self.features.resolve(cfg.features))
+            )
+        route.batcher = self._batcher(route, lambda: route.current)
+        self._apply_traffic(route, cfg.canary, cfg.shadow)
         old = self.routes.get(cfg.name)
         self.routes[cfg.name] = route
         self.configs[cfg.name] = cfg
@@ -111,19 +141,25 @@ class InferenceServer:
             asyncio.run_coroutine_threadsafe(old.batcher.close(), self._loop)
         return route
 
-    def _batcher(self, route: Route) -> Batcher:
+    def _batcher(
+        self, route: Route, deployed: Callable[[], Deployed | None], suffix: str = ""
+    ) -> Batcher:
+        """A batcher for one of the route's versions (``deployed`` is read once per batch,
+        so a swap takes effect at the next batch)."""
         cfg = route.config
         metrics = self.metrics
 
         def on_batch(size: int, _seconds: float) -> None:
-            metrics.batch.labels(cfg.name, route.current.version).observe(size)
+            current = deployed()
+            if current is not None:
+                metrics.batch.labels(cfg.name, current.version).observe(size)
 
         return Batcher(
-            lambda payloads: run_batch(route, payloads, self.features),
+            lambda payloads: run_batch(route, payloads, self.features, deployed()),
             max_batch_size=cfg.max_batch_size if cfg.batching else 1,
             max_wait_ms=cfg.max_wait_ms,
             max_queue=cfg.max_queue,
-            name=cfg.name,
+            name=cfg.name + suffix,
             on_batch=on_batch,
         )
 
@@ -147,14 +183,15 @@ class InferenceServer:
     async def stop(self) -> None:
         self._watch_stop.set()
         for route in self.routes.values():
-            await route.batcher.close()
+            self.snapshot(route, force=True)
+            for b in (route.batcher, route.canary_batcher, route.shadow_batcher):
+                if b is not None:
+                    await b.close()
 
     def route(self, name: str) -> Route:
         try:
             return self.routes[name]
         except KeyError:
-            from keel.errors import did_you_mean
-
             raise NotFoundError(
                 f"no route {name!r}{did_you_mean(name, self.routes)}; routes: "
                 f"{', '.join(self.routes) or 'none'}"
@@ -168,10 +205,19 @@ class InferenceServer:
         *,
         deadline_ms: float | None = None,
         priority: int = 0,
+        key: str | None = None,
     ) -> tuple[dict[str, np.ndarray], str, Any]:
-        """Run one request on a route; returns (outputs, version, staleness or None)."""
+        """Run one request on a route; returns (outputs, version, staleness or None).
+
+        A canary takes the request when its entity key falls in the canary's share; a
+        shadow gets a copy of sampled requests after this one is answered."""
         route = self.route(name)
         started = time.perf_counter()
+        canary = route.config.canary
+        if route.canary is not None and canary is not None:
+            entity = route.entity_key(payload, key)
+            if entity is not None and bucket(entity) < canary.percent:
+                return await self._canary(route, payload, deadline_ms, priority, started)
         version = route.current.version
         status = "ok"
         try:
@@ -201,6 +247,7 @@ class InferenceServer:
                     known = [v for v in values if v is not None]
                     if known:
                         self.metrics.staleness.labels(name, feature).set(max(known))
+            self._maybe_shadow(route, payload, outputs, started)
             return outputs, version, stale
         except Exception as exc:
             status = type(exc).__name__
@@ -208,6 +255,208 @@ class InferenceServer:
         finally:
             self.metrics.requests.labels(name, version, status).inc()
             self.metrics.latency.labels(name, version).observe(time.perf_counter() - started)
+
+    # -- traffic: canary and shadow -----------------------------------------------------
+    def set_traffic(self, name: str, *, canary: Any = UNSET, shadow: Any = UNSET) -> None:
+        """Change a route's canary and/or shadow while it serves. Everything new is loaded
+        and checked first: a bad setting raises, and the running split stays as it was."""
+        route = self.route(name)
+        cfg = route.config
+        new_canary = cfg.canary if canary is UNSET else canary
+        new_shadow = cfg.shadow if shadow is UNSET else shadow
+        self._apply_traffic(route, new_canary, new_shadow)
+        route.config = msgspec.structs.replace(cfg, canary=new_canary, shadow=new_shadow)
+        self.configs[name] = route.config
+        self.publish(
+            name,
+            "traffic_set",
+            {
+                "canary": None if new_canary is None else msgspec.to_builtins(new_canary),
+                "shadow": None if new_shadow is None else msgspec.to_builtins(new_shadow),
+            },
+        )
+
+    def _apply_traffic(
+        self, route: Route, canary: CanaryConfig | None, shadow: ShadowConfig | None
+    ) -> None:
+        canary_dep = shadow_dep = None
+        if canary is not None and canary.percent > 0:
+            canary_dep = self._load_same_kind(route, canary.model)
+        if shadow is not None:
+            shadow_dep = self._load_same_kind(route, shadow.model)
+            sample = route.current.sample_output or {}
+            if sample:
+                check_compare(shadow.compare, next(iter(sample.values())))
+        # Everything is loaded and checked: switch.
+        if canary_dep is None:
+            route.canary, route.canary_stats = None, None
+        elif route.canary is None or route.canary.version != canary_dep.version:
+            route.canary, route.canary_stats = canary_dep, CanaryStats()
+            if route.canary_batcher is None:
+                route.canary_batcher = self._batcher(route, lambda: route.canary, "-canary")
+        if shadow_dep is None:
+            route.shadow, route.shadow_state = None, None
+            return
+        route.shadow = shadow_dep
+        if route.shadow_batcher is None:
+            route.shadow_batcher = self._batcher(route, lambda: route.shadow, "-shadow")
+        state = route.shadow_state
+        if state is None or state.candidate != shadow_dep.version:
+            route.shadow_state = self._restore(
+                route.name, shadow_dep.version, route.current.version
+            )
+
+    def _load_same_kind(self, route: Route, model: str) -> Deployed:
+        dep = load(model, self.registry, device=route.config.device, threads=route.config.threads)
+        want = [(s.name, s.datatype) for s in route.current.runtime.inputs]
+        got = [(s.name, s.datatype) for s in dep.runtime.inputs]
+        if want != got:
+            raise ValidationError(
+                f"route {route.name!r}: {dep.version} takes inputs {got}, the route's model "
+                f"{want}; a canary or shadow must take the same requests"
+            )
+        return dep
+
+    def _restore(self, route: str, candidate: str, primary: str) -> ShadowState:
+        """The latest evidence for this candidate from the traffic topic, or a fresh start."""
+        latest = None
+        for event in self._events(route, "shadow_stats"):
+            if event["candidate"] == candidate:
+                latest = event
+        if latest is not None and latest["status"] == "comparing":
+            return ShadowState.from_dict(latest)
+        return ShadowState(route, candidate, primary, self.clock.now())
+
+    def _events(self, route: str, kind: str) -> list[dict[str, Any]]:
+        if self.log is None:
+            return []
+        out = []
+        for p in range(self.log.topic(TRAFFIC.name).partitions):
+            for e in self.log.read(TRAFFIC.name, p, 0, 10**9).to_pylist():
+                if e["route"] == route and e["kind"] == kind:
+                    out.append({"at": e["ts"].isoformat(), **json.loads(e["payload"])})
+        return sorted(out, key=lambda e: e["at"])
+
+    def publish(self, route: str, kind: str, payload: dict[str, Any]) -> None:
+        """An event on the traffic topic (settings, evidence snapshots, decisions)."""
+        if self.log is None:
+            return
+        self.log.append(
+            TRAFFIC.name,
+            [
+                {
+                    "ts": datetime.fromtimestamp(self.clock.now(), UTC),
+                    "route": route,
+                    "kind": kind,
+                    "payload": json.dumps(payload, default=str),
+                }
+            ],
+        )
+
+    def snapshot(self, route: Route, force: bool = False) -> None:
+        """Persist the shadow evidence (at most every SNAPSHOT_S clock seconds)."""
+        st = route.shadow_state
+        if st is None:
+            return
+        now = self.clock.now()
+        if force or now - self._last_snapshot.get(route.name, -1e18) >= SNAPSHOT_S:
+            self._last_snapshot[route.name] = now
+            self.publish(route.name, "shadow_stats", st.to_dict())
+
+    def _maybe_shadow(
+        self, route: Route, payload: Tensors | Rows, outputs: dict[str, np.ndarray], started: float
+    ) -> None:
+        shadow, st = route.config.shadow, route.shadow_state
+        if (
+            route.shadow is None
+            or shadow is None
+            or st is None
+            or st.status != "comparing"
+            or self._rng.random() >= shadow.sample
+        ):
+            return
+        # After the answer: the copy runs on the candidate's own batcher.
+        primary_ms = (time.perf_counter() - started) * 1000
+        task = asyncio.get_running_loop().create_task(
+            self._shadow(route, payload, outputs, primary_ms)
+        )
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(
+        self,
+        route: Route,
+        payload: Tensors | Rows,
+        primary: dict[str, np.ndarray],
+        primary_ms: float,
+    ) -> None:
+        """Run a copy of an answered request on the candidate; fold in the comparison."""
+        st, cfg = route.shadow_state, route.config.shadow
+        if st is None or cfg is None or route.shadow_batcher is None:
+            return
+        started = time.perf_counter()
+        try:
+            outputs, _, _ = await route.shadow_batcher.submit(payload)
+            name = next(n for n in primary if n in outputs)
+            st.diff.update_many(discrepancy(cfg.compare, primary[name], outputs[name], cfg.top_k))
+            st.candidate_ms.update_many([(time.perf_counter() - started) * 1000])
+            st.primary_ms.update_many([primary_ms])
+        except Exception:
+            st.errors += 1
+        finally:
+            st.requests += 1
+        self.snapshot(route)
+
+    async def _canary(
+        self,
+        route: Route,
+        payload: Tensors | Rows,
+        deadline_ms: float | None,
+        priority: int,
+        started: float,
+    ) -> tuple[dict[str, np.ndarray], str, Any]:
+        deployed, stats = route.canary, route.canary_stats
+        version = deployed.version if deployed is not None else route.current.version
+        ok = False
+        try:
+            result = await route.canary_batcher.submit(
+                payload,
+                deadline_s=None if deadline_ms is None else deadline_ms / 1000,
+                priority=priority,
+            )
+            ok = True
+            return result
+        finally:
+            ms = (time.perf_counter() - started) * 1000
+            if stats is not None:
+                stats.record(ok, ms)
+            self.metrics.requests.labels(route.name, version, "ok" if ok else "error").inc()
+            self.metrics.latency.labels(route.name, version).observe(ms / 1000)
+
+    def traffic(self, name: str) -> dict[str, Any]:
+        """The live split, the shadow comparison so far, and the last decisions."""
+        route = self.route(name)
+        cfg = route.config
+        out: dict[str, Any] = {
+            "route": name,
+            "primary": route.current.version,
+            "canary": None,
+            "shadow": None,
+            "decisions": self._events(name, "decision")[-5:],
+        }
+        if cfg.canary is not None:
+            stats = route.canary_stats
+            out["canary"] = {
+                "model": cfg.canary.model,
+                "percent": cfg.canary.percent,
+                "serving": None if route.canary is None else route.canary.version,
+                "requests": 0 if stats is None else stats.requests,
+                "error_rate": 0.0 if stats is None else stats.error_rate,
+                "p99_ms": 0.0 if stats is None else stats.p99_ms,
+            }
+        if cfg.shadow is not None and route.shadow_state is not None:
+            out["shadow"] = route.shadow_state.summary(cfg.shadow, self.clock.now())
+        return out
 
     # -- hot swap ------------------------------------------------------------------------
     def reload(self, name: str) -> dict[str, Any]:
@@ -235,6 +484,10 @@ class InferenceServer:
                 return {"route": name, "swapped": False, "serving": before}
             route.swap(fresh)
             route.last_error = None
+            st = route.shadow_state
+            if st is not None and st.candidate == fresh.version and st.status == "comparing":
+                st.status = "promoted"  # the candidate is the primary now
+                self.snapshot(route, force=True)
             self.metrics.swaps.labels(name, "ok").inc()
             log.info("route %s: %s → %s", name, before, fresh.version)
             return {"route": name, "swapped": True, "from": before, "serving": fresh.version}

@@ -1,0 +1,158 @@
+"""``keel traffic`` and ``keel controller``: canaries and shadows, changed while serving."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from keel.cli._common import console, friendly, project
+from keel.errors import KeelError, UnavailableError
+
+app = typer.Typer(help="Canary splits and shadow comparisons of a running server.")
+
+URL = typer.Option("http://127.0.0.1:8000", "--url", help="the server's address")
+
+
+def _call(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url.rstrip("/") + path,
+        data=data,
+        method="GET" if body is None else "POST",
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=300) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        message = json.loads(exc.read() or b"{}").get("error", str(exc))
+        err = KeelError(message)
+        err.status_code = exc.code
+        raise err from None
+    except urllib.error.URLError as exc:
+        raise UnavailableError(f"no Keel server answers at {url}: {exc.reason}") from None
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
+
+
+@app.command("set")
+@friendly
+def set_traffic(
+    route: str = typer.Argument(..., help="route name"),
+    canary: str | None = typer.Option(None, help="canary model, name@alias"),
+    percent: float = typer.Option(10.0, help="canary share of entities, 0..100"),
+    shadow: str | None = typer.Option(None, help="shadow model, name@alias"),
+    sample: float = typer.Option(1.0, help="share of requests copied to the shadow"),
+    compare: str = typer.Option("abs", help="abs, rel, agreement, topk or cosine"),
+    tolerance: float = typer.Option(0.05, help="largest acceptable mean discrepancy"),
+    window: str = typer.Option("24h", help="how long to compare before promoting"),
+    min_samples: int = typer.Option(200, help="fewest comparisons before deciding"),
+    clear_canary: bool = typer.Option(False, help="remove the canary"),
+    clear_shadow: bool = typer.Option(False, help="remove the shadow"),
+    url: str = URL,
+) -> None:
+    """Change a route's canary and/or shadow, without a restart."""
+    body: dict[str, Any] = {}
+    if clear_canary:
+        body["canary"] = None
+    elif canary is not None:
+        body["canary"] = {"model": canary, "percent": percent}
+    if clear_shadow:
+        body["shadow"] = None
+    elif shadow is not None:
+        body["shadow"] = {
+            "model": shadow,
+            "sample": sample,
+            "compare": compare,
+            "tolerance": tolerance,
+            "window_s": _duration(window),
+            "min_samples": min_samples,
+        }
+    if not body:
+        raise typer.BadParameter("give --canary, --shadow, --clear-canary or --clear-shadow")
+    _show(_call(url, f"/v1/routes/{route}/traffic", body))
+
+
+@app.command("status")
+@friendly
+def status(route: str = typer.Argument(..., help="route name"), url: str = URL) -> None:
+    """The live split, the shadow comparison so far and the last decisions."""
+    _show(_call(url, f"/v1/routes/{route}/traffic"))
+
+
+def _show(doc: dict[str, Any]) -> None:
+    table = Table(title=f"traffic of route {doc['route']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    canary = doc.get("canary")
+    share = 0.0 if not canary else canary["percent"]
+    table.add_row("primary", f"{doc['primary']} ({100 - share:g}% of entities)")
+    if canary:
+        table.add_row(
+            "canary",
+            f"{canary['serving'] or canary['model']} ({share:g}%): "
+            f"{canary['requests']:,} requests, errors "
+            f"{canary['error_rate']:.2%}, p99 {canary['p99_ms']:.1f} ms",
+        )
+    shadow = doc.get("shadow")
+    if shadow:
+        ci = shadow["ci95"]
+        table.add_row(
+            "shadow",
+            f"{shadow['candidate']} [{shadow['status']}]: "
+            f"{shadow['samples']:,} comparisons ({shadow['compare']})",
+        )
+        if shadow["discrepancy"] is not None:
+            table.add_row(
+                "",
+                f"discrepancy {shadow['discrepancy']:.4g}"
+                + (f", 95% CI {ci[0]:.4g}–{ci[1]:.4g}" if ci else "")
+                + f" (tolerance {shadow['tolerance']:g})",
+            )
+        table.add_row(
+            "",
+            f"{shadow['elapsed_s']:,.0f} of {shadow['window_s']:,.0f} s; "
+            f"latency ratio {shadow['latency_ratio'] or 0:.2f}; candidate errors "
+            f"{shadow['candidate_error_rate']:.2%}",
+        )
+    for d in doc.get("decisions", []):
+        table.add_row("decision", f"{d['at'][:19]} {d['action']}: {d['reason']}")
+    console.print(table)
+
+
+def controller(
+    ctx: typer.Context,
+    url: str = URL,
+    interval: float = typer.Option(2.0, help="seconds between evaluations"),
+    once: bool = typer.Option(False, help="evaluate once and exit"),
+) -> None:
+    """Promote converged shadows and roll back failing canaries of a running server."""
+    from keel.controller import RemoteController
+
+    ctl = RemoteController(url, project(ctx).registry, interval_s=interval)
+    if once:
+        for d in ctl.step():
+            console.print(f"{d.route}: {d.action} — {d.reason}")
+        return
+    console.print(f"controlling {url} every {interval:g} s (Ctrl-C to stop)")
+    stop = threading.Event()
+    try:
+        ctl.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="traffic")
+    root.command("controller")(friendly(controller))

@@ -1,0 +1,300 @@
+"""Traffic between versions: sticky canary buckets, shadow comparisons as streaming
+statistics with confidence intervals, and the decisions drawn from them.
+
+The comparison follows the estimator contract: ``update_many`` folds in a batch, results are
+read through properties, and the whole state round-trips through ``to_dict`` so the evidence
+survives a restart.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from keel.config import CanaryConfig, ShadowConfig
+from keel.errors import ValidationError
+
+__all__ = [
+    "CanaryStats",
+    "Decision",
+    "Running",
+    "ShadowState",
+    "bucket",
+    "decide_canary",
+    "decide_shadow",
+    "discrepancy",
+]
+
+Z = 1.96  # two-sided 95%
+
+
+def bucket(key: Any) -> float:
+    """A stable position in [0, 100) for an entity key: the same key, the same side of a
+    canary split, in every process."""
+    return (zlib.crc32(str(key).encode()) % 10_000) / 100
+
+
+@dataclass
+class Running:
+    """Welford's streaming mean and variance."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def update_many(self, values: np.ndarray) -> Running:
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if not len(values):
+            return self
+        n_b = len(values)
+        mean_b = float(values.mean())
+        m2_b = float(((values - mean_b) ** 2).sum())
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / n
+        self.m2 += m2_b + delta * delta * self.n * n_b / n
+        self.n = n
+        return self
+
+    @property
+    def sd(self) -> float:
+        return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else float("inf")
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        """The 95% confidence interval of the mean."""
+        if self.n < 2:
+            return (-math.inf, math.inf)
+        half = Z * self.sd / math.sqrt(self.n)
+        return (self.mean - half, self.mean + half)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"n": self.n, "mean": self.mean, "m2": self.m2}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Running:
+        return cls(int(d["n"]), float(d["mean"]), float(d["m2"]))
+
+
+def discrepancy(
+    compare: str, primary: np.ndarray, candidate: np.ndarray, top_k: int = 10
+) -> np.ndarray:
+    """Per example, how far the candidate's output is from the primary's (0 = identical):
+    absolute or relative error for scores, disagreement for classes, 1 - top-k overlap for
+    rankings, 1 - cosine similarity for embeddings."""
+    a = np.asarray(primary, dtype=np.float64)
+    b = np.asarray(candidate, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValidationError(
+            f"shadow outputs have shape {list(b.shape)}, the primary's {list(a.shape)}"
+        )
+    n = a.shape[0]
+    a2, b2 = a.reshape(n, -1), b.reshape(n, -1)
+    if compare == "abs":
+        return np.abs(a2 - b2).mean(axis=1)
+    if compare == "rel":
+        return (np.abs(a2 - b2) / np.maximum(np.abs(a2), 1e-12)).mean(axis=1)
+    if compare == "agreement":
+        if a2.shape[1] > 1:
+            return (a2.argmax(axis=1) != b2.argmax(axis=1)).astype(float)
+        return (np.round(a2[:, 0]) != np.round(b2[:, 0])).astype(float)
+    if compare == "topk":
+        k = min(top_k, a2.shape[1])
+        ta = np.argsort(-a2, axis=1)[:, :k]
+        tb = np.argsort(-b2, axis=1)[:, :k]
+        overlap = np.array([len(set(x) & set(y)) for x, y in zip(ta, tb, strict=True)])
+        return 1.0 - overlap / k
+    if compare == "cosine":
+        num = (a2 * b2).sum(axis=1)
+        den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+        return 1.0 - num / np.maximum(den, 1e-12)
+    raise ValidationError(f"unknown compare {compare!r}")
+
+
+def check_compare(compare: str, output: np.ndarray) -> None:
+    """Refuse a compare metric that does not fit the model's output."""
+    width = 1 if output.ndim == 1 else int(np.prod(output.shape[1:]))
+    if compare in ("topk", "cosine") and width < 2:
+        raise ValidationError(
+            f"compare {compare!r} needs vector outputs (rankings, embeddings); this model "
+            f"outputs one value per example — use 'abs', 'rel' or 'agreement'"
+        )
+    if output.dtype.kind in "OSU":
+        raise ValidationError(f"compare {compare!r} needs numeric outputs")
+
+
+@dataclass
+class ShadowState:
+    """The evidence gathered for one candidate against one primary."""
+
+    route: str
+    candidate: str
+    primary: str
+    started_at: float
+    status: str = "comparing"  # comparing | promoted | rejected
+    diff: Running = field(default_factory=Running)
+    primary_ms: Running = field(default_factory=Running)
+    candidate_ms: Running = field(default_factory=Running)
+    errors: int = 0
+    requests: int = 0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def latency_ratio(self) -> float:
+        if not self.primary_ms.n or not self.candidate_ms.n:
+            return float("nan")
+        return self.candidate_ms.mean / max(self.primary_ms.mean, 1e-9)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "route": self.route,
+            "candidate": self.candidate,
+            "primary": self.primary,
+            "started_at": self.started_at,
+            "status": self.status,
+            "diff": self.diff.to_dict(),
+            "primary_ms": self.primary_ms.to_dict(),
+            "candidate_ms": self.candidate_ms.to_dict(),
+            "errors": self.errors,
+            "requests": self.requests,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShadowState:
+        return cls(
+            d["route"],
+            d["candidate"],
+            d["primary"],
+            float(d["started_at"]),
+            d["status"],
+            Running.from_dict(d["diff"]),
+            Running.from_dict(d["primary_ms"]),
+            Running.from_dict(d["candidate_ms"]),
+            int(d["errors"]),
+            int(d["requests"]),
+        )
+
+    def summary(self, cfg: ShadowConfig, now: float) -> dict[str, Any]:
+        lo, hi = self.diff.ci
+        return {
+            "route": self.route,
+            "candidate": self.candidate,
+            "primary": self.primary,
+            "status": self.status,
+            "compare": cfg.compare,
+            "tolerance": cfg.tolerance,
+            "samples": self.diff.n,
+            "discrepancy": None if not self.diff.n else self.diff.mean,
+            "ci95": None if self.diff.n < 2 else [lo, hi],
+            "elapsed_s": now - self.started_at,
+            "window_s": cfg.window_s,
+            "latency_ratio": None if math.isnan(self.latency_ratio) else self.latency_ratio,
+            "candidate_error_rate": self.error_rate,
+        }
+
+
+@dataclass
+class CanaryStats:
+    requests: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def record(self, ok: bool, ms: float) -> None:
+        self.requests += 1
+        self.errors += 0 if ok else 1
+        self.latencies_ms.append(ms)
+        if len(self.latencies_ms) > 2000:
+            del self.latencies_ms[:1000]
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def p99_ms(self) -> float:
+        return float(np.percentile(self.latencies_ms, 99)) if self.latencies_ms else 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    route: str
+    action: str  # promote | reject | rollback
+    reason: str
+    evidence: dict[str, Any]
+
+
+def decide_shadow(cfg: ShadowConfig, evidence: dict[str, Any]) -> Decision | None:
+    """Promote when, over the whole window, the discrepancy's 95% interval lies inside the
+    tolerance and latency and errors are within bounds; reject when it clearly lies outside.
+
+    ``evidence`` is :meth:`ShadowState.summary` — also what ``GET /v1/routes/{route}/traffic``
+    returns, so an in-process and a remote controller decide alike."""
+    route = evidence.get("route", "")
+    if evidence["status"] != "comparing":
+        return None
+    if evidence["elapsed_s"] < cfg.window_s or evidence["samples"] < cfg.min_samples:
+        return None
+    lo, hi = evidence["ci95"] or (-math.inf, math.inf)
+    errors = evidence["candidate_error_rate"]
+    ratio = evidence["latency_ratio"]
+    if errors > cfg.max_error_rate:
+        return Decision(
+            route,
+            "reject",
+            f"candidate error rate {errors:.2%} over {cfg.max_error_rate:.2%}",
+            evidence,
+        )
+    if lo > cfg.tolerance:
+        return Decision(
+            route,
+            "reject",
+            f"discrepancy {evidence['discrepancy']:.4g} (95% CI {lo:.4g}–{hi:.4g})"
+            f" is above the tolerance {cfg.tolerance:g}",
+            evidence,
+        )
+    if hi <= cfg.tolerance and not (ratio is not None and ratio > cfg.max_latency_ratio):
+        return Decision(
+            route,
+            "promote",
+            f"over {evidence['elapsed_s']:,.0f} s and {evidence['samples']:,} "
+            f"samples the discrepancy's 95% CI {lo:.4g}–{hi:.4g} is within "
+            f"{cfg.tolerance:g}; latency ratio "
+            f"{'n/a' if ratio is None else f'{ratio:.2f}'}, errors {errors:.2%}",
+            evidence,
+        )
+    return None
+
+
+def decide_canary(route: str, cfg: CanaryConfig, stats: CanaryStats) -> Decision | None:
+    """Roll the canary back when its error rate or p99 latency breaks its bounds."""
+    if cfg.percent == 0 or stats.requests < cfg.min_requests:
+        return None
+    evidence = {
+        "model": cfg.model,
+        "percent": cfg.percent,
+        "requests": stats.requests,
+        "error_rate": stats.error_rate,
+        "p99_ms": stats.p99_ms,
+    }
+    if stats.error_rate > cfg.max_error_rate:
+        return Decision(
+            route,
+            "rollback",
+            f"canary error rate {stats.error_rate:.2%} over {cfg.max_error_rate:.2%}",
+            evidence,
+        )
+    if cfg.max_p99_ms is not None and stats.p99_ms > cfg.max_p99_ms:
+        return Decision(
+            route,
+            "rollback",
+            f"canary p99 {stats.p99_ms:.1f} ms over {cfg.max_p99_ms:g} ms",
+            evidence,
+        )
+    return None

@@ -1,0 +1,248 @@
+"""Canary splits, shadow comparisons, the controller's decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from keel.clock import ManualClock
+from keel.config import CanaryConfig, RouteConfig, ShadowConfig
+from keel.controller import Controller
+from keel.errors import ValidationError
+from keel.serving import InferenceServer, create_app
+from keel.serving.traffic import Running, ShadowState, bucket, decide_shadow, discrepancy
+
+# -- statistics -----------------------------------------------------------------------------
+
+
+def test_running_mean_and_interval_match_numpy() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, 1000)
+    r = Running()
+    for chunk in np.array_split(x, 7):
+        r.update_many(chunk)
+    assert r.n == 1000
+    assert abs(r.mean - x.mean()) < 1e-12 and abs(r.sd - x.std(ddof=1)) < 1e-12
+    lo, hi = r.ci
+    assert lo < x.mean() < hi and hi - lo == pytest.approx(2 * 1.96 * x.std(ddof=1) / 1000**0.5)
+    assert Running.from_dict(r.to_dict()) == r
+
+
+def test_discrepancy_metrics_fit_their_outputs() -> None:
+    a = np.array([0.2, 0.5, 0.9])
+    assert discrepancy("abs", a, a + 0.1).tolist() == pytest.approx([0.1] * 3)
+    assert discrepancy("rel", a, a * 1.5).tolist() == pytest.approx([0.5] * 3)
+    classes = np.array([[0.9, 0.1], [0.2, 0.8]])
+    assert discrepancy("agreement", classes, classes[:, ::-1]).tolist() == [1.0, 1.0]
+    emb = np.random.default_rng(1).normal(size=(4, 16))
+    assert np.allclose(discrepancy("cosine", emb, 3 * emb), 0)
+    ranks = np.arange(20.0)[None, :].repeat(2, axis=0)
+    assert discrepancy("topk", ranks, ranks, top_k=5).tolist() == [0.0, 0.0]
+    with pytest.raises(ValidationError, match="shape"):
+        discrepancy("abs", a, a[:2])
+
+
+def test_buckets_are_sticky_and_spread() -> None:
+    assert bucket(12345) == bucket("12345") == bucket(12345)
+    shares = np.array([bucket(k) for k in range(10_000)])
+    assert 8.5 < (shares < 10).mean() * 100 < 11.5
+
+
+def test_a_converged_comparison_is_promoted_only_after_the_window() -> None:
+    cfg = ShadowConfig(model="m@c", tolerance=0.05, window_s=3600, min_samples=30)
+    st = ShadowState("r", "m@2", "m@1", started_at=0.0)
+    st.diff.update_many(np.full(100, 0.01) + np.random.default_rng(0).normal(0, 0.001, 100))
+    assert decide_shadow(cfg, st.summary(cfg, 1800)) is None
+    assert decide_shadow(cfg, st.summary(cfg, 3601)).action == "promote"
+    bad = ShadowState("r", "m@3", "m@1", started_at=0.0)
+    bad.diff.update_many(np.full(100, 0.3))
+    assert decide_shadow(cfg, bad.summary(cfg, 3601)).action == "reject"
+
+
+# -- on a server ------------------------------------------------------------------------------
+
+
+def make(world, clock, **route_kw) -> InferenceServer:
+    cfg = RouteConfig(
+        name="fraud", model="fraud@champion", features=["card"], max_wait_ms=2, **route_kw
+    )
+    server = InferenceServer(
+        [cfg], registry=world.registry, features=world.features, log_=world.log, clock=clock
+    )
+    server.load_all()
+    return server
+
+
+def drain(server: InferenceServer) -> None:
+    deadline = time.monotonic() + 10
+    while server._shadow_tasks and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def predict_all(client: httpx.Client, rows) -> list[tuple]:
+    """Version and predictions of each answer (staleness moves with the clock)."""
+    out = []
+    for r in rows:
+        body = client.post("/v1/routes/fraud/predict", json={"rows": [r]}).json()
+        out.append((body["version"], body["predictions"]))
+    return out
+
+
+def test_shadow_never_changes_the_answer_and_promotes_after_the_window(world, running) -> None:
+    twin, train = world.train(seed=1)  # the same training: outputs agree
+    world.registry.register("fraud", twin, training_set=train)
+    world.registry.set_alias("fraud", "challenger", 2)
+    clock = ManualClock(1_000_000.0)
+    plain = make(world, clock)
+    shadowed = make(
+        world,
+        clock,
+        shadow=ShadowConfig(
+            model="fraud@challenger",
+            compare="abs",
+            tolerance=0.01,
+            window_s=86_400,
+            min_samples=40,
+            max_latency_ratio=10.0,
+        ),
+    )  # the shadow shares these 2 cores
+    with running(create_app(plain)) as a, httpx.Client(base_url=a.url) as client:
+        expected = predict_all(client, world.rows)
+    with running(create_app(shadowed)) as b, httpx.Client(base_url=b.url) as client:
+        got = predict_all(client, world.rows)
+        drain(shadowed)
+        assert got == expected  # the client's answer is identical with a shadow
+        status = client.get("/v1/routes/fraud/traffic").json()
+        assert status["shadow"]["samples"] == len(world.rows)
+        assert status["shadow"]["discrepancy"] == 0.0, status
+        assert status["shadow"]["latency_ratio"] > 0
+        controller = Controller(shadowed, world.registry)
+        assert controller.step() == []  # converged, but the window has not passed
+        clock.advance(86_401)
+        [decision] = controller.step()
+        assert decision.action == "promote"
+        assert world.registry.get("fraud", "champion").version == 2
+        assert shadowed.routes["fraud"].current.version == "fraud@2"  # hot-swapped
+        status = client.get("/v1/routes/fraud/traffic").json()
+        assert status["shadow"]["status"] == "promoted"
+        assert status["decisions"][-1]["action"] == "promote"
+        assert "95% CI" in status["decisions"][-1]["reason"]
+
+
+def test_a_diverging_shadow_is_not_promoted(world, running) -> None:
+    other, train = world.train(seed=9, trees=3)
+    world.registry.register("fraud", other, training_set=train)
+    clock = ManualClock(0.0)
+    server = make(
+        world,
+        clock,
+        shadow=ShadowConfig(
+            model="fraud@2", compare="abs", tolerance=0.001, window_s=60, min_samples=20
+        ),
+    )
+    with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
+        predict_all(client, world.rows)
+        drain(server)
+        clock.advance(61)
+        decisions = Controller(server, world.registry).step()
+    assert [d.action for d in decisions] == ["reject"]
+    assert world.registry.get("fraud", "champion").version == 1
+    assert server.routes["fraud"].current.version == "fraud@1"
+
+
+def test_evidence_survives_a_restart(world, running) -> None:
+    twin, train = world.train(seed=1)
+    world.registry.register("fraud", twin, training_set=train)
+    clock = ManualClock(5_000.0)
+    shadow = ShadowConfig(model="fraud@2", window_s=3600, min_samples=10)
+    first = make(world, clock, shadow=shadow)
+    with running(create_app(first)) as srv, httpx.Client(base_url=srv.url) as client:
+        predict_all(client, world.rows[:25])
+        drain(first)
+    # stopping the app persisted the evidence; a new server picks it up mid-window
+    clock.advance(600)
+    second = make(world, clock, shadow=shadow)
+    st = second.routes["fraud"].shadow_state
+    assert st.diff.n == 25 and st.started_at == 5_000.0 and st.status == "comparing"
+
+
+def test_a_canary_is_sticky_and_rolled_back_when_it_fails(world, running) -> None:
+    import lightgbm
+    import pandas as pd
+
+    rng = np.random.default_rng(5)
+    x = pd.DataFrame(
+        {
+            "card__count_1h": rng.random(200),
+            "card__amount_1d": rng.random(200),
+            "amount": rng.random(200),
+            "extra": rng.random(200),
+        }
+    )
+    broken = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(x, rng.random(200) > 0.5)
+    world.registry.register("fraud", broken)  # needs a field no request has
+    server = make(
+        world,
+        ManualClock(0.0),
+        canary=CanaryConfig(model="fraud@2", percent=50, max_error_rate=0.1, min_requests=5),
+    )
+    with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
+        results = {}
+        for row in world.rows:
+            r = client.post("/v1/routes/fraud/predict", json={"rows": [row]})
+            results.setdefault(row["card_id"], set()).add(r.status_code)
+        assert all(len(codes) == 1 for codes in results.values())  # sticky per entity
+        assert any(400 in c for c in results.values()) and any(200 in c for c in results.values())
+        [decision] = Controller(server, world.registry).step()
+        assert decision.action == "rollback" and "error rate" in decision.reason
+        status = client.get("/v1/routes/fraud/traffic").json()
+        assert status["canary"]["percent"] == 0
+        after = [
+            client.post("/v1/routes/fraud/predict", json={"rows": [r]}).status_code
+            for r in world.rows
+        ]
+        assert set(after) == {200}
+
+
+def test_bad_traffic_settings_leave_the_split_untouched(world, running) -> None:
+    twin, train = world.train(seed=1)
+    world.registry.register("fraud", twin, training_set=train)
+    server = make(world, ManualClock(0.0), canary=CanaryConfig(model="fraud@2", percent=10))
+    with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
+        url = "/v1/routes/fraud/traffic"
+        r = client.post(url, json={"canary": {"model": "fraud@2", "percent": 150}})
+        assert r.status_code == 400 and "0..100" in r.json()["error"]
+        r = client.post(url, json={"canary": {"model": "fraud@nope", "percent": 20}})
+        assert r.status_code == 404 and "no alias 'nope'" in r.json()["error"]
+        r = client.post(url, json={"shadow": {"model": "fraud@2", "compare": "cosine"}})
+        assert r.status_code == 400 and "vector outputs" in r.json()["error"]
+        r = client.post(url, json={"shadow": {"model": "fraud@2", "compare": "cosin"}})
+        assert r.status_code == 400 and "did you mean 'cosine'" in r.json()["error"]
+        status = client.get(url).json()
+        assert status["canary"]["percent"] == 10 and status["canary"]["serving"] == "fraud@2"
+        assert status["shadow"] is None
+        ok = client.post(url, json={"canary": {"model": "fraud@2", "percent": 30}})
+        assert ok.status_code == 200 and ok.json()["canary"]["percent"] == 30
+
+
+def test_run_shadow_comparisons_off_the_event_loop(world) -> None:
+    # The shadow copy is scheduled after the answer; the request itself does not wait.
+    twin, train = world.train(seed=1)
+    world.registry.register("fraud", twin, training_set=train)
+    server = make(world, ManualClock(0.0), shadow=ShadowConfig(model="fraud@2", min_samples=1))
+    from keel.serving.routes import Rows
+
+    async def go() -> int:
+        await server.start()
+        await server.infer("fraud", Rows(world.rows[:1], 1))
+        pending = len(server._shadow_tasks)
+        await asyncio.gather(*server._shadow_tasks)
+        await server.stop()
+        return pending
+
+    assert asyncio.run(go()) == 1
+    assert server.routes["fraud"].shadow_state.diff.n == 1
