@@ -32,6 +32,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.model_ref == "fraud@1" and result.reproduced
     assert result.swapped_to == "fraud@2" and result.swap_errors == 0
     assert result.bench_peak > 0
+    assert result.promoted_to == "fraud@3" and result.traffic_errors == 0
     for step in (
         "1. Project",
         "2. History",

@@ -31,6 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from keel.cli.log import stats_table
+from keel.clock import FastClock
 from keel.config import CONFIG_FILE
 from keel.features import FeatureStore
 from keel.features.definitions import format_duration
@@ -59,6 +60,8 @@ class DemoResult:
     bench_peak: float = 0.0
     swap_errors: int = -1
     swapped_to: str = ""
+    promoted_to: str = ""
+    traffic_errors: int = -1
 
 
 def run_demo(
@@ -526,7 +529,8 @@ def _serving(
     console.print(bench_table("embed", bench))
     result.bench_peak = max(r.rps for r in bench["batched"].values())
 
-    server = build_server(project, ["fraud"])
+    # The clock runs 14,400 times faster: the shadow's 24-hour window passes in 6 seconds.
+    server = build_server(project, ["fraud"], clock=FastClock(14_400))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -578,18 +582,134 @@ def _serving(
         while server.routes["fraud"].current.version != v2.ref and time.monotonic() < deadline:
             time.sleep(0.05)
         loader.join()
+        load = outcome["load"]
+        result.swap_errors = load.errors
+        result.swapped_to = server.routes["fraud"].current.version
+        colour = "green" if load.errors == 0 and result.swapped_to == v2.ref else "red"
+        console.print(
+            f"   fraud route (card + user features joined per micro-batch): {load.requests:,} "
+            f"requests in {load.seconds:.1f} s at {load.rps:,.0f} req/s, p99 "
+            f"{load.pct(99):.1f} ms; hot swap fraud@1 → {result.swapped_to} under load with "
+            f"[{colour}]{load.errors} failed requests[/]"
+        )
+        _traffic(console, project, server, port, path, bodies, train, result, quick=quick)
     finally:
         http.should_exit = True
         thread.join(15)
-    load = outcome["load"]
-    result.swap_errors = load.errors
-    result.swapped_to = server.routes["fraud"].current.version
-    colour = "green" if load.errors == 0 and result.swapped_to == v2.ref else "red"
+
+
+def _traffic(
+    console: Console,
+    project: Project,
+    server: Any,
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    train: pa.Table,
+    result: DemoResult,
+    *,
+    quick: bool,
+) -> None:
+    """Shadow a retrained candidate on live traffic, watch the comparison converge, and let
+    the controller promote it (which hot-swaps the route)."""
+    import threading
+
+    import lightgbm
+
+    from keel.config import ShadowConfig
+    from keel.controller import Controller
+    from keel.serving.loadgen import run_load
+
     console.print(
-        f"   fraud route (card + user features joined per micro-batch): {load.requests:,} "
-        f"requests in {load.seconds:.1f} s at {load.rps:,.0f} req/s, p99 {load.pct(99):.1f} ms;"
-        f" hot swap fraud@1 → {result.swapped_to} under load with [{colour}]{load.errors} "
-        "failed requests[/]"
+        "[bold]10. Traffic[/]: a retrained candidate shadows the champion on live "
+        "requests; the controller promotes it when the comparison converges"
+    )
+    registry = project.registry
+    columns = server.routes["fraud"].current.runtime.feature_names
+    x = np.column_stack(
+        [train[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in columns]
+    )
+    y = train["is_fraud"].to_numpy(zero_copy_only=False).astype(int)
+    model = lightgbm.LGBMClassifier(
+        n_estimators=300,
+        learning_rate=0.05,
+        num_leaves=15,
+        min_child_samples=10,
+        subsample=0.9,
+        subsample_freq=1,
+        verbose=-1,
+        random_state=21,
+    )
+    model.fit(x, y, feature_name=columns)
+    candidate = registry.register(
+        "fraud",
+        model,
+        training_set=train,
+        parent=int(server.routes["fraud"].current.version.split("@")[1]),
+        params=model.get_params(),
+        description="re-sampled retrain",
+    )
+    registry.set_alias("fraud", "challenger", candidate.version, reason="candidate")
+    server.set_traffic(
+        "fraud",
+        shadow=ShadowConfig(
+            model="fraud@challenger",
+            sample=1.0,
+            compare="abs",
+            tolerance=0.02,
+            window_s=86_400,
+            min_samples=200,
+        ),
+    )
+    stop = threading.Event()
+    controller = threading.Thread(
+        target=Controller(server, registry, interval_s=0.25).run, args=(stop,), daemon=True
+    )
+    controller.start()
+    outcome: dict[str, Any] = {}
+    load_s = 8.0
+    loader = threading.Thread(
+        target=lambda: outcome.update(
+            load=run_load("127.0.0.1", port, path, bodies, concurrency=4, seconds=load_s)
+        )
+    )
+    loader.start()
+    table = Table(title=f"shadow {candidate.ref} vs the champion (|score difference|)")
+    for col in ("clock (of 24 h)", "comparisons", "mean", "95% CI", "latency", "status"):
+        table.add_column(col, justify="right")
+    started = time.monotonic()
+    while time.monotonic() - started < load_s + 1:
+        time.sleep(1.5)
+        st = server.traffic("fraud")["shadow"]
+        if st is None:
+            break
+        ci = st["ci95"]
+        table.add_row(
+            f"{st['elapsed_s'] / 3600:4.1f} h",
+            f"{st['samples']:,}",
+            "—" if st["discrepancy"] is None else f"{st['discrepancy']:.2e}",
+            "—" if not ci else f"{ci[0]:.2e}–{ci[1]:.2e}",
+            "—" if st["latency_ratio"] is None else f"{st['latency_ratio']:.2f}x",
+            st["status"],
+        )
+        if st["status"] != "comparing":
+            break
+    loader.join()
+    stop.set()
+    controller.join(5)
+    console.print(table)
+    decisions = server.traffic("fraud")["decisions"]
+    load = outcome["load"]
+    result.promoted_to = server.routes["fraud"].current.version
+    result.traffic_errors = load.errors
+    if decisions:
+        console.print(
+            f"   decision: [bold]{decisions[-1]['action']}[/] — {decisions[-1]['reason']}"
+        )
+    colour = "green" if result.promoted_to == candidate.ref and load.errors == 0 else "red"
+    console.print(
+        f"   fraud route now serves [{colour}]{result.promoted_to}[/]; {load.requests:,} "
+        f"requests during the comparison, [{colour}]{load.errors} failed[/]"
     )
 
 
@@ -608,7 +728,7 @@ def _summary(console: Console, project: Project, result: DemoResult) -> None:
         table.add_row(
             "model",
             f"{result.model_ref} reproducible: {'yes' if result.reproduced else 'no'}; "
-            f"champion now {result.swapped_to or result.model_ref}",
+            f"champion now {result.promoted_to or result.swapped_to or result.model_ref}",
         )
         table.add_row("serve", f"keel -c {cfg} serve   (routes embed, fraud; /metrics)")
         table.add_row("", f"keel -c {cfg} bench fraud")

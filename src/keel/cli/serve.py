@@ -26,7 +26,7 @@ for marathon training fair trade coffee beans roasted in small batches"""
 WORDS = tuple(_TEXT.split())
 
 
-def build_server(proj: Project, only: list[str] | None = None) -> Any:
+def build_server(proj: Project, only: list[str] | None = None, *, clock: Any = None) -> Any:
     from keel.serving import InferenceServer
 
     routes = [r for r in proj.settings.routes if not only or r.name in only]
@@ -40,6 +40,7 @@ def build_server(proj: Project, only: list[str] | None = None) -> Any:
         features=proj.features if needs_features else None,
         log_=proj.log if needs_registry else None,
         follow_features=needs_features,
+        clock=clock,
     )
     server.load_all()
     return server
