@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keel.cli.serve import run_bench
+from keel.cli.serve import post, requests_for, run_bench, served
 from keel.project import Project, init_project
 
 ROUTES = """
@@ -69,7 +69,55 @@ def setup(root: Path, embed_batch: int) -> Project:
     model = lightgbm.LGBMClassifier(n_estimators=200, num_leaves=31, verbose=-1).fit(x, y)
     v = proj.registry.register("gbm", model)
     proj.registry.set_alias("gbm", "champion", v.version)
+    other = lightgbm.LGBMClassifier(
+        n_estimators=200, num_leaves=31, subsample=0.8, subsample_freq=1, verbose=-1, random_state=3
+    ).fit(x, y)
+    c = proj.registry.register("gbm", other)
+    proj.registry.set_alias("gbm", "challenger", c.version)
     return proj
+
+
+def shadow_overhead(proj: Project, seconds: float, concurrency: int, rate: float) -> None:
+    """The primary's latency at one paced load, alone and with a 100% shadow, in one run."""
+    import json
+
+    from keel.serving.loadgen import run_load
+
+    with served(proj, "gbm") as (port, cfg):
+        path, bodies = requests_for(proj, cfg, port)
+        run_load("127.0.0.1", port, path, bodies, concurrency=2, seconds=1.0)  # warm up
+        rows = []
+        for label in ("alone", "with shadow", "alone again"):
+            if label == "with shadow":
+                post(
+                    port,
+                    "/v1/routes/gbm/traffic",
+                    json.dumps(
+                        {"shadow": {"model": "gbm@challenger", "sample": 1.0, "compare": "abs"}}
+                    ).encode(),
+                )
+            if label == "alone again":
+                post(port, "/v1/routes/gbm/traffic", json.dumps({"shadow": None}).encode())
+            rows.append(
+                (
+                    label,
+                    run_load(
+                        "127.0.0.1",
+                        port,
+                        path,
+                        bodies,
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        rate=rate,
+                    ),
+                )
+            )
+    print(f"shadow at 100% on route gbm, {rate:,.0f} req/s paced over {concurrency} connections:")
+    for label, r in rows:
+        print(
+            f"  {label:12s} {r.rps:7.0f} req/s  p50 {r.pct(50):5.2f} ms  p99 {r.pct(99):5.2f} ms"
+            + (f"  ({r.errors} errors)" if r.errors else "")
+        )
 
 
 def show(title: str, results: dict) -> None:
@@ -89,7 +137,7 @@ def show(title: str, results: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", choices=["embed", "gbm"])
+    ap.add_argument("--only", choices=["embed", "gbm", "shadow"])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--embed-batch", type=int, default=16)
     args = ap.parse_args()
@@ -106,6 +154,8 @@ def main() -> None:
         if args.only in (None, "gbm"):
             results = run_bench(proj, "gbm", [1, 8, 16, 32, 64], args.seconds)
             show("route gbm (LightGBM 30 features x 200 trees, one row per request):", results)
+        if args.only in (None, "shadow"):
+            shadow_overhead(proj, args.seconds, concurrency=4, rate=1000)
 
 
 if __name__ == "__main__":

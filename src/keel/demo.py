@@ -514,8 +514,8 @@ def _serving(
     import lightgbm
     import uvicorn
 
-    from keel.cli.serve import _requests as request_bodies
     from keel.cli.serve import bench_table, build_server, run_bench
+    from keel.cli.serve import requests_for as request_bodies
     from keel.serving import create_app
     from keel.serving.loadgen import run_load
 

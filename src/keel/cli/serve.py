@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,12 +131,9 @@ def bench_table(route: str, results: dict[str, dict[int, Any]]) -> Table:
     return table
 
 
-def run_bench(
-    proj: Project, route: str, levels: list[int], seconds: float
-) -> dict[str, dict[int, Any]]:
-    """Start ``keel serve`` for ``route``, add its unbatched twin, and sweep both."""
-    from keel.serving.loadgen import run_load
-
+@contextlib.contextmanager
+def served(proj: Project, route: str) -> Iterator[tuple[int, Any]]:
+    """``keel serve`` for ``route`` in a subprocess: yields (port, route config)."""
     cfg = next((r for r in proj.settings.routes if r.name == route), None)
     if cfg is None:
         raise NotFoundError(f"no route {route!r} in {proj.settings.project_dir}/keel.toml")
@@ -159,8 +158,21 @@ def run_bench(
     )
     try:
         _wait(port, proc)
-        path, bodies = _requests(proj, cfg, port)
-        twin = json.loads(_post(port, "/v1/routes", json.dumps(_twin(cfg)).encode()))
+        yield port, cfg
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run_bench(
+    proj: Project, route: str, levels: list[int], seconds: float
+) -> dict[str, dict[int, Any]]:
+    """Start ``keel serve`` for ``route``, add its unbatched twin, and sweep both."""
+    from keel.serving.loadgen import run_load
+
+    with served(proj, route) as (port, cfg):
+        path, bodies = requests_for(proj, cfg, port)
+        twin = json.loads(post(port, "/v1/routes", json.dumps(_twin(cfg)).encode()))
         results: dict[str, dict[int, Any]] = {"batched": {}, "unbatched": {}}
         run_load("127.0.0.1", port, path, bodies, concurrency=2, seconds=1.0)  # warm up
         for level in levels:
@@ -170,9 +182,6 @@ def run_bench(
                     "127.0.0.1", port, p, bodies, concurrency=level, seconds=seconds
                 )
         return results
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def _twin(cfg: Any) -> dict[str, Any]:
@@ -183,7 +192,7 @@ def _twin(cfg: Any) -> dict[str, Any]:
     return doc
 
 
-def _requests(proj: Project, cfg: Any, port: int) -> tuple[str, list[bytes]]:
+def requests_for(proj: Project, cfg: Any, port: int) -> tuple[str, list[bytes]]:
     """Request bodies of one example each: rows from the model's recorded training set when
     the route joins features, else tensors shaped as the served model declares."""
     import numpy as np
@@ -243,7 +252,7 @@ def _wait(port: int, proc: subprocess.Popen[bytes], timeout: float = 180) -> Non
     raise ValidationError("keel serve did not start in time")
 
 
-def _post(port: int, path: str, body: bytes) -> str:
+def post(port: int, path: str, body: bytes) -> str:
     import urllib.request
 
     req = urllib.request.Request(

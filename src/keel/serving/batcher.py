@@ -83,6 +83,12 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"keel-batch-{name}")
         self._batch_s = 0.0  # moving average of one forward pass, for shedding decisions
+        self._item_s = 0.0  # moving average of a forward pass per request
+
+    @property
+    def seconds_per_request(self) -> float:
+        """Moving average of the forward-pass time per request (0 before the first)."""
+        return self._item_s
 
     @property
     def depth(self) -> int:
@@ -173,6 +179,8 @@ class Batcher:
                 results = [exc] * len(live)
             elapsed = time.monotonic() - started
             self._batch_s = elapsed if not self._batch_s else 0.8 * self._batch_s + 0.2 * elapsed
+            each = elapsed / len(live)
+            self._item_s = each if not self._item_s else 0.8 * self._item_s + 0.2 * each
             if self.on_batch is not None:
                 self.on_batch(len(live), elapsed)
             for item, result in zip(live, results, strict=True):

@@ -45,12 +45,17 @@ async def _connection(
     stop: float,
     lat: list[float],
     errors: list[str],
+    interval: float | None = None,
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
     i = 0
+    due = time.perf_counter()
     try:
         while time.perf_counter() < stop:
+            if interval is not None:  # paced: a fixed rate, not as fast as answers come
+                due += interval
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
             body = bodies[i % len(bodies)]
             i += 1
             t = time.perf_counter()
@@ -85,6 +90,7 @@ async def _run(
     concurrency: int,
     seconds: float,
     headers: dict[str, str],
+    rate: float | None = None,
 ) -> LoadResult:
     lat: list[float] = []
     errors: list[str] = []
@@ -93,7 +99,15 @@ async def _run(
     await asyncio.gather(
         *(
             _connection(
-                host, port, path, bodies[c::concurrency] or bodies, headers, stop, lat, errors
+                host,
+                port,
+                path,
+                bodies[c::concurrency] or bodies,
+                headers,
+                stop,
+                lat,
+                errors,
+                None if rate is None else concurrency / rate,
             )
             for c in range(concurrency)
         )
@@ -111,6 +125,8 @@ def run_load(
     concurrency: int,
     seconds: float,
     headers: dict[str, str] | None = None,
+    rate: float | None = None,
 ) -> LoadResult:
-    """Drive ``POST path`` with ``bodies`` (cycled) from ``concurrency`` connections."""
-    return asyncio.run(_run(host, port, path, bodies, concurrency, seconds, headers or {}))
+    """Drive ``POST path`` with ``bodies`` (cycled) from ``concurrency`` connections — as
+    fast as answers come, or paced at ``rate`` requests/s in total."""
+    return asyncio.run(_run(host, port, path, bodies, concurrency, seconds, headers or {}, rate))

@@ -81,7 +81,7 @@ class Route:
         self.canary_batcher: Any = None
         self.canary_stats: Any = None
         self.shadow: Deployed | None = None
-        self.shadow_batcher: Any = None
+        self.shadow_runner: Any = None
         self.shadow_state: Any = None
         self.join_keys: list[str] = []
 

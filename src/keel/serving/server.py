@@ -26,7 +26,8 @@ from keel.errors import NotFoundError, ValidationError, did_you_mean
 from keel.log import Topic
 from keel.serving.batcher import Batcher
 from keel.serving.routes import Deployed, Route, RouteConfig, Rows, Tensors, load, run_batch
-from keel.serving.traffic import CanaryStats, ShadowState, bucket, check_compare, discrepancy
+from keel.serving.shadowing import ShadowRunner
+from keel.serving.traffic import CanaryStats, ShadowState, bucket, check_compare
 
 __all__ = ["TRAFFIC", "UNSET", "InferenceServer"]
 
@@ -107,7 +108,6 @@ class InferenceServer:
         self.follow_features = follow_features
         self.clock = clock or SystemClock()
         self._rng = random.Random()
-        self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._last_snapshot: dict[str, float] = {}
         if log_ is not None:
             log_.create_topic(TRAFFIC, exist_ok=True)
@@ -184,9 +184,11 @@ class InferenceServer:
         self._watch_stop.set()
         for route in self.routes.values():
             self.snapshot(route, force=True)
-            for b in (route.batcher, route.canary_batcher, route.shadow_batcher):
+            for b in (route.batcher, route.canary_batcher):
                 if b is not None:
                     await b.close()
+            if route.shadow_runner is not None:
+                await asyncio.to_thread(route.shadow_runner.close)
 
     def route(self, name: str) -> Route:
         try:
@@ -298,8 +300,8 @@ class InferenceServer:
             route.shadow, route.shadow_state = None, None
             return
         route.shadow = shadow_dep
-        if route.shadow_batcher is None:
-            route.shadow_batcher = self._batcher(route, lambda: route.shadow, "-shadow")
+        if route.shadow_runner is None:
+            route.shadow_runner = ShadowRunner(route, self.features, self.snapshot)
         state = route.shadow_state
         if state is None or state.candidate != shadow_dep.version:
             route.shadow_state = self._restore(
@@ -364,48 +366,27 @@ class InferenceServer:
             self.publish(route.name, "shadow_stats", st.to_dict())
 
     def _maybe_shadow(
-        self, route: Route, payload: Tensors | Rows, outputs: dict[str, np.ndarray], started: float
+        self,
+        route: Route,
+        payload: Tensors | Rows,
+        outputs: dict[str, np.ndarray],
+        started: float,
     ) -> None:
         shadow, st = route.config.shadow, route.shadow_state
         if (
-            route.shadow is None
+            route.shadow_runner is None
             or shadow is None
             or st is None
             or st.status != "comparing"
             or self._rng.random() >= shadow.sample
         ):
             return
-        # After the answer: the copy runs on the candidate's own batcher.
-        primary_ms = (time.perf_counter() - started) * 1000
-        task = asyncio.get_running_loop().create_task(
-            self._shadow(route, payload, outputs, primary_ms)
-        )
-        self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
+        # After the answer, and off the event loop: the runner's thread does the rest.
+        route.shadow_runner.offer(payload, outputs, (time.perf_counter() - started) * 1000)
 
-    async def _shadow(
-        self,
-        route: Route,
-        payload: Tensors | Rows,
-        primary: dict[str, np.ndarray],
-        primary_ms: float,
-    ) -> None:
-        """Run a copy of an answered request on the candidate; fold in the comparison."""
-        st, cfg = route.shadow_state, route.config.shadow
-        if st is None or cfg is None or route.shadow_batcher is None:
-            return
-        started = time.perf_counter()
-        try:
-            outputs, _, _ = await route.shadow_batcher.submit(payload)
-            name = next(n for n in primary if n in outputs)
-            st.diff.update_many(discrepancy(cfg.compare, primary[name], outputs[name], cfg.top_k))
-            st.candidate_ms.update_many([(time.perf_counter() - started) * 1000])
-            st.primary_ms.update_many([primary_ms])
-        except Exception:
-            st.errors += 1
-        finally:
-            st.requests += 1
-        self.snapshot(route)
+    def shadows_idle(self) -> bool:
+        """Whether every shadow copy taken so far has been compared."""
+        return all(r.shadow_runner is None or r.shadow_runner.idle for r in self.routes.values())
 
     async def _canary(
         self,

@@ -1,0 +1,133 @@
+"""The shadow runner: copies of answered requests run on the candidate, off the event loop.
+
+The request path only appends to a bounded queue (a copy that finds it full is dropped and
+counted, never waited for). The runner's own thread drains the queue in batches, runs the
+candidate once per batch, compares the outputs vectorized and folds the discrepancies into
+the route's :class:`~keel.serving.traffic.ShadowState`.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from keel.serving.routes import Route, Rows, Tensors, run_batch
+from keel.serving.traffic import discrepancy
+
+__all__ = ["ShadowRunner"]
+
+
+class ShadowRunner:
+    """Compares a route's candidate with its primary on copies of live requests."""
+
+    def __init__(
+        self,
+        route: Route,
+        features: Any,
+        on_update: Callable[[Route], None],
+        *,
+        max_queue: int = 4096,
+        gather_s: float = 0.0,
+    ) -> None:
+        self.route = route
+        self.features = features
+        self.on_update = on_update
+        self.max_queue = max_queue
+        # How long to gather copies before a candidate pass. Larger, rarer passes hold the
+        # interpreter in longer bursts, which the primary's p99 feels more (measured: 0 is
+        # best on the LightGBM route; see BENCHMARKS.md).
+        self.gather_s = gather_s
+        self.dropped = 0
+        self._queue: collections.deque[tuple[Tensors | Rows, dict[str, np.ndarray], float]] = (
+            collections.deque()
+        )
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._busy = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"keel-shadow-{route.name}", daemon=True
+        )
+        self._thread.start()
+
+    def offer(
+        self, payload: Tensors | Rows, outputs: dict[str, np.ndarray], primary_ms: float
+    ) -> None:
+        """Queue a copy (called on the event loop: O(1), never blocks)."""
+        if len(self._queue) >= self.max_queue:
+            self.dropped += 1
+            return
+        self._queue.append((payload, outputs, primary_ms))
+        self._wake.set()
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._busy
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        limit = max(self.route.config.max_batch_size, 1)
+        while not self._stop.is_set():
+            if not self._queue:
+                self._wake.clear()
+                self._wake.wait(0.05)
+                continue
+            self._busy = True
+            try:
+                if self.gather_s and len(self._queue) < limit:
+                    self._stop.wait(self.gather_s)
+                items = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
+                self._compare(items)
+            finally:
+                self._busy = False
+
+    def _compare(self, items: list[tuple[Tensors | Rows, dict[str, np.ndarray], float]]) -> None:
+        route, st, cfg, candidate = (
+            self.route,
+            self.route.shadow_state,
+            self.route.config.shadow,
+            self.route.shadow,
+        )
+        if st is None or cfg is None or candidate is None or st.status != "comparing":
+            return
+        started = time.perf_counter()
+        try:
+            results = run_batch(route, [p for p, _, _ in items], self.features, candidate)
+        except Exception:
+            results = []
+            for p, _, _ in items:  # find which copies fail; the others still count
+                try:
+                    results.extend(run_batch(route, [p], self.features, candidate))
+                except Exception as exc:
+                    results.append(exc)
+        # Model time against model time: the candidate's forward pass per example versus
+        # the primary's (its batcher's moving average), queueing excluded on both sides.
+        per_example_ms = (time.perf_counter() - started) * 1000 / max(len(items), 1)
+        primary_s = route.batcher.seconds_per_request if route.batcher is not None else 0.0
+        primary_ms = primary_s * 1000 if primary_s else None
+        diffs = []
+        for (_, primary, _), result in zip(items, results, strict=True):
+            st.requests += 1
+            if isinstance(result, BaseException):
+                st.errors += 1
+                continue
+            outputs = result[0]
+            name = next((n for n in primary if n in outputs), None)
+            if name is None:
+                st.errors += 1
+                continue
+            diffs.append(discrepancy(cfg.compare, primary[name], outputs[name], cfg.top_k))
+        if diffs:
+            st.diff.update_many(np.concatenate(diffs))
+            st.candidate_ms.update_many([per_example_ms])
+            primary_each = [ms for _, _, ms in items] if primary_ms is None else [primary_ms]
+            st.primary_ms.update_many(primary_each)
+        self.on_update(route)
