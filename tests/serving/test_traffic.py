@@ -246,3 +246,53 @@ def test_run_shadow_comparisons_off_the_event_loop(world) -> None:
 
     asyncio.run(go())
     assert server.routes["fraud"].shadow_state.diff.n == 1
+
+
+def test_keel_traffic_commands_against_a_running_server(world, running) -> None:
+    from typer.testing import CliRunner
+
+    from keel.cli import app
+
+    twin, train = world.train(seed=1)
+    world.registry.register("fraud", twin, training_set=train)
+    server = make(world, ManualClock(0.0))
+    runner = CliRunner(env={"COLUMNS": "200"})
+    with running(create_app(server)) as srv:
+        set_ = runner.invoke(
+            app,
+            [
+                "traffic",
+                "set",
+                "fraud",
+                "--shadow",
+                "fraud@2",
+                "--tolerance",
+                "0.01",
+                "--window",
+                "2h",
+                "--url",
+                srv.url,
+            ],
+        )
+        assert set_.exit_code == 0, set_.output
+        assert "fraud@2 (comparing)" in set_.output
+        assert server.routes["fraud"].config.shadow.window_s == 7200
+        bad = runner.invoke(
+            app,
+            [
+                "traffic",
+                "set",
+                "fraud",
+                "--canary",
+                "fraud@2",
+                "--percent",
+                "120",
+                "--url",
+                srv.url,
+            ],
+        )
+        assert bad.exit_code == 1 and "0..100" in bad.output
+        status = runner.invoke(app, ["traffic", "status", "fraud", "--url", srv.url])
+        assert status.exit_code == 0 and "fraud@1" in status.output
+    down = runner.invoke(app, ["traffic", "status", "fraud", "--url", "http://127.0.0.1:9"])
+    assert down.exit_code == 1 and "no Keel server answers" in down.output

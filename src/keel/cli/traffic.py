@@ -110,7 +110,7 @@ def _show(doc: dict[str, Any]) -> None:
         ci = shadow["ci95"]
         table.add_row(
             "shadow",
-            f"{shadow['candidate']} [{shadow['status']}]: "
+            f"{shadow['candidate']} ({shadow['status']}): "
             f"{shadow['samples']:,} comparisons ({shadow['compare']})",
         )
         if shadow["discrepancy"] is not None:
