@@ -29,6 +29,7 @@ __all__ = [
     "CONFIG_FILE",
     "CanaryConfig",
     "FastPathConfig",
+    "LabelsConfig",
     "RouteConfig",
     "Settings",
     "ShadowConfig",
@@ -69,6 +70,22 @@ class CanaryConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValidationError("canary max_error_rate must be within 0..1")
 
 
+class LabelsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Outcomes that arrive later on a log topic, joined to shadowed requests by ``id`` (a
+    field of both the request rows and the label events); ``loss`` is ``abs`` (|y - score|)
+    or ``error`` (score rounded != y)."""
+
+    topic: str
+    id: str
+    label: str
+    loss: str = "abs"
+    min_labels: int = 30
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("abs", "error"):
+            raise ValidationError(f"labels loss must be 'abs' or 'error', got {self.loss!r}")
+
+
 class ShadowConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Copy a ``sample`` of requests to ``model`` after answering, compare the outputs with
     ``compare``, and promote it (move the primary's alias) once, over ``window_s``, the
@@ -85,6 +102,7 @@ class ShadowConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_error_rate: float = 0.01
     top_k: int = 10
     auto_promote: bool = True
+    labels: LabelsConfig | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.sample <= 1:

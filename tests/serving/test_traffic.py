@@ -296,3 +296,70 @@ def test_keel_traffic_commands_against_a_running_server(world, running) -> None:
         assert status.exit_code == 0 and "fraud@1" in status.output
     down = runner.invoke(app, ["traffic", "status", "fraud", "--url", "http://127.0.0.1:9"])
     assert down.exit_code == 1 and "no Keel server answers" in down.output
+
+
+def test_labels_compare_both_versions_real_loss(world, running) -> None:
+    from datetime import UTC, datetime
+
+    from keel.config import LabelsConfig
+    from keel.log import Topic
+
+    world.log.create_topic(
+        Topic(
+            "outcomes",
+            {"ts": "timestamp", "req_id": "int64", "y": "float64"},
+            event_time="ts",
+            key="req_id",
+        )
+    )
+    twin, train = world.train(seed=1)
+    world.registry.register("fraud", twin, training_set=train)
+    server = make(
+        world,
+        ManualClock(0.0),
+        shadow=ShadowConfig(
+            model="fraud@2",
+            min_samples=5,
+            labels=LabelsConfig(topic="outcomes", id="req_id", label="y", min_labels=5),
+        ),
+    )
+    rows = [{**r, "req_id": i} for i, r in enumerate(world.rows[:20])]
+    with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
+        scores = [
+            client.post("/v1/routes/fraud/predict", json={"rows": [r]}).json()["predictions"][
+                "score"
+            ][0]
+            for r in rows
+        ]
+        drain(server)
+        world.log.append(
+            "outcomes", [{"ts": datetime.now(UTC), "req_id": i, "y": 1.0} for i in range(20)]
+        )
+        deadline = time.monotonic() + 10
+        while server.routes["fraud"].shadow_state.label_delta.n < 20:
+            assert time.monotonic() < deadline, "labels were never joined"
+            time.sleep(0.05)
+        labels = client.get("/v1/routes/fraud/traffic").json()["shadow"]["labels"]
+    assert labels["n"] == 20
+    assert labels["primary_loss"] == pytest.approx(np.mean([1 - s for s in scores]))
+    assert labels["candidate_loss"] == pytest.approx(labels["primary_loss"])  # same model
+
+
+def test_a_candidate_worse_on_labels_is_rejected() -> None:
+    from keel.config import LabelsConfig
+
+    cfg = ShadowConfig(
+        model="m@c",
+        tolerance=0.5,
+        window_s=10,
+        min_samples=10,
+        labels=LabelsConfig(topic="t", id="id", label="y", min_labels=10),
+    )
+    st = ShadowState("r", "m@2", "m@1", started_at=0.0)
+    st.diff.update_many(np.full(50, 0.01))
+    st.primary_loss.update_many(np.full(50, 0.2))
+    st.label_delta.update_many(0.1 + np.random.default_rng(0).normal(0, 0.01, 50))
+    decision = decide_shadow(cfg, st.summary(cfg, 11))
+    assert decision.action == "reject" and "labelled requests" in decision.reason
+    st.label_delta = Running().update_many(np.random.default_rng(1).normal(0, 0.01, 50))
+    assert decide_shadow(cfg, st.summary(cfg, 11)).action == "promote"

@@ -301,7 +301,7 @@ class InferenceServer:
             return
         route.shadow = shadow_dep
         if route.shadow_runner is None:
-            route.shadow_runner = ShadowRunner(route, self.features, self.snapshot)
+            route.shadow_runner = ShadowRunner(route, self.features, self.snapshot, log=self.log)
         state = route.shadow_state
         if state is None or state.candidate != shadow_dep.version:
             route.shadow_state = self._restore(

@@ -31,12 +31,14 @@ class ShadowRunner:
         features: Any,
         on_update: Callable[[Route], None],
         *,
+        log: Any = None,
         max_queue: int = 4096,
         gather_s: float = 0.0,
     ) -> None:
         self.route = route
         self.features = features
         self.on_update = on_update
+        self.log = log
         self.max_queue = max_queue
         # How long to gather copies before a candidate pass. Larger, rarer passes hold the
         # interpreter in longer bursts, which the primary's p99 feels more (measured: 0 is
@@ -49,6 +51,11 @@ class ShadowRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._busy = False
+        # id → (primary score, candidate score) of shadowed rows awaiting their label
+        self._awaiting: collections.OrderedDict[Any, tuple[float, float]] = (
+            collections.OrderedDict()
+        )
+        self._labels: Any = None
         self._thread = threading.Thread(
             target=self._run, name=f"keel-shadow-{route.name}", daemon=True
         )
@@ -76,6 +83,7 @@ class ShadowRunner:
     def _run(self) -> None:
         limit = max(self.route.config.max_batch_size, 1)
         while not self._stop.is_set():
+            self._join_labels()
             if not self._queue:
                 self._wake.clear()
                 self._wake.wait(0.05)
@@ -88,6 +96,32 @@ class ShadowRunner:
                 self._compare(items)
             finally:
                 self._busy = False
+
+    def _join_labels(self) -> None:
+        """Fold in the outcomes that arrived for shadowed requests: both versions' loss."""
+        st, cfg = self.route.shadow_state, self.route.config.shadow
+        if st is None or cfg is None or cfg.labels is None or self.log is None:
+            return
+        labels = cfg.labels
+        if self._labels is None:
+            self._labels = self.log.consumer(f"keel-shadow-labels.{self.route.name}", labels.topic)
+        batch = self._labels.poll(10_000)
+        if not batch.num_rows:
+            return
+        ids = batch.column(labels.id).to_pylist()
+        ys = batch.column(labels.label).to_pylist()
+        p_loss, deltas = [], []
+        for key, y in zip(ids, ys, strict=True):
+            pair = self._awaiting.pop(key, None)
+            if pair is None or y is None:
+                continue
+            lp, lc = (_loss(labels.loss, float(y), s) for s in pair)
+            p_loss.append(lp)
+            deltas.append(lc - lp)
+        if deltas:
+            st.primary_loss.update_many(p_loss)
+            st.label_delta.update_many(deltas)
+            self.on_update(self.route)
 
     def _compare(self, items: list[tuple[Tensors | Rows, dict[str, np.ndarray], float]]) -> None:
         route, st, cfg, candidate = (
@@ -114,7 +148,8 @@ class ShadowRunner:
         primary_s = route.batcher.seconds_per_request if route.batcher is not None else 0.0
         primary_ms = primary_s * 1000 if primary_s else None
         diffs = []
-        for (_, primary, _), result in zip(items, results, strict=True):
+        labels = cfg.labels
+        for (payload, primary, _), result in zip(items, results, strict=True):
             st.requests += 1
             if isinstance(result, BaseException):
                 st.errors += 1
@@ -125,9 +160,23 @@ class ShadowRunner:
                 st.errors += 1
                 continue
             diffs.append(discrepancy(cfg.compare, primary[name], outputs[name], cfg.top_k))
+            if labels is not None and isinstance(payload, Rows):
+                for row, p, c in zip(
+                    payload.rows, np.ravel(primary[name]), np.ravel(outputs[name]), strict=False
+                ):
+                    if labels.id in row:
+                        self._awaiting[row[labels.id]] = (float(p), float(c))
+                while len(self._awaiting) > 100_000:
+                    self._awaiting.popitem(last=False)
         if diffs:
             st.diff.update_many(np.concatenate(diffs))
             st.candidate_ms.update_many([per_example_ms])
             primary_each = [ms for _, _, ms in items] if primary_ms is None else [primary_ms]
             st.primary_ms.update_many(primary_each)
         self.on_update(route)
+
+
+def _loss(kind: str, y: float, score: float) -> float:
+    if kind == "error":
+        return float(round(score) != y)
+    return abs(y - score)

@@ -141,6 +141,9 @@ class ShadowState:
     candidate_ms: Running = field(default_factory=Running)
     errors: int = 0
     requests: int = 0
+    # Where labels arrive: per labelled request, candidate loss minus primary loss.
+    label_delta: Running = field(default_factory=Running)
+    primary_loss: Running = field(default_factory=Running)
 
     @property
     def error_rate(self) -> float:
@@ -164,10 +167,13 @@ class ShadowState:
             "candidate_ms": self.candidate_ms.to_dict(),
             "errors": self.errors,
             "requests": self.requests,
+            "label_delta": self.label_delta.to_dict(),
+            "primary_loss": self.primary_loss.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShadowState:
+        empty = Running().to_dict()
         return cls(
             d["route"],
             d["candidate"],
@@ -179,6 +185,8 @@ class ShadowState:
             Running.from_dict(d["candidate_ms"]),
             int(d["errors"]),
             int(d["requests"]),
+            Running.from_dict(d.get("label_delta", empty)),
+            Running.from_dict(d.get("primary_loss", empty)),
         )
 
     def summary(self, cfg: ShadowConfig, now: float) -> dict[str, Any]:
@@ -197,6 +205,14 @@ class ShadowState:
             "window_s": cfg.window_s,
             "latency_ratio": None if math.isnan(self.latency_ratio) else self.latency_ratio,
             "candidate_error_rate": self.error_rate,
+            "labels": None
+            if not self.label_delta.n
+            else {
+                "n": self.label_delta.n,
+                "primary_loss": self.primary_loss.mean,
+                "candidate_loss": self.primary_loss.mean + self.label_delta.mean,
+                "delta_ci95": None if self.label_delta.n < 2 else list(self.label_delta.ci),
+            },
         }
 
 
@@ -251,6 +267,19 @@ def decide_shadow(cfg: ShadowConfig, evidence: dict[str, Any]) -> Decision | Non
             f"candidate error rate {errors:.2%} over {cfg.max_error_rate:.2%}",
             evidence,
         )
+    labels = evidence.get("labels")
+    if cfg.labels is not None and labels and labels["n"] >= cfg.labels.min_labels:
+        delta = labels["delta_ci95"]
+        if delta is not None and delta[0] > 0:
+            return Decision(
+                route,
+                "reject",
+                f"on {labels['n']:,} labelled requests the candidate's loss "
+                f"{labels['candidate_loss']:.4g} is worse than the primary's "
+                f"{labels['primary_loss']:.4g} (95% CI of the difference "
+                f"{delta[0]:.4g}–{delta[1]:.4g})",
+                evidence,
+            )
     if lo > cfg.tolerance:
         return Decision(
             route,
