@@ -156,7 +156,8 @@ def run_batch(
     for i, p in enumerate(parts):
         sliced = {k: v[start : start + p.n] for k, v in out.items()}
         start += p.n
-        results.append((sliced, deployed.version, joined[i][1] if i in joined else None))
+        # The input actually used travels with the result, so a shadow can reuse it.
+        results.append((sliced, deployed.version, joined[i][1] if i in joined else None, p))
     return results
 
 

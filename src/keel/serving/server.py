@@ -236,10 +236,10 @@ class InferenceServer:
                 result = await asyncio.to_thread(
                     run_batch, fast_route, [payload], self.features, route.fast
                 )
-                outputs, version, stale = result[0]
+                outputs, version, stale, used = result[0]
             else:
                 self.metrics.queue.labels(name).set(route.batcher.depth)
-                outputs, version, stale = await route.batcher.submit(
+                outputs, version, stale, used = await route.batcher.submit(
                     payload,
                     deadline_s=None if deadline_ms is None else deadline_ms / 1000,
                     priority=priority,
@@ -249,7 +249,7 @@ class InferenceServer:
                     known = [v for v in values if v is not None]
                     if known:
                         self.metrics.staleness.labels(name, feature).set(max(known))
-            self._maybe_shadow(route, payload, outputs, started)
+            self._maybe_shadow(route, payload, used, outputs, started)
             return outputs, version, stale
         except Exception as exc:
             status = type(exc).__name__
@@ -369,20 +369,32 @@ class InferenceServer:
         self,
         route: Route,
         payload: Tensors | Rows,
+        used: Tensors,
         outputs: dict[str, np.ndarray],
         started: float,
     ) -> None:
         shadow, st = route.config.shadow, route.shadow_state
         if (
             route.shadow_runner is None
+            or route.shadow is None
             or shadow is None
             or st is None
             or st.status != "comparing"
             or self._rng.random() >= shadow.sample
         ):
             return
+        # The candidate gets the very input the primary saw when it reads the same features
+        # (no second feature lookup); otherwise the request itself, joined for it.
+        same = getattr(route.shadow.runtime, "feature_names", None) == getattr(
+            route.current.runtime, "feature_names", None
+        )
         # After the answer, and off the event loop: the runner's thread does the rest.
-        route.shadow_runner.offer(payload, outputs, (time.perf_counter() - started) * 1000)
+        route.shadow_runner.offer(
+            used if same else payload,
+            outputs,
+            (time.perf_counter() - started) * 1000,
+            source=payload,
+        )
 
     def shadows_idle(self) -> bool:
         """Whether every shadow copy taken so far has been compared."""
@@ -406,7 +418,7 @@ class InferenceServer:
                 priority=priority,
             )
             ok = True
-            return result
+            return result[:3]
         finally:
             ms = (time.perf_counter() - started) * 1000
             if stats is not None:

@@ -21,6 +21,9 @@ from keel.serving.traffic import discrepancy
 
 __all__ = ["ShadowRunner"]
 
+# (what the candidate runs, the primary's outputs, the primary's latency, the request)
+Item = tuple[Tensors | Rows, dict[str, np.ndarray], float, Tensors | Rows]
+
 
 class ShadowRunner:
     """Compares a route's candidate with its primary on copies of live requests."""
@@ -45,9 +48,7 @@ class ShadowRunner:
         # best on the LightGBM route; see BENCHMARKS.md).
         self.gather_s = gather_s
         self.dropped = 0
-        self._queue: collections.deque[tuple[Tensors | Rows, dict[str, np.ndarray], float]] = (
-            collections.deque()
-        )
+        self._queue: collections.deque[Item] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._busy = False
@@ -62,13 +63,19 @@ class ShadowRunner:
         self._thread.start()
 
     def offer(
-        self, payload: Tensors | Rows, outputs: dict[str, np.ndarray], primary_ms: float
+        self,
+        payload: Tensors | Rows,
+        outputs: dict[str, np.ndarray],
+        primary_ms: float,
+        *,
+        source: Tensors | Rows | None = None,
     ) -> None:
-        """Queue a copy (called on the event loop: O(1), never blocks)."""
+        """Queue a copy: ``payload`` runs on the candidate; ``source`` (the request as
+        received) carries the ids that labels join on. O(1) on the event loop."""
         if len(self._queue) >= self.max_queue:
             self.dropped += 1
             return
-        self._queue.append((payload, outputs, primary_ms))
+        self._queue.append((payload, outputs, primary_ms, source or payload))
         self._wake.set()
 
     @property
@@ -123,7 +130,7 @@ class ShadowRunner:
             st.label_delta.update_many(deltas)
             self.on_update(self.route)
 
-    def _compare(self, items: list[tuple[Tensors | Rows, dict[str, np.ndarray], float]]) -> None:
+    def _compare(self, items: list[Item]) -> None:
         route, st, cfg, candidate = (
             self.route,
             self.route.shadow_state,
@@ -134,10 +141,10 @@ class ShadowRunner:
             return
         started = time.perf_counter()
         try:
-            results = run_batch(route, [p for p, _, _ in items], self.features, candidate)
+            results = run_batch(route, [p for p, _, _, _ in items], self.features, candidate)
         except Exception:
             results = []
-            for p, _, _ in items:  # find which copies fail; the others still count
+            for p, _, _, _ in items:  # find which copies fail; the others still count
                 try:
                     results.extend(run_batch(route, [p], self.features, candidate))
                 except Exception as exc:
@@ -149,7 +156,7 @@ class ShadowRunner:
         primary_ms = primary_s * 1000 if primary_s else None
         diffs = []
         labels = cfg.labels
-        for (payload, primary, _), result in zip(items, results, strict=True):
+        for (_, primary, _, payload), result in zip(items, results, strict=True):
             st.requests += 1
             if isinstance(result, BaseException):
                 st.errors += 1
@@ -171,7 +178,7 @@ class ShadowRunner:
         if diffs:
             st.diff.update_many(np.concatenate(diffs))
             st.candidate_ms.update_many([per_example_ms])
-            primary_each = [ms for _, _, ms in items] if primary_ms is None else [primary_ms]
+            primary_each = [ms for _, _, ms, _ in items] if primary_ms is None else [primary_ms]
             st.primary_ms.update_many(primary_each)
         self.on_update(route)
 
