@@ -511,7 +511,6 @@ def _serving(
     route with joined features and hot-swap a retrained version under load."""
     import threading
 
-    import lightgbm
     import uvicorn
 
     from keel.cli.serve import bench_table, build_server, run_bench
@@ -554,20 +553,9 @@ def _serving(
         loader.start()
         time.sleep(load_s / 3)
         # Retrain with more trees on the same point-in-time set, register, promote.
-        columns = server.routes["fraud"].current.runtime.feature_names
-        x = np.column_stack(
-            [train[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in columns]
+        model = _fit_fraud(
+            train, server.routes["fraud"].current.runtime.feature_names, random_state=8
         )
-        y = train["is_fraud"].to_numpy(zero_copy_only=False).astype(int)
-        model = lightgbm.LGBMClassifier(
-            n_estimators=300,
-            learning_rate=0.05,
-            num_leaves=15,
-            min_child_samples=10,
-            verbose=-1,
-            random_state=8,
-        )
-        model.fit(x, y, feature_name=columns)
         registry = project.registry
         v2 = registry.register(
             "fraud",
@@ -614,8 +602,6 @@ def _traffic(
     the controller promote it (which hot-swaps the route)."""
     import threading
 
-    import lightgbm
-
     from keel.config import ShadowConfig
     from keel.controller import Controller
     from keel.serving.loadgen import run_load
@@ -625,22 +611,13 @@ def _traffic(
         "requests; the controller promotes it when the comparison converges"
     )
     registry = project.registry
-    columns = server.routes["fraud"].current.runtime.feature_names
-    x = np.column_stack(
-        [train[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in columns]
-    )
-    y = train["is_fraud"].to_numpy(zero_copy_only=False).astype(int)
-    model = lightgbm.LGBMClassifier(
-        n_estimators=300,
-        learning_rate=0.05,
-        num_leaves=15,
-        min_child_samples=10,
+    model = _fit_fraud(
+        train,
+        server.routes["fraud"].current.runtime.feature_names,
         subsample=0.9,
         subsample_freq=1,
-        verbose=-1,
         random_state=21,
     )
-    model.fit(x, y, feature_name=columns)
     candidate = registry.register(
         "fraud",
         model,
@@ -711,6 +688,24 @@ def _traffic(
         f"   fraud route now serves [{colour}]{result.promoted_to}[/]; {load.requests:,} "
         f"requests during the comparison, [{colour}]{load.errors} failed[/]"
     )
+
+
+def _fit_fraud(train: pa.Table, columns: list[str], **params: Any) -> Any:
+    """A LightGBM fraud model retrained on the whole point-in-time set."""
+    import lightgbm
+
+    x = np.column_stack(
+        [train[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in columns]
+    )
+    y = train["is_fraud"].to_numpy(zero_copy_only=False).astype(int)
+    base = {
+        "n_estimators": 300,
+        "learning_rate": 0.05,
+        "num_leaves": 15,
+        "min_child_samples": 10,
+        "verbose": -1,
+    }
+    return lightgbm.LGBMClassifier(**{**base, **params}).fit(x, y, feature_name=columns)
 
 
 def _summary(console: Console, project: Project, result: DemoResult) -> None:
