@@ -1,0 +1,29 @@
+"""What a demo run produced, for its summary and its test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["DemoResult"]
+
+
+@dataclass
+class DemoResult:
+    project_dir: Path
+    appended: dict[str, int] = field(default_factory=dict)
+    history_seconds: float = 0.0
+    live_seconds: float = 0.0
+    read_back: int = 0
+    backfill_seconds: float = 0.0
+    lookup_ms: float = 0.0
+    training_seconds: float = 0.0
+    training_rows: int = 0
+    consistent: tuple[int, int] = (0, 0)
+    model_ref: str = ""
+    reproduced: bool = False
+    bench_peak: float = 0.0
+    swap_errors: int = -1
+    swapped_to: str = ""
+    promoted_to: str = ""
+    traffic_errors: int = -1
