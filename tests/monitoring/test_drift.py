@@ -9,7 +9,7 @@ from scipy import stats
 
 from keel.errors import ValidationError
 from keel.monitoring import DriftDetector
-from keel.monitoring.drift import chi2, ks, mmd
+from keel.monitoring.drift import chi2, ks, ks_wasserstein, mmd
 
 
 def test_ks_and_chi_square_agree_with_scipy() -> None:
@@ -18,6 +18,9 @@ def test_ks_and_chi_square_agree_with_scipy() -> None:
     d, p = ks(np.sort(a), b)
     ref = stats.ks_2samp(a, b, method="asymp")
     assert abs(d - ref.statistic) < 1e-9 and abs(p - ref.pvalue) < 1e-9
+    d2, p2, w = ks_wasserstein(np.sort(a), b)
+    assert (d2, p2) == (d, p)
+    assert abs(w - stats.wasserstein_distance(a, b)) < 1e-9
     r, c = np.array([120, 340, 90, 50]), np.array([30, 80, 40, 2])
     stat, p = chi2(r, c)
     ref = stats.chi2_contingency(np.vstack([r, c]), correction=False)

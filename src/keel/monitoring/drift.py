@@ -36,7 +36,16 @@ from scipy.spatial.distance import jensenshannon
 
 from keel.errors import ValidationError, did_you_mean
 
-__all__ = ["DriftDetector", "DriftReport", "FeatureDrift", "chi2", "ks", "mmd", "psi"]
+__all__ = [
+    "DriftDetector",
+    "DriftReport",
+    "FeatureDrift",
+    "chi2",
+    "ks",
+    "ks_wasserstein",
+    "mmd",
+    "psi",
+]
 
 EPS = 1e-6
 CALIBRATION_ROWS = 100_000
@@ -53,6 +62,20 @@ def ks(reference_sorted: np.ndarray, current: np.ndarray) -> tuple[float, float]
     d = float(np.max(np.abs(cdf_r - cdf_c)))
     en = n * m / (n + m)
     return d, float(sstats.kstwo.sf(d, np.round(en)))
+
+
+def ks_wasserstein(reference_sorted: np.ndarray, current: np.ndarray) -> tuple[float, float, float]:
+    """KS statistic, its p-value and the Wasserstein-1 distance from one pass over both
+    empirical CDFs (two sorted runs merge in near-linear time)."""
+    ref, cur = reference_sorted, np.sort(current)
+    n, m = len(ref), len(cur)
+    both = np.sort(np.concatenate([ref, cur]), kind="stable")
+    cdf_r = np.searchsorted(ref, both, side="right") / n
+    cdf_c = np.searchsorted(cur, both, side="right") / m
+    gap = np.abs(cdf_r - cdf_c)
+    d = float(gap.max())
+    w = float(np.sum(gap[:-1] * np.diff(both)))
+    return d, float(sstats.kstwo.sf(d, np.round(n * m / (n + m)))), w
 
 
 def psi(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
@@ -274,15 +297,16 @@ class DriftDetector:
         for name in names:
             kind = self.kinds_[name]
             values, dropped = self._values(table.column(name), name, "window")
-            value, p = self._statistic(name, values)
-            psi_v = was = js = None
+            was = psi_v = js = None
+            counts = None
             if kind == "numeric":
+                value, p, was = ks_wasserstein(self.sorted_[name], values)
                 counts = _hist(values, self.edges_[name])
-                psi_v = psi(self.ref_counts_[name], counts)
-                js = float(jensenshannon(self.ref_counts_[name] + EPS, counts + EPS))
-                was = float(sstats.wasserstein_distance(self.sorted_[name], values))
-            elif kind == "categorical":
-                counts = np.bincount(values, minlength=len(self.categories_[name]) + 1)
+            else:
+                value, p = self._statistic(name, values)
+                if kind == "categorical":
+                    counts = np.bincount(values, minlength=len(self.categories_[name]) + 1)
+            if counts is not None:
                 psi_v = psi(self.ref_counts_[name], counts)
                 js = float(jensenshannon(self.ref_counts_[name] + EPS, counts + EPS))
             report.features.append(
