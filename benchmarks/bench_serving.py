@@ -79,8 +79,6 @@ def setup(root: Path, embed_batch: int) -> Project:
 
 def shadow_overhead(proj: Project, seconds: float, concurrency: int, rate: float) -> None:
     """The primary's latency at one paced load, alone and with a 100% shadow, in one run."""
-    import json
-
     from keel.serving.loadgen import run_load
 
     with served(proj, "gbm") as (port, cfg):
@@ -92,12 +90,10 @@ def shadow_overhead(proj: Project, seconds: float, concurrency: int, rate: float
                 post(
                     port,
                     "/v1/routes/gbm/traffic",
-                    json.dumps(
-                        {"shadow": {"model": "gbm@challenger", "sample": 1.0, "compare": "abs"}}
-                    ).encode(),
+                    {"shadow": {"model": "gbm@challenger", "sample": 1.0, "compare": "abs"}},
                 )
             if label == "alone again":
-                post(port, "/v1/routes/gbm/traffic", json.dumps({"shadow": None}).encode())
+                post(port, "/v1/routes/gbm/traffic", {"shadow": None})
             rows.append(
                 (
                     label,

@@ -20,6 +20,7 @@ from rich.table import Table
 from keel.cli._common import console, friendly, project
 from keel.errors import NotFoundError, ValidationError
 from keel.project import Project
+from keel.serving.client import call
 
 _TEXT = """wireless noise cancelling headphones with a battery that lasts all week for music
 calls and video meetings a gripping thriller set in post war berlin organic cotton sweater for
@@ -172,7 +173,7 @@ def run_bench(
 
     with served(proj, route) as (port, cfg):
         path, bodies = requests_for(proj, cfg, port)
-        twin = json.loads(post(port, "/v1/routes", json.dumps(_twin(cfg)).encode()))
+        twin = post(port, "/v1/routes", _twin(cfg))
         results: dict[str, dict[int, Any]] = {"batched": {}, "unbatched": {}}
         run_load("127.0.0.1", port, path, bodies, concurrency=2, seconds=1.0)  # warm up
         for level in levels:
@@ -215,7 +216,7 @@ def requests_for(proj: Project, cfg: Any, port: int) -> tuple[str, list[bytes]]:
             for r in rows
         ]
         return f"/v1/routes/{cfg.name}/predict", bodies
-    meta = json.loads(_get(port, f"/v2/models/{cfg.name}"))
+    meta = call(f"http://127.0.0.1:{port}", f"/v2/models/{cfg.name}")
     bodies = []
     for _ in range(200):
         inputs = []
@@ -232,13 +233,6 @@ def requests_for(proj: Project, cfg: Any, port: int) -> tuple[str, list[bytes]]:
     return f"/v2/models/{cfg.name}/infer", bodies
 
 
-def _get(port: int, path: str) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as resp:
-        return resp.read().decode()
-
-
 def _wait(port: int, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -252,17 +246,9 @@ def _wait(port: int, proc: subprocess.Popen[bytes], timeout: float = 180) -> Non
     raise ValidationError("keel serve did not start in time")
 
 
-def post(port: int, path: str, body: bytes) -> str:
-    import urllib.request
-
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=body,
-        method="POST",
-        headers={"content-type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=300) as resp:
-        return resp.read().decode()
+def post(port: int, path: str, body: Any) -> Any:
+    """POST ``body`` as JSON to the local server on ``port``; the decoded answer."""
+    return call(f"http://127.0.0.1:{port}", path, body)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import threading
-import urllib.error
-import urllib.request
 from typing import Any
 
 import typer
 from rich.table import Table
 
 from keel.cli._common import console, friendly, project
-from keel.errors import KeelError, UnavailableError
+from keel.serving.client import call
 
 app = typer.Typer(help="Canary splits and shadow comparisons of a running server.")
 
 URL = typer.Option("http://127.0.0.1:8000", "--url", help="the server's address")
-
-
-def _call(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        url.rstrip("/") + path,
-        data=data,
-        method="GET" if body is None else "POST",
-        headers={"content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=300) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        message = json.loads(exc.read() or b"{}").get("error", str(exc))
-        err = KeelError(message)
-        err.status_code = exc.code
-        raise err from None
-    except urllib.error.URLError as exc:
-        raise UnavailableError(f"no Keel server answers at {url}: {exc.reason}") from None
 
 
 def _duration(text: str) -> float:
@@ -81,14 +58,14 @@ def set_traffic(
         }
     if not body:
         raise typer.BadParameter("give --canary, --shadow, --clear-canary or --clear-shadow")
-    _show(_call(url, f"/v1/routes/{route}/traffic", body))
+    _show(call(url, f"/v1/routes/{route}/traffic", body))
 
 
 @app.command("status")
 @friendly
 def status(route: str = typer.Argument(..., help="route name"), url: str = URL) -> None:
     """The live split, the shadow comparison so far and the last decisions."""
-    _show(_call(url, f"/v1/routes/{route}/traffic"))
+    _show(call(url, f"/v1/routes/{route}/traffic"))
 
 
 def _show(doc: dict[str, Any]) -> None:

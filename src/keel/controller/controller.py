@@ -7,15 +7,14 @@ version); the server follows the alias and hot-swaps. A canary rollback sets its
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import urllib.request
 from typing import Any
 
 import msgspec
 
 from keel.config import CanaryConfig, ShadowConfig
+from keel.serving.client import call
 from keel.serving.traffic import Decision, decide_canary, decide_shadow
 
 __all__ = ["Controller", "RemoteController"]
@@ -103,18 +102,10 @@ class RemoteController:
         self.interval_s = interval_s
 
     def _get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
-            return json.loads(resp.read())
+        return call(self.url, path, timeout=30)
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
-        req = urllib.request.Request(
-            self.url + path,
-            data=json.dumps(body).encode(),
-            method="POST",
-            headers={"content-type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return json.loads(resp.read())
+        return call(self.url, path, body, timeout=120)
 
     def step(self) -> list[Decision]:
         taken = []

@@ -1,0 +1,42 @@
+"""A small client for a running server's JSON endpoints (control API, metadata).
+
+Used by ``keel traffic``, ``keel bench`` and the remote controller. Errors the server answers
+come back as a :class:`KeelError` with its message and status; a server that does not answer
+is an :class:`UnavailableError`.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from keel.errors import KeelError, UnavailableError
+
+__all__ = ["call"]
+
+
+def call(url: str, path: str, body: Any = None, *, timeout: float = 300) -> Any:
+    """``GET url+path`` (or ``POST`` with ``body`` as JSON); returns the decoded JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url.rstrip("/") + path,
+        data=data,
+        method="GET" if body is None else "POST",
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raw = exc.read() or b"{}"
+        try:
+            message = json.loads(raw).get("error", str(exc))
+        except ValueError:
+            message = str(exc)
+        err = KeelError(message)
+        err.status_code = exc.code
+        raise err from None
+    except urllib.error.URLError as exc:
+        raise UnavailableError(f"no Keel server answers at {url}: {exc.reason}") from None
