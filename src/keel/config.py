@@ -27,9 +27,11 @@ from keel.errors import ConfigError, ValidationError, did_you_mean
 __all__ = [
     "COMPARES",
     "CONFIG_FILE",
+    "LOSSES",
     "CanaryConfig",
     "FastPathConfig",
     "LabelsConfig",
+    "MonitorConfig",
     "RouteConfig",
     "Settings",
     "ShadowConfig",
@@ -118,6 +120,45 @@ class ShadowConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValidationError("shadow window_s, tolerance and min_samples must be positive")
 
 
+LOSSES = ("logloss", "squared", "abs", "error")
+
+
+class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Write a ``sample`` of served requests to the route's prediction log (the features
+    exactly as served, the outputs, the version and the latency), and watch it with
+    ``keel monitor`` in windows of ``window_rows`` rows against the model's training set.
+
+    ``id`` names the request field that outcomes join on; ``labels`` is the topic they
+    arrive on. ``holdout`` is the last share (by time) of the training set that the model
+    did not learn from: the concept-drift estimator learns the model's ``loss`` there."""
+
+    sample: float = 1.0
+    id: str | None = None
+    window_rows: int = 1000
+    categorical: list[str] = msgspec.field(default_factory=list)
+    loss: str = "logloss"
+    false_alert_rate: float = 0.01
+    holdout: float = 0.3
+    labels: LabelsConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sample <= 1:
+            raise ValidationError(f"monitor sample must be within (0, 1], got {self.sample}")
+        if self.window_rows < 50:
+            raise ValidationError(
+                f"monitor window_rows must be at least 50, got {self.window_rows}"
+            )
+        if self.loss not in LOSSES:
+            raise ValidationError(
+                f"monitor loss {self.loss!r} is unknown{did_you_mean(self.loss, LOSSES)}; "
+                f"expected one of {', '.join(LOSSES)}"
+            )
+        if not 0 < self.false_alert_rate < 0.5:
+            raise ValidationError("monitor false_alert_rate must be within (0, 0.5)")
+        if not 0 < self.holdout < 1:
+            raise ValidationError(f"monitor holdout must be within (0, 1), got {self.holdout}")
+
+
 class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """How one model is served."""
 
@@ -134,6 +175,7 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     fast_path: FastPathConfig | None = None
     canary: CanaryConfig | None = None
     shadow: ShadowConfig | None = None
+    monitor: MonitorConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):

@@ -84,6 +84,7 @@ class Route:
         self.shadow_runner: Any = None
         self.shadow_state: Any = None
         self.join_keys: list[str] = []
+        self.predictions: Any = None  # a PredictionLog when the route is monitored
 
     def entity_key(self, payload: Tensors | Rows, header_key: str | None) -> Any:
         """The key a canary split is sticky by: the first joined entity's key of the first

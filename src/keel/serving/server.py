@@ -25,6 +25,7 @@ from keel.config import CanaryConfig, ShadowConfig
 from keel.errors import NotFoundError, ValidationError, did_you_mean
 from keel.log import Topic
 from keel.serving.batcher import Batcher
+from keel.serving.predictions import PredictionLog, prediction_columns
 from keel.serving.routes import Deployed, Route, RouteConfig, Rows, Tensors, load, run_batch
 from keel.serving.shadowing import ShadowRunner
 from keel.serving.traffic import CanaryStats, ShadowState, bucket, check_compare
@@ -134,12 +135,30 @@ class InferenceServer:
             )
         route.batcher = self._batcher(route, lambda: route.current)
         self._apply_traffic(route, cfg.canary, cfg.shadow)
+        if cfg.monitor is not None and self.log is not None:
+            route.predictions = PredictionLog(
+                cfg.name,
+                self.log,
+                prediction_columns(deployed, self._joined(cfg)),
+                cfg.monitor,
+                join_key=route.join_keys[0] if route.join_keys else None,
+                clock=self.clock,
+            )
         old = self.routes.get(cfg.name)
         self.routes[cfg.name] = route
         self.configs[cfg.name] = cfg
         if old is not None and old.batcher is not None and self._loop is not None:
             asyncio.run_coroutine_threadsafe(old.batcher.close(), self._loop)
+        if old is not None and old.predictions is not None:
+            old.predictions.close()
         return route
+
+    def _joined(self, cfg: RouteConfig) -> list[str]:
+        """The names of the features a route joins (``view__feature``)."""
+        if not cfg.features or self.features is None:
+            return []
+        resolved = self.features.resolve(cfg.features)
+        return [f"{v.name}__{f.name}" for v, feats in resolved for f in feats]
 
     def _batcher(
         self, route: Route, deployed: Callable[[], Deployed | None], suffix: str = ""
@@ -189,6 +208,8 @@ class InferenceServer:
                     await b.close()
             if route.shadow_runner is not None:
                 await asyncio.to_thread(route.shadow_runner.close)
+            if route.predictions is not None:
+                await asyncio.to_thread(route.predictions.close)
 
     def route(self, name: str) -> Route:
         try:
@@ -250,6 +271,10 @@ class InferenceServer:
                     if known:
                         self.metrics.staleness.labels(name, feature).set(max(known))
             self._maybe_shadow(route, payload, used, outputs, started)
+            if route.predictions is not None:
+                route.predictions.offer(
+                    payload, used, outputs, version, (time.perf_counter() - started) * 1000, stale
+                )
             return outputs, version, stale
         except Exception as exc:
             status = type(exc).__name__
@@ -418,6 +443,11 @@ class InferenceServer:
                 priority=priority,
             )
             ok = True
+            if route.predictions is not None:
+                outputs, served, stale, used = result
+                route.predictions.offer(
+                    payload, used, outputs, served, (time.perf_counter() - started) * 1000, stale
+                )
             return result[:3]
         finally:
             ms = (time.perf_counter() - started) * 1000
