@@ -125,12 +125,13 @@ LOSSES = ("logloss", "squared", "abs", "error")
 
 class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Write a ``sample`` of served requests to the route's prediction log (the features
-    exactly as served, the outputs, the version and the latency), and watch it with
-    ``keel monitor`` in windows of ``window_rows`` rows against the model's training set.
+        exactly as served, the outputs, the version and the latency), and watch it with
+        ``keel monitor`` in windows of ``window_rows`` rows against the model's training set.
 
-    ``id`` names the request field that outcomes join on; ``labels`` is the topic they
-    arrive on. ``holdout`` is the last share (by time) of the training set that the model
-    did not learn from: the concept-drift estimator learns the model's ``loss`` there."""
+        ``id`` names the request field that outcomes join on; ``labels`` is the topic they
+        arrive on. ``holdout`` is the last share (by time) of the training set that the model
+        did not learn from: the concept-drift estimator learns the model's ``loss`` there. A served
+    feature whose p99 staleness in a window exceeds ``max_staleness_s`` raises an alert."""
 
     sample: float = 1.0
     id: str | None = None
@@ -139,6 +140,7 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     loss: str = "logloss"
     false_alert_rate: float = 0.01
     holdout: float = 0.3
+    max_staleness_s: float | None = None
     labels: LabelsConfig | None = None
 
     def __post_init__(self) -> None:

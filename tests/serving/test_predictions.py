@@ -11,8 +11,8 @@ import pytest
 
 from keel.config import MonitorConfig, RouteConfig
 from keel.errors import ValidationError
+from keel.prediction_log import OUTPUT_PREFIX, STALE_PREFIX, topic_name
 from keel.serving import InferenceServer, create_app
-from keel.serving.predictions import OUTPUT_PREFIX, STALE_PREFIX, topic_name
 
 
 def monitored(world, **monitor_kw) -> InferenceServer:
@@ -52,7 +52,7 @@ def test_records_hold_the_features_exactly_as_served(world, running) -> None:
     by_id = {r["request_id"]: r for r in logged.to_pylist()}
     for row in rows:
         rec = by_id[str(row["payment_id"])]
-        assert rec["entity"] == str(row["card_id"]) and rec["amount"] == row["amount"]
+        assert rec["key__card_id"] == str(row["card_id"]) and rec["amount"] == row["amount"]
         assert rec[OUTPUT_PREFIX + "score"] == pytest.approx(answers[str(row["payment_id"])])
         assert rec[STALE_PREFIX + "card__amount_1d"] >= 0
     # The logged inputs are the model's inputs: predicting them again gives the logged outputs.
@@ -61,7 +61,9 @@ def test_records_hold_the_features_exactly_as_served(world, running) -> None:
     x = np.column_stack([logged[n].to_numpy() for n in names])
     np.testing.assert_allclose(model.predict(x), logged[OUTPUT_PREFIX + "score"].to_numpy())
     # ...and the joined ones are what the online store holds for those cards.
-    online = world.features.get_online(["card"], [int(e) for e in logged["entity"].to_pylist()])
+    online = world.features.get_online(
+        ["card"], [int(e) for e in logged["key__card_id"].to_pylist()]
+    )
     np.testing.assert_allclose(
         logged["card__amount_1d"].to_numpy(), online.values["card__amount_1d"]
     )

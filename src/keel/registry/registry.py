@@ -449,9 +449,10 @@ class Registry:
                 out.append(Change(key, left.get(key), right.get(key)))
         return out
 
-    def reproduce(self, name: str, ref: int | str, features: Any) -> ReproduceReport:
-        """Rebuild the version's training set with today's definitions over the recorded
-        log offsets and labels, and compare its hash with the recorded one."""
+    def training_set(self, name: str, ref: int | str, features: Any) -> pa.Table:
+        """The version's training set, rebuilt from its lineage: the recorded labels joined
+        with the recorded views over the recorded log offsets (what monitoring compares
+        live traffic with)."""
         v = self.get(name, ref)
         info = v.lineage.get("training_set")
         if not info or "labels_artifact" not in info:
@@ -460,17 +461,24 @@ class Registry:
                 "training_set=FeatureStore.training_set(...) to make it reproducible"
             )
         labels = pq.read_table(io.BytesIO(self.artifacts.get(info["labels_artifact"])))
-        changed = {}
-        for view_name, recorded in info.get("views", {}).items():
-            now_fp = features.view(view_name).fingerprint
-            if now_fp != recorded["fingerprint"]:
-                changed[view_name] = (recorded["fingerprint"], now_fp)
-        rebuilt = features.training_set(
+        return features.training_set(
             labels,
             info["features"],
             timestamp=info["timestamp"],
             until={t: {int(p): o for p, o in offs.items()} for t, offs in info["offsets"].items()},
         )
+
+    def reproduce(self, name: str, ref: int | str, features: Any) -> ReproduceReport:
+        """Rebuild the version's training set with today's definitions over the recorded
+        log offsets and labels, and compare its hash with the recorded one."""
+        v = self.get(name, ref)
+        info = v.lineage.get("training_set") or {}
+        changed = {}
+        for view_name, recorded in info.get("views", {}).items():
+            now_fp = features.view(view_name).fingerprint
+            if now_fp != recorded["fingerprint"]:
+                changed[view_name] = (recorded["fingerprint"], now_fp)
+        rebuilt = self.training_set(name, ref, features)
         digest = table_sha256(rebuilt)
         return ReproduceReport(
             v.model,

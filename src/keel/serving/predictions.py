@@ -18,7 +18,6 @@ import logging
 import random
 import threading
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,39 +26,15 @@ import pyarrow as pa
 from keel.clock import Clock
 from keel.config import MonitorConfig
 from keel.log import Topic
+from keel.prediction_log import KEY_PREFIX, OUTPUT_PREFIX, STALE_PREFIX, Columns, prediction_topic
 from keel.serving.routes import Deployed, Rows, Tensors
 
-__all__ = [
-    "OUTPUT_PREFIX",
-    "STALE_PREFIX",
-    "PredictionLog",
-    "prediction_columns",
-    "prediction_topic",
-    "topic_name",
-]
-
-OUTPUT_PREFIX = "output__"
-STALE_PREFIX = "stale__"
-META = ("ts", "request_id", "version", "latency_ms", "entity")
+__all__ = ["PredictionLog", "prediction_columns"]
 
 log = logging.getLogger(__name__)
 
 
-def topic_name(route: str) -> str:
-    return f"keel.predictions.{route}"
-
-
-@dataclass(frozen=True)
-class Columns:
-    """What one route's records hold besides the metadata."""
-
-    features: list[str]  # a feature model's input, one column per feature
-    tensors: dict[str, str]  # a tensor model's inputs: name -> field type
-    outputs: dict[str, str]  # output name -> field type
-    stale: list[str]  # joined features whose staleness is logged
-
-
-def prediction_columns(deployed: Deployed, joined: list[str]) -> Columns:
+def prediction_columns(deployed: Deployed, joined: list[str], keys: list[str]) -> Columns:
     """The columns a route's records have, from its model's declared inputs and outputs."""
     runtime = deployed.runtime
     names = list(getattr(runtime, "feature_names", []) or [])
@@ -69,22 +44,7 @@ def prediction_columns(deployed: Deployed, joined: list[str]) -> Columns:
         sample = (deployed.sample_output or {}).get(spec.name)
         shape = spec.shape if sample is None else (-1, *np.shape(sample)[1:])
         outputs[spec.name] = _field_type(spec.datatype, shape)
-    return Columns(names, tensors, outputs, [f for f in joined if f in names])
-
-
-def prediction_topic(route: str, columns: Columns) -> Topic:
-    fields = {
-        "ts": "timestamp",
-        "request_id": "string",
-        "version": "string",
-        "latency_ms": "float64",
-        "entity": "string?",
-    }
-    fields.update({name: "float64?" for name in columns.features})
-    fields.update(columns.tensors)
-    fields.update({OUTPUT_PREFIX + name: t for name, t in columns.outputs.items()})
-    fields.update({STALE_PREFIX + name: "float64?" for name in columns.stale})
-    return Topic(topic_name(route), fields, event_time="ts", retention_ms=30 * 86_400_000)
+    return Columns(names, tensors, outputs, [f for f in joined if f in names], list(keys))
 
 
 def _field_type(datatype: str, shape: tuple[int, ...]) -> str:
@@ -111,7 +71,6 @@ class PredictionLog:
         columns: Columns,
         config: MonitorConfig,
         *,
-        join_key: str | None,
         clock: Clock,
         flush_s: float = 0.5,
         max_pending: int = 10_000,
@@ -120,7 +79,6 @@ class PredictionLog:
         self.log = log_
         self.columns = columns
         self.config = config
-        self.join_key = join_key
         self.clock = clock
         self.flush_s = flush_s
         self.max_pending = max_pending
@@ -211,8 +169,9 @@ class PredictionLog:
             "request_id": self._ids(items),
             "version": np.repeat([v for _, _, _, v, *_ in items], n),
             "latency_ms": np.repeat([ms for _, _, _, _, ms, *_ in items], n),
-            "entity": self._entities(items),
         }
+        for key in cols.keys:
+            data[KEY_PREFIX + key] = self._keys(items, key)
         if cols.features:
             first = next(iter(items[0][1].arrays))
             matrix = np.concatenate([used.arrays[first] for _, used, *_ in items])
@@ -258,11 +217,10 @@ class PredictionLog:
                 ids.extend(uuid.uuid4().hex for _ in range(used.n))
         return ids
 
-    def _entities(self, items: list[Item]) -> list[str | None]:
-        key = self.join_key
+    def _keys(self, items: list[Item], key: str) -> list[str | None]:
         out: list[str | None] = []
         for request, used, *_ in items:
-            if key is not None and isinstance(request, Rows):
+            if isinstance(request, Rows):
                 out.extend(None if r.get(key) is None else str(r[key]) for r in request.rows)
             else:
                 out.extend([None] * used.n)

@@ -139,9 +139,8 @@ class InferenceServer:
             route.predictions = PredictionLog(
                 cfg.name,
                 self.log,
-                prediction_columns(deployed, self._joined(cfg)),
+                prediction_columns(deployed, self._joined(cfg), route.join_keys),
                 cfg.monitor,
-                join_key=route.join_keys[0] if route.join_keys else None,
                 clock=self.clock,
             )
         old = self.routes.get(cfg.name)

@@ -1,0 +1,577 @@
+"""The monitor job: a route's prediction log, in windows, against its model's training set.
+
+For each window of ``window_rows`` logged predictions, :class:`Monitor` measures
+
+- data drift of every model input and prediction drift of every output (embedding drift for
+  vector outputs) with :class:`~keel.monitoring.drift.DriftDetector`, whose alert levels are
+  calibrated on the reference;
+- the model's estimated loss before labels arrive (:class:`~keel.monitoring.concept.LossEstimator`,
+  learned on the held-out end of the training set), and its realized loss once they do;
+- the staleness of every joined feature, as served;
+- request skew: entity concentration, each version's share against the configured split, and
+  training/serving skew (the same entity's features rebuilt offline at the served time,
+  compared with what was served).
+
+The reference is the model version's training set, rebuilt from its lineage. Each window is
+one ``window`` event on the ``keel.monitor`` topic, which also records where the next window
+starts, so a restarted monitor carries on where it stopped. Alerts are ``alert`` events (and
+Prometheus gauges); an estimated loss that crosses its threshold also emits a
+``retrain_request`` event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from keel.clock import Clock, SystemClock
+from keel.config import MonitorConfig, RouteConfig
+from keel.errors import NotFoundError, ValidationError
+from keel.log import Topic
+from keel.monitoring.concept import LossEstimator, row_loss
+from keel.monitoring.drift import DriftDetector, FeatureDrift
+from keel.prediction_log import KEY_PREFIX, OUTPUT_PREFIX, STALE_PREFIX, topic_name
+
+__all__ = ["MONITOR", "Monitor", "events", "history"]
+
+#: Monitored windows, alerts, retrain requests and realized performance, per route.
+MONITOR = Topic(
+    "keel.monitor",
+    {"ts": "timestamp", "route": "string", "kind": "string", "payload": "string"},
+    event_time="ts",
+    key="route",
+)
+SKEW_ROWS = 200  # rows per window rebuilt offline for the training/serving comparison
+SKEW_TOLERANCE = 1e-6
+KEEP_WINDOWS = 50  # windows whose request ids still wait for their labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reference:
+    """What a route is compared with: its model's training set, with the model's outputs."""
+
+    version: str
+    table: pa.Table  # the watched inputs and output__* columns
+    features: list[str]
+    outputs: list[str]
+    rows: int
+    labelled: int = 0
+
+
+@dataclass
+class _Pending:
+    """A scored window whose outcomes are still arriving."""
+
+    index: int
+    scores: dict[str, float] = field(default_factory=dict)  # request id -> output
+    loss_sum: float = 0.0
+    labelled: int = 0
+
+
+class Monitor:
+    """Watches one route's prediction log.
+
+    Parameters
+    ----------
+    route
+        The route's configuration (its ``monitor`` block, or the defaults).
+    log, registry, features
+        The project's log, registry and feature store.
+    clock
+        Stamps the events (injectable, as everywhere).
+    metrics
+        A ``prometheus_client.CollectorRegistry`` to export gauges to (optional).
+    """
+
+    def __init__(
+        self,
+        route: RouteConfig,
+        *,
+        log_: Any,
+        registry: Any,
+        features: Any = None,
+        clock: Clock | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self.route = route
+        self.config = route.monitor or MonitorConfig()
+        self.log = log_
+        self.registry = registry
+        self.features = features
+        self.clock = clock or SystemClock()
+        self.topic = topic_name(route.name)
+        self.metrics = _Gauges(metrics, route.name) if metrics is not None else None
+        log_.create_topic(MONITOR, exist_ok=True)
+        self.reference_: Reference | None = None
+        self.detector_: DriftDetector | None = None
+        self.estimator_: LossEstimator | None = None
+        self._pending: list[_Pending] = []
+        self._labels: Any = None
+        self._alerting = False
+        self.next_offset_, self.windows_ = self._resume()
+
+    # -- the reference -------------------------------------------------------------------
+    def fit(self) -> Monitor:
+        """Rebuild the reference from the model's lineage and learn the alert levels."""
+        from keel.runtimes import runtime_for
+
+        name, _, ref = self.route.model.partition("@")
+        if self.route.model.startswith("builtin:"):
+            raise ValidationError(
+                f"route {self.route.name!r} serves a builtin model, which has no training set "
+                "in the registry to compare with"
+            )
+        version = self.registry.get(name, ref or "latest")
+        if self.features is None:
+            raise ValidationError("monitoring a route needs the project's feature store")
+        train = self.registry.training_set(name, version.version, self.features)
+        runtime = runtime_for(self.registry.load(name, version.version), version.format)
+        names = list(getattr(runtime, "feature_names", []) or [])
+        if not names:
+            raise ValidationError(
+                f"{version.ref} takes tensors, not named features: its training set cannot "
+                "serve as the reference"
+            )
+        missing = [n for n in names if n not in train.column_names]
+        if missing:
+            raise ValidationError(
+                f"{version.ref}'s training set has no column {missing[0]!r} that the model takes"
+            )
+        matrix = np.column_stack(
+            [train[n].to_numpy(zero_copy_only=False).astype(np.float64) for n in names]
+        )
+        outputs = runtime.predict({runtime.inputs[0].name: matrix})
+        columns = {n: train[n] for n in names}
+        out_names = []
+        for out, values in outputs.items():
+            arr = np.asarray(values)
+            if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1):
+                columns[OUTPUT_PREFIX + out] = pa.array(arr.reshape(len(arr), -1)[:, 0])
+                out_names.append(OUTPUT_PREFIX + out)
+        table = pa.table(columns)
+        self.detector_ = DriftDetector(
+            features=names + out_names,
+            categorical=self.config.categorical,
+            false_alert_rate=self.config.false_alert_rate,
+        ).fit(table)
+        self.reference_ = Reference(version.ref, table, names, out_names, table.num_rows)
+        self._fit_estimator(train, table, names, out_names)
+        return self
+
+    def _fit_estimator(
+        self, train: pa.Table, table: pa.Table, names: list[str], outputs: list[str]
+    ) -> None:
+        """Learn the model's loss on the end of its training set that it did not learn from
+        (a time split: the training set is in time order)."""
+        labels = self.config.labels
+        if labels is None or labels.label not in train.column_names or not outputs:
+            return
+        y = train[labels.label].to_numpy(zero_copy_only=False).astype(np.float64)
+        start = int(len(y) * (1 - self.config.holdout))
+        held = table.slice(start)
+        estimator = LossEstimator(
+            loss=self.config.loss, false_alert_rate=self.config.false_alert_rate
+        )
+        if held.num_rows < estimator.rows_needed():
+            log.warning(
+                "route %s: %d held-out rows, the loss estimator needs %d; no concept-drift "
+                "estimate",
+                self.route.name,
+                held.num_rows,
+                estimator.rows_needed(),
+            )
+            return
+        self.estimator_ = estimator.fit(held.select(names), held[outputs[0]].to_numpy(), y[start:])
+        self.reference_.labelled = held.num_rows
+
+    # -- windows -------------------------------------------------------------------------
+    def step(self) -> list[dict[str, Any]]:
+        """Score every complete window logged since the last one; join arrived labels.
+        Returns the new window records."""
+        if self.detector_ is None:
+            self.fit()
+        records = []
+        size = self.config.window_rows
+        if not _has_topic(self.log, self.topic):
+            raise NotFoundError(
+                f"route {self.route.name!r} has no prediction log yet ({self.topic}): serve it "
+                "with a [routes.monitor] block and send it requests"
+            )
+        while True:
+            end = self.log.end_offsets(self.topic)[0]
+            if end - self.next_offset_ < size:
+                break
+            window = self.log.read(self.topic, 0, self.next_offset_, size)
+            if window.num_rows < size:
+                break
+            records.append(self._score(window, self.next_offset_ + size))
+        self._join_labels()
+        return records
+
+    def run(self, stop: threading.Event, interval_s: float = 5.0) -> None:
+        """Step until ``stop`` is set (``keel monitor``)."""
+        while not stop.is_set():
+            try:
+                self.step()
+            except NotFoundError as exc:
+                log.info("%s", exc)
+            stop.wait(interval_s)
+
+    def _score(self, window: pa.Table, next_offset: int) -> dict[str, Any]:
+        ref = self.reference_
+        if ref is None or self.detector_ is None:
+            raise ValidationError("fit the monitor before scoring windows")
+        index = self.windows_
+        missing = [c for c in ref.features + ref.outputs if c not in window.column_names]
+        if missing:
+            raise ValidationError(
+                f"route {self.route.name!r}: the prediction log has no column {missing[0]!r}, "
+                f"which {ref.version} was trained on; was another model served?"
+            )
+        drift = self.detector_.score(window.select(ref.features + ref.outputs))
+        by_name = drift.by_feature()
+        ts = window["ts"]
+        record: dict[str, Any] = {
+            "route": self.route.name,
+            "version": ref.version,
+            "window": index,
+            "start": pc.min(ts).as_py().isoformat(),
+            "end": pc.max(ts).as_py().isoformat(),
+            "rows": window.num_rows,
+            "next_offset": next_offset,
+            "features": [_drift_dict(by_name[n]) for n in ref.features],
+            "prediction": _drift_dict(by_name[ref.outputs[0]]) if ref.outputs else None,
+            "performance": self._performance(window),
+            "staleness": _staleness(window),
+            "skew": self._skew(window),
+        }
+        record["alerts"] = self._alerts(record)
+        self._publish("window", record)
+        for alert in record["alerts"]:
+            self._publish("alert", {"window": index, "alert": alert, "version": ref.version})
+        perf = record["performance"]
+        if perf is not None and perf["alert"] and not self._alerting:
+            self._publish(
+                "retrain_request",
+                {
+                    "window": index,
+                    "model": self.route.model,
+                    "version": ref.version,
+                    "reason": f"estimated {perf['metric']} {perf['estimated']:.4f} crossed "
+                    f"its threshold {perf['threshold']:.4f} (reference {perf['reference']:.4f})",
+                },
+            )
+        self._alerting = bool(perf and perf["alert"])
+        if self.config.labels is not None and ref.outputs:
+            ids = window["request_id"].to_pylist()
+            scores = window[ref.outputs[0]].to_numpy(zero_copy_only=False)
+            self._pending.append(_Pending(index, dict(zip(ids, scores.tolist(), strict=True))))
+            del self._pending[:-KEEP_WINDOWS]
+        if self.metrics is not None:
+            self.metrics.update(record)
+        self.windows_ = index + 1
+        self.next_offset_ = next_offset
+        return record
+
+    def _performance(self, window: pa.Table) -> dict[str, Any] | None:
+        ref = self.reference_
+        if self.estimator_ is None or ref is None:
+            return None
+        est = self.estimator_.estimate(
+            window.select(ref.features), window[ref.outputs[0]].to_numpy(zero_copy_only=False)
+        )
+        return {
+            "metric": est.metric,
+            "estimated": est.estimated,
+            "threshold": est.threshold,
+            "reference": est.reference,
+            "alert": bool(est.alert),
+            "realized": None,
+            "labelled": 0,
+        }
+
+    def _alerts(self, record: dict[str, Any]) -> list[str]:
+        alerts = [f"drift:{f['feature']}" for f in record["features"] if f["drifted"]]
+        if record["prediction"] is not None and record["prediction"]["drifted"]:
+            alerts.append("prediction")
+        if record["performance"] is not None and record["performance"]["alert"]:
+            alerts.append("performance")
+        limit = self.config.max_staleness_s
+        if limit is not None:
+            alerts += [f"staleness:{f}" for f, s in record["staleness"].items() if s["p99"] > limit]
+        skew = record["skew"] or {}
+        for feature, got in (skew.get("training_serving") or {}).items():
+            if got["compared"] and got["mismatched"] / got["compared"] > 0.01:
+                alerts.append(f"skew:{feature}")
+        return alerts
+
+    # -- skew ----------------------------------------------------------------------------
+    def _skew(self, window: pa.Table) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        keys = [c for c in window.column_names if c.startswith(KEY_PREFIX)]
+        if keys:
+            counts = pc.value_counts(window[keys[0]].drop_null())
+            if len(counts):
+                top = max(c["counts"].as_py() for c in counts)
+                out["top_entity_share"] = top / window.num_rows
+                out["entities"] = len(counts)
+        versions = pc.value_counts(window["version"])
+        out["versions"] = {
+            v["values"].as_py(): v["counts"].as_py() / window.num_rows for v in versions
+        }
+        out["expected"] = self._expected_split()
+        out["training_serving"] = self._training_serving(window, keys)
+        return out
+
+    def _expected_split(self) -> dict[str, float]:
+        primary = self.reference_.version if self.reference_ else self.route.model
+        canary = self.route.canary
+        if canary is None or canary.percent <= 0:
+            return {primary: 1.0}
+        name, _, alias = canary.model.partition("@")
+        try:
+            canary_ref = self.registry.get(name, alias).ref
+        except NotFoundError:
+            canary_ref = canary.model
+        share = canary.percent / 100
+        return {primary: 1 - share, canary_ref: share}
+
+    def _training_serving(self, window: pa.Table, keys: list[str]) -> dict[str, Any]:
+        """The served features of some rows against the same entities' features rebuilt
+        offline as of the moment they were served."""
+        if self.features is None or not self.route.features or not keys:
+            return {}
+        ref = self.reference_
+        resolved = self.features.resolve(self.route.features)
+        served = [f"{v.name}__{f.name}" for v, feats in resolved for f in feats]
+        served = [n for n in served if n in ref.features and n in window.column_names]
+        if not served:
+            return {}
+        rows = window.slice(0, min(SKEW_ROWS, window.num_rows))
+        labels: dict[str, Any] = {"ts": rows["ts"]}
+        for view, _ in resolved:
+            jk = view.entity.join_key
+            column = rows[KEY_PREFIX + jk] if KEY_PREFIX + jk in rows.column_names else None
+            if column is None or column.null_count:
+                return {}
+            source = self.log.topic(view.source.topic)
+            labels[jk] = column.cast(source.schema.field(jk).type)
+        offline = self.features.training_set(pa.table(labels), self.route.features)
+        out = {}
+        for name in served:
+            a = rows[name].to_numpy(zero_copy_only=False).astype(np.float64)
+            b = offline[name].to_numpy(zero_copy_only=False).astype(np.float64)
+            both_nan = np.isnan(a) & np.isnan(b)
+            diff = np.where(both_nan, 0.0, np.abs(a - b))
+            bad = ~both_nan & ~(diff <= SKEW_TOLERANCE * (1 + np.abs(b)))
+            out[name] = {
+                "compared": len(a),
+                "mismatched": int(bad.sum()),
+                "max_abs": float(np.nanmax(diff)) if len(diff) else 0.0,
+            }
+        return out
+
+    # -- labels --------------------------------------------------------------------------
+    def _join_labels(self) -> None:
+        labels = self.config.labels
+        if labels is None or not self._pending or not _has_topic(self.log, labels.topic):
+            return
+        if self._labels is None:
+            self._labels = self.log.consumer(f"keel-monitor.{self.route.name}", labels.topic)
+        batch = self._labels.poll(100_000)
+        if not batch.num_rows:
+            return
+        got = dict(
+            zip(
+                (str(i) for i in batch[labels.id].to_pylist()),
+                batch[labels.label].to_pylist(),
+                strict=True,
+            )
+        )
+        for pending in self._pending:
+            ids = [i for i in pending.scores if i in got and got[i] is not None]
+            if not ids:
+                continue
+            y = np.array([float(got[i]) for i in ids])
+            s = np.array([pending.scores.pop(i) for i in ids])
+            pending.loss_sum += float(row_loss(self.config.loss, y, s).sum())
+            pending.labelled += len(ids)
+            realized = pending.loss_sum / pending.labelled
+            self._publish(
+                "realized",
+                {"window": pending.index, "realized": realized, "labelled": pending.labelled},
+            )
+            if self.metrics is not None:
+                self.metrics.realized.labels(self.route.name).set(realized)
+        self._labels.commit()
+
+    # -- events --------------------------------------------------------------------------
+    def _publish(self, kind: str, payload: dict[str, Any]) -> None:
+        self.log.append(
+            MONITOR.name,
+            [
+                {
+                    "ts": datetime.fromtimestamp(self.clock.now(), UTC),
+                    "route": self.route.name,
+                    "kind": kind,
+                    "payload": json.dumps(payload, default=_jsonable),
+                }
+            ],
+        )
+
+    def _resume(self) -> tuple[int, int]:
+        """Where the last window of this route ended (a restart carries on from there)."""
+        last = None
+        for event in _events(self.log, self.route.name, ("window",)):
+            last = event
+        if last is None:
+            return 0, 0
+        return int(last["next_offset"]), int(last["window"]) + 1
+
+
+def history(log_: Any, route: str) -> list[dict[str, Any]]:
+    """The route's monitored windows in order, with realized performance merged in."""
+    windows: dict[int, dict[str, Any]] = {}
+    for event in _events(log_, route, ("window", "realized")):
+        if event["kind"] == "window":
+            windows[event["window"]] = event
+        elif event["window"] in windows and windows[event["window"]]["performance"]:
+            perf = windows[event["window"]]["performance"]
+            perf["realized"], perf["labelled"] = event["realized"], event["labelled"]
+    return [windows[i] for i in sorted(windows)]
+
+
+def events(log_: Any, route: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The route's monitor events of the given kinds, in order."""
+    return list(_events(log_, route, kinds))
+
+
+def _events(log_: Any, route: str, kinds: tuple[str, ...]) -> Any:
+    if not _has_topic(log_, MONITOR.name):
+        return
+    for p in range(log_.topic(MONITOR.name).partitions):
+        offset = 0
+        while True:
+            batch = log_.read(MONITOR.name, p, offset, 10_000)
+            if not batch.num_rows:
+                break
+            offset += batch.num_rows
+            for e in batch.to_pylist():
+                if e["route"] == route and e["kind"] in kinds:
+                    yield {"kind": e["kind"], "at": e["ts"].isoformat(), **json.loads(e["payload"])}
+
+
+def _has_topic(log_: Any, name: str) -> bool:
+    return any(t.name == name for t in log_.topics())
+
+
+def _drift_dict(f: FeatureDrift) -> dict[str, Any]:
+    return {
+        "feature": f.feature,
+        "kind": f.kind,
+        "statistic": f.statistic,
+        "value": f.value,
+        "threshold": f.threshold,
+        "p_value": f.p_value,
+        "psi": f.psi,
+        "wasserstein": f.wasserstein,
+        "jensen_shannon": f.jensen_shannon,
+        "drifted": f.drifted,
+    }
+
+
+def _staleness(window: pa.Table) -> dict[str, dict[str, float]]:
+    out = {}
+    for name in window.column_names:
+        if not name.startswith(STALE_PREFIX):
+            continue
+        values = window[name].to_numpy(zero_copy_only=False).astype(np.float64)
+        values = values[~np.isnan(values)]
+        if len(values):
+            p50, p99 = np.quantile(values, [0.5, 0.99])
+            out[name[len(STALE_PREFIX) :]] = {
+                "p50": float(p50),
+                "p99": float(p99),
+                "max": float(values.max()),
+            }
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+class _Gauges:
+    """The monitor's Prometheus gauges for one route."""
+
+    def __init__(self, registry: Any, route: str) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self.route = route
+        self.statistic = Gauge(
+            "keel_drift_statistic",
+            "Drift statistic of the latest window",
+            ["route", "feature", "statistic"],
+            registry=registry,
+        )
+        self.threshold = Gauge(
+            "keel_drift_threshold",
+            "Calibrated alert level of the latest window",
+            ["route", "feature"],
+            registry=registry,
+        )
+        self.drifted = Gauge(
+            "keel_drift_alert",
+            "1 when the feature drifted",
+            ["route", "feature"],
+            registry=registry,
+        )
+        self.estimated = Gauge(
+            "keel_estimated_loss",
+            "Estimated loss of the latest window",
+            ["route"],
+            registry=registry,
+        )
+        self.realized = Gauge(
+            "keel_realized_loss",
+            "Realized loss of the latest labelled window",
+            ["route"],
+            registry=registry,
+        )
+        self.stale = Gauge(
+            "keel_served_staleness_p99_seconds",
+            "p99 staleness of served features in the latest window",
+            ["route", "feature"],
+            registry=registry,
+        )
+        self.alerts = Counter(
+            "keel_monitor_alerts", "Alerts raised", ["route", "kind"], registry=registry
+        )
+
+    def update(self, record: dict[str, Any]) -> None:
+        r = self.route
+        entries = list(record["features"])
+        if record["prediction"] is not None:
+            entries.append(record["prediction"])
+        for f in entries:
+            self.statistic.labels(r, f["feature"], f["statistic"]).set(f["value"])
+            self.threshold.labels(r, f["feature"]).set(f["threshold"])
+            self.drifted.labels(r, f["feature"]).set(1 if f["drifted"] else 0)
+        if record["performance"] is not None:
+            self.estimated.labels(r).set(record["performance"]["estimated"])
+        for feature, s in record["staleness"].items():
+            self.stale.labels(r, feature).set(s["p99"])
+        for alert in record["alerts"]:
+            self.alerts.labels(r, alert.split(":", 1)[0]).inc()

@@ -1,0 +1,205 @@
+"""Direct loss estimation: tracking the realized loss, calibrated alerts, bad input."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy.special import expit
+from sklearn import metrics
+from sklearn.linear_model import LogisticRegression
+
+from keel.errors import ValidationError
+from keel.monitoring.concept import LOSSES, LossEstimator, PerformanceEstimate, row_loss
+
+HEALTHY = -1.0  # where the reference's (and healthy traffic's) first input is centred
+
+
+def draw(rng: np.random.Generator, n: int, centre: float) -> tuple[pa.Table, np.ndarray]:
+    """Rows whose label follows ``b`` where ``a < 0`` and the opposite where ``a > 0``: a
+    model that learned only ``a < 0`` is confidently wrong on the other side."""
+    a, b, c = rng.normal(centre, 1, n), rng.normal(0, 1, n), rng.normal(0, 1, n)
+    logit = np.where(a < 0, 3 * b, -3 * b) + c
+    labels = (rng.random(n) < expit(logit)).astype(int)
+    return pa.table({"a": a, "b": b, "c": c}), labels
+
+
+def as_matrix(table: pa.Table) -> np.ndarray:
+    return np.column_stack([table.column(n).to_numpy() for n in ("a", "b", "c")])
+
+
+@dataclass
+class Setup:
+    model: LogisticRegression
+    estimator: LossEstimator
+
+    def scores(self, table: pa.Table) -> np.ndarray:
+        return self.model.predict_proba(as_matrix(table))[:, 1]
+
+
+@pytest.fixture(scope="module")
+def setup() -> Setup:
+    rng = np.random.default_rng(1)
+    train, labels = draw(rng, 4000, -1.5)
+    easy = as_matrix(train)[:, 0] < 0
+    model = LogisticRegression().fit(as_matrix(train)[easy], labels[easy])
+    reference, ref_labels = draw(rng, 20_000, HEALTHY)
+    scores = model.predict_proba(as_matrix(reference))[:, 1]
+    return Setup(model, LossEstimator().fit(reference, scores, ref_labels))
+
+
+def test_estimate_tracks_the_realized_loss_on_a_concept_shift(setup: Setup) -> None:
+    rng = np.random.default_rng(2)
+    centres = np.repeat(np.linspace(HEALTHY, 1.5, 11), 2)
+    results = []
+    for centre in centres:
+        window, labels = draw(rng, 1000, centre)
+        results.append(setup.estimator.estimate(window, setup.scores(window), labels))
+    estimated = np.array([r.estimated for r in results])
+    realized = np.array([r.realized for r in results])
+    assert np.corrcoef(estimated, realized)[0, 1] > 0.95
+    # Traffic in the hard region triples the loss; the estimate follows within 10%.
+    assert realized[-1] > 3 * setup.estimator.reference_loss_
+    shifted = centres >= 0
+    np.testing.assert_allclose(estimated[shifted], realized[shifted], rtol=0.1)
+    alerts = np.array([r.alert for r in results])
+    assert not alerts[centres == HEALTHY].any()
+    assert alerts[centres >= -0.5].all()
+    assert {r.metric for r in results} == {"logloss"}
+    assert all(r.reference == setup.estimator.reference_loss_ for r in results)
+
+
+def test_healthy_windows_rarely_alert(setup: Setup) -> None:
+    rng = np.random.default_rng(3)
+    windows, rows = 300, 1000
+    table, _ = draw(rng, windows * rows, HEALTHY)
+    per_row = setup.estimator.predict_many(table, setup.scores(table))
+    means = per_row.reshape(windows, rows).mean(axis=1)
+    alerts = int(np.count_nonzero(means > setup.estimator.threshold(rows)))
+    # The target holds on average over references; a finite reference's own sampling error
+    # moves one estimator's rate around it, measured between 0 and 3x across seeds.
+    assert alerts <= 3 * setup.estimator.false_alert_rate * windows
+
+
+def test_threshold_narrows_with_window_size_towards_the_healthy_mean(setup: Setup) -> None:
+    est = setup.estimator
+    levels = [est.threshold(rows) for rows in (50, 300, 1000, 10_000, 10**9)]
+    assert levels == sorted(levels, reverse=True)
+    centre, spread = est.baseline_
+    assert levels[-1] > centre
+    # At the calibration window size the level sits a few spreads above the healthy mean.
+    at_window = (est.threshold(est.calibration_window_) - centre) / spread
+    assert 1.5 < at_window < 4
+
+
+@pytest.mark.parametrize(
+    ("kind", "reference"),
+    [
+        pytest.param("logloss", metrics.log_loss, id="logloss"),
+        pytest.param("squared", metrics.mean_squared_error, id="squared"),
+        pytest.param("abs", metrics.mean_absolute_error, id="abs"),
+        pytest.param("error", lambda y, p: metrics.zero_one_loss(y, p >= 0.5), id="error"),
+    ],
+)
+def test_row_loss_means_agree_with_sklearn(kind: str, reference) -> None:
+    rng = np.random.default_rng(4)
+    outputs = rng.uniform(0.01, 0.99, 500)
+    labels = (rng.random(500) < outputs).astype(int)
+    assert row_loss(kind, labels, outputs).mean() == pytest.approx(reference(labels, outputs))
+
+
+def test_logloss_clips_certain_mistakes() -> None:
+    loss = row_loss("logloss", [1, 0], [0.0, 1.0])
+    assert np.isfinite(loss).all() and loss[0] == pytest.approx(-np.log(1e-15))
+
+
+def test_a_regression_model_with_missing_inputs_and_a_dataframe() -> None:
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(5)
+    n = 3000
+    x = rng.normal(0, 1, n)
+    y = x + rng.normal(0, 0.1 + (x > 1), n)  # noisier, so worse predicted, where x > 1
+    frame = pd.DataFrame({"x": np.where(rng.random(n) < 0.1, np.nan, x)})
+    est = LossEstimator(loss="squared", params={"n_estimators": 50}).fit(frame, x, y)
+    assert est.params == {"n_estimators": 50}
+    high = np.full(200, 2.0)
+    low = np.full(200, -1.0)
+    estimate = est.estimate(pd.DataFrame({"x": high}), high)
+    assert isinstance(estimate, PerformanceEstimate) and estimate.metric == "squared"
+    assert estimate.estimated > est.estimate(pa.table({"x": low}), low).estimated
+    assert est.predict_many(pa.table({"x": [np.nan, 0.0]}), [0.0, 0.0]).min() >= 0
+
+
+@pytest.fixture(scope="module")
+def small() -> LossEstimator:
+    rng = np.random.default_rng(6)
+    table, labels = draw(rng, 1000, 0.0)
+    return LossEstimator(loss="error", params={"num_iterations": 10}).fit(
+        table, np.full(1000, 0.7), labels
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        pytest.param(
+            lambda e: e.estimate(pa.table({"a": [], "b": [], "c": []}), []),
+            "the window has no rows",
+            id="empty-window",
+        ),
+        pytest.param(
+            lambda e: e.estimate(pa.table({"a": [1.0], "bb": [1.0], "c": [1.0]}), [0.5]),
+            "no feature column 'b' — did you mean 'bb'?",
+            id="missing-column",
+        ),
+        pytest.param(
+            lambda e: e.estimate(
+                pa.table({"a": [1.0] * 3, "b": [1.0] * 3, "c": [1.0] * 3}), [0.5, np.nan, None]
+            ),
+            "the outputs have 2 NaN, null or infinite values (of 3)",
+            id="nan-outputs",
+        ),
+        pytest.param(
+            lambda e: e.estimate(pa.table({"a": [1.0], "b": ["x"], "c": [1.0]}), [0.5]),
+            "feature column 'b' of the window is string",
+            id="string-column",
+        ),
+        pytest.param(
+            lambda e: e.estimate(pa.table({"a": [1.0], "b": [1.0], "c": [1.0]}), [0.5, 0.5]),
+            "the outputs have 2 values for 1 feature rows",
+            id="length-mismatch",
+        ),
+        pytest.param(lambda e: e.threshold(0), "at least one row", id="zero-rows"),
+        pytest.param(lambda e: e.estimate([[1.0]], [0.5]), "not list", id="not-a-table"),
+    ],
+)
+def test_bad_windows_say_what_is_wrong(small: LossEstimator, call, message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        call(small)
+
+
+def test_bad_labelled_rows_say_what_is_wrong() -> None:
+    rng = np.random.default_rng(7)
+    table, labels = draw(rng, 1000, 0.0)
+    scores = np.full(1000, 0.4)
+    est = LossEstimator()
+    with pytest.raises(ValidationError, match="the labels have 3 NaN, null or infinite values"):
+        est.fit(table, scores, np.where(np.arange(1000) < 3, np.nan, labels))
+    few = table.slice(0, 500)
+    with pytest.raises(ValidationError, match=r"number 500: .* needs at least 667"):
+        est.fit(few, scores[:500], labels[:500])
+    assert est.rows_needed() == 667
+    with pytest.raises(ValidationError, match="0/1 labels; 1000 labels are neither"):
+        est.fit(table, scores, labels + 2)
+    with pytest.raises(ValidationError, match=re.escape("probabilities in [0, 1]; 1 are not")):
+        est.fit(table, np.where(np.arange(1000) == 0, 1.5, scores), labels)
+    with pytest.raises(ValidationError, match="fit the loss estimator"):
+        est.estimate(table, scores)
+    with pytest.raises(ValidationError, match="did you mean 'logloss'"):
+        LossEstimator(loss="log_loss")
+    with pytest.raises(ValidationError, match="calibration_share"):
+        LossEstimator(calibration_share=1.0)
+    assert set(LOSSES) == {"logloss", "squared", "abs", "error"}

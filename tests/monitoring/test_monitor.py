@@ -1,0 +1,160 @@
+"""The monitor job over a served route's prediction log: drift, estimated and realized
+performance, staleness, skew, events, gauges and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from keel.config import LabelsConfig, MonitorConfig, RouteConfig
+from keel.errors import NotFoundError
+from keel.log import Topic
+from keel.monitoring.monitor import Monitor, events, history
+from keel.serving import InferenceServer
+from keel.serving.routes import Rows
+
+LABELS = "pay_labels"
+
+
+def _risk(amount: np.ndarray) -> np.ndarray:
+    """The true fraud probability: uncertain near 70, sure far from it."""
+    return 1 / (1 + np.exp(-(amount - 70) / 6))
+
+
+@pytest.fixture
+def risk_route(world):
+    """A model trained on 8,000 labelled payments, served with a monitor block."""
+    import lightgbm
+
+    rng = np.random.default_rng(3)
+    n = 8000
+    amount = np.round(rng.gamma(2, 30, n), 2)
+    # Labelled in the last 20 minutes, so the card features were what they are when served.
+    minutes = np.sort(rng.integers(0, 20, n))[::-1]
+    labels = pa.table(
+        {
+            "card_id": rng.integers(0, 50, n),
+            "ts": pa.array(
+                [world.now - timedelta(minutes=int(m)) for m in minutes], pa.timestamp("us", tz="UTC")
+            ),
+            "amount": amount,
+            "y": (rng.random(n) < _risk(amount)).astype(np.int64),
+        }
+    )
+    train = world.features.training_set(labels, ["card"])
+    names = ["card__count_1h", "card__amount_1d", "amount"]
+    x = np.column_stack([train[c].to_numpy() for c in names])
+    cut = int(n * 0.7)
+    model = lightgbm.LGBMClassifier(n_estimators=60, verbose=-1, random_state=0)
+    model.fit(x[:cut], train["y"].to_numpy()[:cut], feature_name=names)
+    world.registry.register("risk", model, training_set=train)
+    world.registry.set_alias("risk", "champion", 1)
+    world.log.create_topic(
+        Topic(LABELS, {"ts": "timestamp", "payment_id": "int64", "y": "int64"}, event_time="ts")
+    )
+    return RouteConfig(
+        name="risk",
+        model="risk@champion",
+        features=["card"],
+        max_wait_ms=2,
+        monitor=MonitorConfig(
+            id="payment_id",
+            window_rows=400,
+            labels=LabelsConfig(topic=LABELS, id="payment_id", label="y"),
+        ),
+    )
+
+
+def serve(world, cfg: RouteConfig, amounts: np.ndarray, first_id: int) -> None:
+    server = InferenceServer(
+        [cfg], registry=world.registry, features=world.features, log_=world.log
+    )
+    server.load_all()
+    rng = np.random.default_rng(first_id)
+    cards = rng.integers(0, 50, len(amounts))
+
+    async def go() -> None:
+        await server.start()
+        for i in range(0, len(amounts), 10):
+            rows = [
+                {"payment_id": first_id + j, "card_id": int(cards[j]), "amount": float(amounts[j])}
+                for j in range(i, min(i + 10, len(amounts)))
+            ]
+            await server.infer(cfg.name, Rows(rows, len(rows)))
+        await server.stop()
+
+    asyncio.run(go())
+
+
+def test_drift_half_way_is_flagged_and_the_loss_estimate_tracks_the_realized(
+    world, risk_route
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    rng = np.random.default_rng(11)
+    healthy = np.round(rng.gamma(2, 30, 1200), 2)
+    shifted = np.round(rng.normal(70, 6, 1200), 2)  # all near the uncertain boundary
+    serve(world, risk_route, np.concatenate([healthy, shifted]), first_id=0)
+
+    metrics = CollectorRegistry()
+    monitor = Monitor(
+        risk_route,
+        log_=world.log,
+        registry=world.registry,
+        features=world.features,
+        metrics=metrics,
+    )
+    records = monitor.step()
+    assert [r["window"] for r in records] == list(range(6))
+    before, after = records[:3], records[3:]
+    assert all("drift:amount" not in r["alerts"] for r in before)
+    assert all("drift:amount" in r["alerts"] for r in after)
+    # The model's own outputs moved too, and its estimated loss rose past the threshold.
+    assert all(r["prediction"]["drifted"] for r in after)
+    assert all(not r["performance"]["alert"] for r in before)
+    assert all(r["performance"]["alert"] for r in after)
+    est = [r["performance"]["estimated"] for r in records]
+    assert min(est[3:]) > max(est[:3])
+    # One retrain request when the estimate first crossed, not one per window.
+    requests = events(world.log, "risk", ("retrain_request",))
+    assert len(requests) == 1 and requests[0]["window"] == 3
+    # Served features equal the offline ones rebuilt at the served time: no skew.
+    for r in records:
+        for name, got in r["skew"]["training_serving"].items():
+            assert got["compared"] > 0 and got["mismatched"] == 0, name
+        assert r["skew"]["versions"] == {"risk@1": 1.0}
+        assert 0 < r["skew"]["top_entity_share"] < 0.2
+        assert r["staleness"]["card__amount_1d"]["p99"] >= 0
+    exported = generate_latest(metrics).decode()
+    assert 'keel_drift_alert{feature="amount",route="risk"} 1.0' in exported
+    assert "keel_estimated_loss" in exported
+
+    # Labels arrive later, joined by request id: realized loss per window.
+    ids = np.arange(2400)
+    amounts = np.concatenate([healthy, shifted])
+    y = (np.random.default_rng(5).random(2400) < _risk(amounts)).astype(np.int64)
+    now = pa.scalar(0, pa.int64()).cast(pa.timestamp("us", tz="UTC")).as_py()
+    world.log.append(LABELS, pa.table({"ts": [now] * 2400, "payment_id": ids, "y": y}))
+    assert monitor.step() == []
+    merged = history(world.log, "risk")
+    realized = [w["performance"]["realized"] for w in merged]
+    assert all(w["performance"]["labelled"] == 400 for w in merged)
+    assert min(realized[3:]) > max(realized[:3])
+    # The estimate is close to what the labels later said, on both sides of the shift.
+    assert np.corrcoef(est, realized)[0, 1] > 0.9
+    assert abs(np.mean(est[3:]) - np.mean(realized[3:])) < 0.25 * np.mean(realized[3:])
+
+    # A restarted monitor carries on after the last window instead of scoring it again.
+    again = Monitor(risk_route, log_=world.log, registry=world.registry, features=world.features)
+    assert (again.windows_, again.next_offset_) == (6, 2400)
+    assert again.step() == []
+
+
+def test_a_route_without_a_prediction_log_says_how_to_get_one(world, risk_route) -> None:
+    monitor = Monitor(risk_route, log_=world.log, registry=world.registry, features=world.features)
+    with pytest.raises(NotFoundError, match=r"no prediction log yet.*\[routes.monitor\]"):
+        monitor.step()
