@@ -77,43 +77,110 @@ def setup(root: Path, embed_batch: int) -> Project:
     return proj
 
 
-def shadow_overhead(proj: Project, seconds: float, concurrency: int, rate: float) -> None:
-    """The primary's latency at one paced load, alone and with a 100% shadow, in one run."""
+def shadow_overhead(
+    proj: Project, seconds: float, concurrency: int, rate: float, segments: int = 5
+) -> None:
+    """The primary's latency at one paced load, alone and with a 100% shadow, in one run.
+
+    The time under each setting is cut into ``segments`` that alternate (alone, shadow, ...,
+    alone), so a burst of other work on the machine lands on both settings rather than on
+    whichever ran at that moment; each setting's percentiles are over all its segments."""
+    from keel.serving.client import call
     from keel.serving.loadgen import run_load
 
+    shadow = {"model": "gbm@challenger", "sample": 1.0, "compare": "abs"}
+    lat: dict[str, list[np.ndarray]] = {"alone": [], "with shadow": []}
+    p99s: dict[str, list[float]] = {"alone": [], "with shadow": []}
     with served(proj, "gbm") as (port, cfg):
         path, bodies = requests_for(proj, cfg, port)
         run_load("127.0.0.1", port, path, bodies, concurrency=2, seconds=1.0)  # warm up
-        rows = []
-        for label in ("alone", "with shadow", "alone again"):
-            if label == "with shadow":
-                post(
-                    port,
-                    "/v1/routes/gbm/traffic",
-                    {"shadow": {"model": "gbm@challenger", "sample": 1.0, "compare": "abs"}},
-                )
-            if label == "alone again":
-                post(port, "/v1/routes/gbm/traffic", {"shadow": None})
-            rows.append(
-                (
-                    label,
-                    run_load(
-                        "127.0.0.1",
-                        port,
-                        path,
-                        bodies,
-                        concurrency=concurrency,
-                        seconds=seconds,
-                        rate=rate,
-                    ),
-                )
+        # Start the candidate (and its process) before measuring, as a running shadow is.
+        post(port, "/v1/routes/gbm/traffic", {"shadow": shadow})
+        run_load("127.0.0.1", port, path, bodies, concurrency=2, seconds=2.0)
+        plan = ["alone", "with shadow"] * segments + ["alone"]
+        # the alone time is split over one more segment, so both settings get `seconds`
+        length = {"alone": seconds / (segments + 1), "with shadow": seconds / segments}
+        for label in plan:
+            post(port, "/v1/routes/gbm/traffic", {"shadow": shadow if label != "alone" else None})
+            r = run_load(
+                "127.0.0.1",
+                port,
+                path,
+                bodies,
+                concurrency=concurrency,
+                seconds=length[label],
+                rate=rate,
             )
-    print(f"shadow at 100% on route gbm, {rate:,.0f} req/s paced over {concurrency} connections:")
-    for label, r in rows:
+            lat[label].append(r.latencies_ms)
+            p99s[label].append(r.pct(99))
+            if label == "with shadow":
+                status = call(f"http://127.0.0.1:{port}", "/v1/routes/gbm/traffic")["shadow"]
+    print(
+        f"shadow at 100% on route gbm, {rate:,.0f} req/s paced over {concurrency} connections, "
+        f"{seconds:g} s per setting in {segments} alternating segments:"
+    )
+    p99 = {}
+    for label, parts in lat.items():
+        pooled = np.concatenate(parts)
+        p99[label] = float(np.percentile(pooled, 99))
         print(
-            f"  {label:12s} {r.rps:7.0f} req/s  p50 {r.pct(50):5.2f} ms  p99 {r.pct(99):5.2f} ms"
-            + (f"  ({r.errors} errors)" if r.errors else "")
+            f"  {label:12s} p50 {np.percentile(pooled, 50):5.2f} ms  p99 {p99[label]:5.2f} ms"
+            f"  (segment p99s {', '.join(f'{x:.2f}' for x in p99s[label])})"
         )
+    added = p99["with shadow"] / p99["alone"] - 1
+    print(
+        f"  added to the primary's p99: {added:+.1%} ({p99['with shadow'] - p99['alone']:+.2f} ms);"
+        f" shadow samples compared in the last segment's state: {status['samples']}"
+    )
+
+
+def shadow_cpu(proj: Project, copies: int = 5000, rate: float = 1000) -> None:
+    """CPU seconds the shadow takes from the server's process, per copy: measured on the
+    runner's thread (Linux /proc), copies offered at ``rate`` per second, for the designs
+    compared in BENCHMARKS.md. Unlike latency, this hardly moves with other load."""
+    import os
+
+    from keel.config import RouteConfig, ShadowConfig
+    from keel.serving import InferenceServer
+    from keel.serving.routes import Tensors
+    from keel.serving.shadowing import ShadowRunner
+
+    def thread_cpu(tid: int) -> float:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    print(f"shadow CPU in the server's process, {rate:,.0f} copies/s of one row:")
+    x = np.random.default_rng(0).normal(size=(1, 30))
+    for isolate, gather_s in ((False, 0.0), (False, 0.02), (True, 0.0), (True, 0.02)):
+        cfg = RouteConfig(
+            name="gbm", model="gbm@champion", shadow=ShadowConfig(model="gbm@challenger")
+        )
+        server = InferenceServer([cfg], registry=proj.registry, log_=proj.log)
+        server.load_all()
+        route = server.routes["gbm"]
+        route.shadow_runner.close()  # replaced by one with the settings measured
+        runner = route.shadow_runner = ShadowRunner(
+            route, None, server.snapshot, registry=proj.registry, isolate=isolate, gather_s=gather_s
+        )
+        outputs = route.current.runtime.predict({"features": x})
+        runner.offer(Tensors({"features": x}, 1), outputs, 1.0)  # starts the candidate
+        while not runner.idle:
+            time.sleep(0.01)
+        items = [Tensors({"features": x}, 1) for _ in range(copies)]
+        before, start = thread_cpu(runner._thread.native_id), time.perf_counter()
+        for i, item in enumerate(items):
+            runner.offer(item, outputs, 1.0)
+            time.sleep(max(0.0, start + (i + 1) / rate - time.perf_counter()))
+        while not runner.idle:
+            time.sleep(0.001)
+        used = thread_cpu(runner._thread.native_id) - before
+        where = "in its own process" if runner.isolated else "on the shadow thread"
+        print(
+            f"  candidate {where:20s}, copies gathered {gather_s * 1000:3.0f} ms: "
+            f"{used / copies * 1e6:5.0f} µs per copy ({runner.dropped} dropped)"
+        )
+        runner.close()
 
 
 def show(title: str, results: dict) -> None:
@@ -133,7 +200,7 @@ def show(title: str, results: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", choices=["embed", "gbm", "shadow"])
+    ap.add_argument("--only", choices=["embed", "gbm", "shadow", "shadow-cpu"])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--embed-batch", type=int, default=16)
     args = ap.parse_args()
@@ -152,6 +219,8 @@ def main() -> None:
             show("route gbm (LightGBM 30 features x 200 trees, one row per request):", results)
         if args.only in (None, "shadow"):
             shadow_overhead(proj, args.seconds, concurrency=4, rate=1000)
+        if args.only in (None, "shadow-cpu"):
+            shadow_cpu(proj)
 
 
 if __name__ == "__main__":

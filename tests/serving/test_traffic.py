@@ -170,6 +170,73 @@ def test_evidence_survives_a_restart(world, running) -> None:
     assert st.diff.n == 25 and st.started_at == 5_000.0 and st.status == "comparing"
 
 
+def test_restarts_read_only_the_latest_evidence(world, running) -> None:
+    # Many snapshots of two candidates: the restored state is the latest of the right one, and
+    # later lookups read only what was appended since.
+    twin, train = world.train(seed=1)
+    world.registry.register("fraud", twin, training_set=train)
+    world.registry.register("fraud", twin, training_set=train)
+    clock = ManualClock(5_000.0)
+    first = make(world, clock, shadow=ShadowConfig(model="fraud@2", window_s=3600))
+    route = first.routes["fraud"]
+    for n in range(1, 41):
+        route.shadow_state.diff.update_many(np.zeros(1))
+        clock.advance(2.0)
+        first.snapshot(route)
+        if n == 20:
+            first.set_traffic("fraud", shadow=ShadowConfig(model="fraud@3", window_s=3600))
+            route.shadow_state.diff.update_many(np.zeros(100))
+    first.routes["fraud"].shadow_runner.close()
+
+    reads: list[int] = []
+    read = world.log.read
+
+    def counting(topic, partition, offset, max_records=10_000):
+        table = read(topic, partition, offset, max_records)
+        if topic == "keel.traffic":
+            reads.append(table.num_rows)
+        return table
+
+    world.log.read = counting
+    second = make(world, clock, shadow=ShadowConfig(model="fraud@2", window_s=3600))
+    assert second.routes["fraud"].shadow_state.diff.n == 20
+    assert sum(reads) > 40  # the one scan at start-up
+    reads.clear()
+    second.set_traffic("fraud", shadow=ShadowConfig(model="fraud@3", window_s=3600))
+    assert second.routes["fraud"].shadow_state.diff.n == 120
+    assert second.traffic("fraud")["shadow"]["samples"] == 120
+    assert sum(reads) == 1  # only its own traffic_set event was new
+    second.routes["fraud"].shadow_runner.close()
+
+
+def test_the_candidate_runs_in_its_own_process_and_stops_with_the_server(world, running) -> None:
+    import os
+    import signal
+
+    twin, train = world.train(seed=1)
+    world.registry.register("fraud", twin, training_set=train)
+    server = make(world, ManualClock(0.0), shadow=ShadowConfig(model="fraud@2", min_samples=1))
+    runner = server.routes["fraud"].shadow_runner
+    with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
+        predict_all(client, world.rows[:10])
+        drain(server)
+        assert runner.isolated and runner.candidate_pid not in (None, os.getpid())
+        state = server.routes["fraud"].shadow_state
+        assert (state.diff.n, state.errors, state.diff.mean) == (10, 0, 0.0)
+        first_pid = runner.candidate_pid
+        os.kill(first_pid, signal.SIGKILL)  # a crashed candidate is started again
+        deadline = time.monotonic() + 10
+        while state.diff.n < 20:
+            assert time.monotonic() < deadline, "the candidate was never restarted"
+            predict_all(client, world.rows[:1])
+            drain(server)
+        assert runner.candidate_pid not in (None, first_pid)
+        last_pid = runner.candidate_pid
+    assert runner.candidate_pid is None  # stopping the server stopped the process
+    with pytest.raises(ProcessLookupError):
+        os.kill(last_pid, 0)
+
+
 def test_a_canary_is_sticky_and_rolled_back_when_it_fails(world, running) -> None:
     import lightgbm
     import pandas as pd

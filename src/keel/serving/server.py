@@ -29,6 +29,7 @@ from keel.serving.predictions import PredictionLog, prediction_columns
 from keel.serving.routes import Deployed, Route, RouteConfig, Rows, Tensors, load, run_batch
 from keel.serving.shadowing import ShadowRunner
 from keel.serving.traffic import CanaryStats, ShadowState, bucket, check_compare
+from keel.serving.traffic_log import TrafficIndex
 
 __all__ = ["TRAFFIC", "UNSET", "InferenceServer"]
 
@@ -110,6 +111,7 @@ class InferenceServer:
         self.clock = clock or SystemClock()
         self._rng = random.Random()
         self._last_snapshot: dict[str, float] = {}
+        self._traffic = None if log_ is None else TrafficIndex(log_, TRAFFIC.name)
         if log_ is not None:
             log_.create_topic(TRAFFIC, exist_ok=True)
         self._watch_stop = threading.Event()
@@ -325,7 +327,9 @@ class InferenceServer:
             return
         route.shadow = shadow_dep
         if route.shadow_runner is None:
-            route.shadow_runner = ShadowRunner(route, self.features, self.snapshot, log=self.log)
+            route.shadow_runner = ShadowRunner(
+                route, self.features, self.snapshot, log=self.log, registry=self.registry
+            )
         state = route.shadow_state
         if state is None or state.candidate != shadow_dep.version:
             route.shadow_state = self._restore(
@@ -354,14 +358,9 @@ class InferenceServer:
         return ShadowState(route, candidate, primary, self.clock.now())
 
     def _events(self, route: str, kind: str) -> list[dict[str, Any]]:
-        if self.log is None:
-            return []
-        out = []
-        for p in range(self.log.topic(TRAFFIC.name).partitions):
-            for e in self.log.read(TRAFFIC.name, p, 0, 10**9).to_pylist():
-                if e["route"] == route and e["kind"] == kind:
-                    out.append({"at": e["ts"].isoformat(), **json.loads(e["payload"])})
-        return sorted(out, key=lambda e: e["at"])
+        """The route's latest events of ``kind`` (see :class:`TrafficIndex` for which are
+        kept), oldest first."""
+        return [] if self._traffic is None else self._traffic.events(route, kind)
 
     def publish(self, route: str, kind: str, payload: dict[str, Any]) -> None:
         """An event on the traffic topic (settings, evidence snapshots, decisions)."""

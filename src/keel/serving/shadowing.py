@@ -4,11 +4,16 @@ The request path only appends to a bounded queue (a copy that finds it full is d
 counted, never waited for). The runner's own thread drains the queue in batches, runs the
 candidate once per batch, compares the outputs vectorized and folds the discrepancies into
 the route's :class:`~keel.serving.traffic.ShadowState`.
+
+The candidate's forward passes run in a process of their own at a lower CPU priority
+(:mod:`keel.serving.isolation`) when the registry can hand the candidate to it, so they take
+neither the interpreter lock nor CPU time from the primary.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,17 +21,26 @@ from typing import Any
 
 import numpy as np
 
-from keel.serving.routes import Route, Rows, Tensors, run_batch
+from keel.errors import KeelError
+from keel.serving.isolation import CandidateProcess, candidate_spec, compare_outputs
+from keel.serving.routes import Deployed, Route, Rows, Tensors, run_batch
 from keel.serving.traffic import discrepancy
 
 __all__ = ["ShadowRunner"]
+
+log = logging.getLogger(__name__)
+
+RESTART_S = 2.0  # the least time between starts of a candidate process that keeps exiting
 
 # (what the candidate runs, the primary's outputs, the primary's latency, the request)
 Item = tuple[Tensors | Rows, dict[str, np.ndarray], float, Tensors | Rows]
 
 
 class ShadowRunner:
-    """Compares a route's candidate with its primary on copies of live requests."""
+    """Compares a route's candidate with its primary on copies of live requests.
+
+    With ``isolate`` (and a ``registry`` that can hand the candidate over) the candidate runs
+    in its own process at CPU priority ``nice``; otherwise on the runner's thread."""
 
     def __init__(
         self,
@@ -35,17 +49,24 @@ class ShadowRunner:
         on_update: Callable[[Route], None],
         *,
         log: Any = None,
+        registry: Any = None,
+        isolate: bool = True,
+        nice: int = 19,
         max_queue: int = 4096,
-        gather_s: float = 0.0,
+        gather_s: float = 0.02,
     ) -> None:
         self.route = route
         self.features = features
         self.on_update = on_update
         self.log = log
+        self.registry = registry
+        self.isolate = isolate
+        self.nice = nice
         self.max_queue = max_queue
-        # How long to gather copies before a candidate pass. Larger, rarer passes hold the
-        # interpreter in longer bursts, which the primary's p99 feels more (measured: 0 is
-        # best on the LightGBM route; see BENCHMARKS.md).
+        # How long to gather copies before a candidate pass. What the server's process does
+        # per pass (stacking, the hand-over, folding the statistics) costs about the same
+        # for 1 copy as for 20, so larger, rarer passes take far less of its CPU and lock
+        # (see BENCHMARKS.md); the evidence lags by this much, the client not at all.
         self.gather_s = gather_s
         self.dropped = 0
         self._queue: collections.deque[Item] = collections.deque()
@@ -57,6 +78,11 @@ class ShadowRunner:
             collections.OrderedDict()
         )
         self._labels: Any = None
+        self._process: CandidateProcess | None = None
+        # the route's candidate → what runs it (a twin forwarding to the process, or itself)
+        self._runs_on: tuple[Deployed, Deployed] | None = None
+        self._started_at = -RESTART_S
+        self._local_only: set[str] = set()  # versions whose process could not build them
         self._thread = threading.Thread(
             target=self._run, name=f"keel-shadow-{route.name}", daemon=True
         )
@@ -82,10 +108,26 @@ class ShadowRunner:
     def idle(self) -> bool:
         return not self._queue and not self._busy
 
+    @property
+    def isolated(self) -> bool:
+        """Whether the current candidate runs in its own process."""
+        return self._runs_on is not None and self._runs_on[0] is not self._runs_on[1]
+
+    @property
+    def candidate_pid(self) -> int | None:
+        """The candidate process's id, while one runs."""
+        process = self._process
+        return process.pid if process is not None and process.alive else None
+
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
         self._thread.join(5)
+        # Once the thread is done nothing else uses the process (if the thread is stuck
+        # waiting on it, closing the pipe wakes it with an error).
+        process, self._process = self._process, None
+        if process is not None:
+            process.close()
 
     def _run(self) -> None:
         limit = max(self.route.config.max_batch_size, 1)
@@ -101,8 +143,48 @@ class ShadowRunner:
                     self._stop.wait(self.gather_s)
                 items = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
                 self._compare(items)
+            except Exception:
+                # The runner outlives a bad batch: the next copies are still compared.
+                log.exception("route %s: a shadow comparison failed", self.route.name)
             finally:
                 self._busy = False
+
+    def _runner_for(self, candidate: Deployed) -> Deployed:
+        """What runs ``candidate``: a twin in the candidate process, started (or restarted)
+        as needed, or the candidate itself when it cannot be handed over."""
+        known = self._runs_on is not None and self._runs_on[0] is candidate
+        process = self._process
+        if known and (process is None or process.alive):
+            return self._runs_on[1]
+        if known and time.monotonic() - self._started_at < RESTART_S:
+            # A process that keeps exiting is not restarted in a loop: until it is, the
+            # copies fail against the exited one and count as the candidate's errors.
+            return self._runs_on[1]
+        runs_on = candidate
+        cfg = self.route.config
+        spec = None
+        if self.isolate and candidate.version not in self._local_only:
+            spec = candidate_spec(candidate, self.registry, device=cfg.device, threads=cfg.threads)
+        if spec is not None:
+            if process is None or not process.alive:
+                if process is not None:
+                    process.close()
+                self._started_at = time.monotonic()
+                self._process = process = CandidateProcess(nice=self.nice)
+            try:
+                runs_on = process.load(spec, candidate)
+            except KeelError as exc:
+                # It loaded in this process (the server checked it), so it still runs here.
+                self._local_only.add(candidate.version)
+                log.error(
+                    "route %s: candidate %s cannot run in its own process (%s); running it "
+                    "in the server's",
+                    self.route.name,
+                    candidate.version,
+                    exc,
+                )
+        self._runs_on = (candidate, runs_on)
+        return runs_on
 
     def _join_labels(self) -> None:
         """Fold in the outcomes that arrived for shadowed requests: both versions' loss."""
@@ -139,48 +221,125 @@ class ShadowRunner:
         )
         if st is None or cfg is None or candidate is None or st.status != "comparing":
             return
+        runs_on = self._runner_for(candidate)
+        if not self._compare_stacked(items, runs_on, candidate):
+            self._compare_each(items, runs_on, candidate)
+        self.on_update(route)
+
+    def _compare_stacked(self, items: list[Item], runs_on: Deployed, candidate: Deployed) -> bool:
+        """The common case in one step: copies that all carry the model's input tensors
+        are stacked, run, and compared in one call (in the candidate's process when it has
+        one), with no Python loop over the copies while the interpreter lock is held — the
+        event loop waits on that lock. False (nothing counted) when the copies need the
+        general path: rows to join, outputs that do not stack, or a copy that fails."""
+        cfg, st = self.route.config.shadow, self.route.shadow_state
+        payloads = [p for p, _, _, _ in items]
+        if not all(isinstance(p, Tensors) for p in payloads):
+            return False
+        outputs = {s.name for s in candidate.runtime.outputs}
+        name = next((n for n in items[0][1] if n in outputs), None)
+        if name is None:
+            return False
+        try:
+            inputs = {
+                s.name: np.concatenate([p.arrays[s.name] for p in payloads])
+                for s in candidate.runtime.inputs
+            }
+            primary = np.concatenate([o[name] for _, o, _, _ in items])
+        except (KeyError, ValueError):
+            return False
+        process = self._process if runs_on is not candidate else None
+        try:
+            if process is not None:
+                diffs, scores, predict_s = process.compare(
+                    inputs, name, primary, cfg.compare, cfg.top_k
+                )
+            else:
+                diffs, scores, predict_s = compare_outputs(
+                    candidate.runtime, inputs, name, primary, cfg.compare, cfg.top_k
+                )
+        except Exception:
+            return False  # the general path finds which copies fail
+        st.requests += len(items)
+        if cfg.labels is not None:
+            start = 0
+            for p, (_, _, _, source) in zip(payloads, items, strict=True):
+                end = start + p.n
+                self._await_labels(source, primary[start:end], scores[start:end])
+                start = end
+        self._fold(diffs, predict_s, items)
+        return True
+
+    def _compare_each(self, items: list[Item], runs_on: Deployed, candidate: Deployed) -> None:
+        """Any copies: rows joined for the candidate, and a failing copy counted as an error
+        while the others still count."""
+        route, st, cfg = self.route, self.route.shadow_state, self.route.config.shadow
+        process = self._process if runs_on is not candidate else None
+        if process is not None:
+            process.transport_s = 0.0
         started = time.perf_counter()
         try:
-            results = run_batch(route, [p for p, _, _, _ in items], self.features, candidate)
+            results = run_batch(route, [p for p, _, _, _ in items], self.features, runs_on)
         except Exception:
             results = []
             for p, _, _, _ in items:  # find which copies fail; the others still count
                 try:
-                    results.extend(run_batch(route, [p], self.features, candidate))
+                    results.extend(run_batch(route, [p], self.features, runs_on))
                 except Exception as exc:
                     results.append(exc)
-        # Model time against model time: the candidate's forward pass per example versus
-        # the primary's (its batcher's moving average), queueing excluded on both sides.
-        per_example_ms = (time.perf_counter() - started) * 1000 / max(len(items), 1)
-        primary_s = route.batcher.seconds_per_request if route.batcher is not None else 0.0
-        primary_ms = primary_s * 1000 if primary_s else None
-        diffs = []
-        labels = cfg.labels
-        for (_, primary, _, payload), result in zip(items, results, strict=True):
+        # The hand-over to the candidate's process is not the candidate's model time.
+        elapsed = time.perf_counter() - started
+        if process is not None:
+            elapsed = max(elapsed - process.transport_s, 0.0)
+        # One discrepancy call per output name for the whole batch, not one per copy.
+        pairs: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        for (_, primary, _, source), result in zip(items, results, strict=True):
             st.requests += 1
             if isinstance(result, BaseException):
                 st.errors += 1
                 continue
             outputs = result[0]
             name = next((n for n in primary if n in outputs), None)
-            if name is None:
+            if name is None or np.shape(primary[name]) != np.shape(outputs[name]):
                 st.errors += 1
                 continue
-            diffs.append(discrepancy(cfg.compare, primary[name], outputs[name], cfg.top_k))
-            if labels is not None and isinstance(payload, Rows):
-                for row, p, c in zip(
-                    payload.rows, np.ravel(primary[name]), np.ravel(outputs[name]), strict=False
-                ):
-                    if labels.id in row:
-                        self._awaiting[row[labels.id]] = (float(p), float(c))
-                while len(self._awaiting) > 100_000:
-                    self._awaiting.popitem(last=False)
-        if diffs:
-            st.diff.update_many(np.concatenate(diffs))
-            st.candidate_ms.update_many([per_example_ms])
-            primary_each = [ms for _, _, ms, _ in items] if primary_ms is None else [primary_ms]
-            st.primary_ms.update_many(primary_each)
-        self.on_update(route)
+            a, b = pairs.setdefault(name, ([], []))
+            a.append(np.asarray(primary[name]))
+            b.append(np.asarray(outputs[name]))
+            if cfg.labels is not None:
+                self._await_labels(source, primary[name], outputs[name])
+        if pairs:
+            diffs = [
+                discrepancy(cfg.compare, np.concatenate(a), np.concatenate(b), cfg.top_k)
+                for a, b in pairs.values()
+            ]
+            self._fold(np.concatenate(diffs), elapsed, items)
+
+    def _await_labels(
+        self, source: Tensors | Rows, primary: np.ndarray, candidate: np.ndarray
+    ) -> None:
+        """Remember both scores of the source's rows that carry a label id."""
+        labels = self.route.config.shadow.labels
+        if not isinstance(source, Rows):
+            return
+        for row, p, c in zip(source.rows, np.ravel(primary), np.ravel(candidate), strict=False):
+            if labels.id in row:
+                self._awaiting[row[labels.id]] = (float(p), float(c))
+        while len(self._awaiting) > 100_000:
+            self._awaiting.popitem(last=False)
+
+    def _fold(self, diffs: np.ndarray, candidate_s: float, items: list[Item]) -> None:
+        """Fold a batch's discrepancies and latencies into the evidence."""
+        route, st = self.route, self.route.shadow_state
+        st.diff.update_many(diffs)
+        # Model time against model time: the candidate's forward pass per example versus
+        # the primary's (its batcher's moving average), queueing excluded on both sides.
+        st.candidate_ms.update_many([candidate_s * 1000 / max(len(items), 1)])
+        primary_s = route.batcher.seconds_per_request if route.batcher is not None else 0.0
+        if primary_s:
+            st.primary_ms.update_many([primary_s * 1000])
+        else:
+            st.primary_ms.update_many([ms for _, _, ms, _ in items])
 
 
 def _loss(kind: str, y: float, score: float) -> float:
