@@ -9,7 +9,7 @@ from scipy import stats
 
 from keel.errors import ValidationError
 from keel.monitoring import DriftDetector
-from keel.monitoring.drift import chi2, ks, ks_wasserstein, mmd
+from keel.monitoring.drift import _ks_pvalue, _ks_spread, chi2, ks, ks_wasserstein, mmd
 
 
 def test_ks_and_chi_square_agree_with_scipy() -> None:
@@ -25,6 +25,43 @@ def test_ks_and_chi_square_agree_with_scipy() -> None:
     stat, p = chi2(r, c)
     ref = stats.chi2_contingency(np.vstack([r, c]), correction=False)
     assert abs(stat - ref.statistic) < 1e-9 and abs(p - ref.pvalue) < 1e-9
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        pytest.param(lambda rng, n, s: rng.normal(s, 1, n), id="continuous"),
+        pytest.param(lambda rng, n, s: rng.integers(0, 8 + int(3 * s), n) * 1.0, id="ties"),
+        pytest.param(lambda rng, n, s: np.round(rng.gamma(2, 2 + s, n), 1), id="rounded"),
+        pytest.param(lambda rng, n, s: rng.normal(5 * s, 1, n), id="disjoint"),
+    ],
+)
+def test_ks_and_wasserstein_match_scipy_on_any_sample(draw) -> None:
+    rng = np.random.default_rng(7)
+    for n, m in [(3, 2), (5, 400), (400, 5), (2000, 2000), (3001, 777)]:
+        a, b = draw(rng, n, 0.0), draw(rng, m, rng.uniform(0, 1))
+        d, p, w = ks_wasserstein(np.sort(a), b)
+        ref = stats.ks_2samp(a, b, method="asymp")
+        assert (d, p) == (ref.statistic, ref.pvalue)  # the same float operations, bit for bit
+        assert abs(w - stats.wasserstein_distance(a, b)) < 1e-9
+
+
+@pytest.mark.parametrize("n", [20_000, 60_001])
+@pytest.mark.parametrize("nxx", [1.0, 2.2, 3.0, 12.0, 80.0, 369.0, 0.3 * 60_001])
+def test_the_p_value_of_a_large_sample_matches_scipy(n: int, nxx: float) -> None:
+    d = min(np.sqrt(nxx / n), 0.9)
+    want = stats.kstwo.sf(d, n)
+    assert abs(_ks_pvalue(d, n) - want) <= 1e-9 * want + 1e-300
+
+
+def test_calibration_ks_equals_ks_of_each_window_against_the_rest() -> None:
+    rng = np.random.default_rng(8)
+    sample = np.sort(np.round(rng.normal(0, 1, 3000), 1))  # ties, as integer features have
+    windows = np.sort([rng.choice(3000, 150, replace=False) for _ in range(10)], axis=1)
+    for got, window in zip(_ks_spread(sample, windows), windows, strict=True):
+        picked = np.zeros(3000, dtype=bool)
+        picked[window] = True
+        assert got == ks(sample[~picked], sample[picked])[0]
 
 
 def make(
@@ -95,3 +132,55 @@ def test_alert_levels_follow_the_window_size(detector: DriftDetector) -> None:
     for rows in (500, 8000):
         alerts = sum("amount" in detector.score(make(rng, rows)).drifted for _ in range(30))
         assert alerts <= 2
+
+
+def test_a_subset_or_one_column_scores_alone(detector: DriftDetector) -> None:
+    rng = np.random.default_rng(9)
+    window = make(rng, 2000, shift=0.3, emb_shift=0.5)
+    full = detector.score(window).by_feature()
+    part = detector.score(window.select(["amount", "emb"]), features=["amount", "emb"])
+    assert [f.feature for f in part.features] == ["amount", "emb"]
+    assert part.by_feature()["amount"] == full["amount"]
+    one = detector.score_feature("amount", window["amount"].to_numpy())
+    assert one == full["amount"] and one.drifted
+    emb = np.asarray(window["emb"].combine_chunks().flatten()).reshape(-1, 8)
+    assert detector.score_feature("emb", emb) == full["emb"]
+    with pytest.raises(ValidationError, match="does not watch 'amout' — did you mean 'amount'"):
+        detector.score_feature("amout", [1.0])
+    with pytest.raises(ValidationError, match="no rows"):
+        detector.score_feature("amount", [])
+
+
+def test_threads_do_not_change_the_results() -> None:
+    rng = np.random.default_rng(10)
+    n = 60_000  # enough rows for the work to be shared out
+    reference = pa.table(
+        {"a": rng.normal(0, 1, n), "b": rng.poisson(3, n), "c": rng.gamma(2, 1, n)}
+    )
+    window = pa.table({"a": rng.normal(0.1, 1, n), "b": rng.poisson(3, n), "c": rng.gamma(2, 1, n)})
+    alone = DriftDetector(workers=1).fit(reference)
+    shared = DriftDetector(workers=3).fit(reference)
+    assert alone.thresholds_ == shared.thresholds_
+    assert list(shared.thresholds_) == ["a", "b", "c"]
+    assert alone.score(window) == shared.score(window)
+
+
+def test_a_time_ordered_reference_calibrates_on_contiguous_stretches() -> None:
+    """Live windows are stretches of time, not random rows: with a daily cycle in the data,
+    levels calibrated on random rows alert on healthy windows; on stretches they do not."""
+    rng = np.random.default_rng(4)
+
+    def cycle(n: int, phase: float = 0.0) -> np.ndarray:
+        t = np.arange(n) / 1000 + phase  # 1,000 rows a day
+        return np.sin(2 * np.pi * t) + rng.normal(0, 0.5, n)
+
+    reference = pa.table({"x": cycle(20_000)})
+    shuffled = DriftDetector(chunks=40).fit(reference)
+    ordered = DriftDetector(chunks=40, ordered=True).fit(reference)
+    healthy = [pa.table({"x": cycle(500, phase=rng.uniform(0, 1))}) for _ in range(60)]
+    alerts_shuffled = sum(bool(shuffled.score(w).drifted) for w in healthy)
+    alerts_ordered = sum(bool(ordered.score(w).drifted) for w in healthy)
+    assert alerts_shuffled > 30
+    assert alerts_ordered <= 3
+    # A real shift is still caught.
+    assert ordered.score(pa.table({"x": cycle(500) + 1.5})).drifted == ["x"]
