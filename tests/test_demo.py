@@ -14,13 +14,14 @@ from keel.demo import run_demo
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     console = Console(record=True, width=120)
     result = run_demo(
-        days=3,
-        users=300,
-        items=100,
+        days=14,
+        users=1500,
+        items=200,
         live_seconds=1.0,
         live_rate=500,
         keep=tmp_path / "demo",
         console=console,
+        quick=True,
     )
     text = console.export_text()
     assert result.read_back == result.appended["shop.events"] > 0
@@ -33,6 +34,10 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.swapped_to == "fraud@2" and result.swap_errors == 0
     assert result.bench_peak > 0
     assert result.promoted_to == "fraud@3" and result.traffic_errors == 0
+    # The drift injected half way is flagged, and the report is written.
+    assert result.monitor_windows >= 4 and result.drift_window is not None
+    assert result.drifted_after
+    assert Path(result.report).exists()
     for step in (
         "1. Project",
         "2. History",
@@ -41,5 +46,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "5. Read back",
         "6. Online lookups",
         "7. Training set",
+        "11. Monitoring",
     ):
         assert step in text

@@ -167,3 +167,66 @@ def test_registry_commands(project_dir: Path) -> None:
     assert "reproduced" in same.output
     missing = keel(project_dir, "registry", "show", "fraud@nope")
     assert missing.exit_code == 1 and "no alias 'nope'" in missing.output
+
+
+def test_monitor_commands(project_dir: Path) -> None:
+    import asyncio
+
+    import lightgbm
+    import pyarrow as pa
+
+    from keel.serving import InferenceServer
+    from keel.serving.routes import Rows
+    from keel.shop import Shop
+
+    assert keel(project_dir, "apply").exit_code == 0
+    project = Project.load(project_dir / "keel.toml")
+    shop = Shop(seed=5, n_users=1500, n_items=100)
+    for name, table in {**shop.catalog(), **shop.history(days=3)}.items():
+        project.log.append(name, table)
+    project.features.backfill()
+    log = project.log
+    pays = pa.concat_tables([log.read("shop.payments", p, 0, 10**6) for p in range(4)])
+    labels = pa.concat_tables([log.read("shop.fraud_labels", p, 0, 10**6) for p in range(4)])
+    rows = pays.join(labels.select(["payment_id", "is_fraud"]), "payment_id").sort_by("ts")
+    train = project.features.training_set(rows, ["card_payments", "user_activity"])
+    names = [
+        c
+        for c in train.column_names
+        if "__" in c and (pa.types.is_integer(train[c].type) or pa.types.is_floating(train[c].type))
+    ] + ["amount"]
+    x = pa.table({n: train[n].cast(pa.float64()) for n in names}).to_pandas()
+    model = lightgbm.LGBMClassifier(n_estimators=20, verbose=-1).fit(x, train["is_fraud"])
+    project.registry.register("fraud", model, training_set=train)
+    project.registry.set_alias("fraud", "champion", 1)
+
+    missing = keel(project_dir, "monitor", "--once")
+    assert missing.exit_code == 1 and "no prediction log yet" in missing.output, missing.output
+
+    cfg = next(r for r in project.settings.routes if r.name == "fraud")
+    server = InferenceServer([cfg], registry=project.registry, features=project.features, log_=log)
+    server.load_all()
+    served = pays.slice(pays.num_rows - 450).to_pylist()
+
+    async def go() -> None:
+        await server.start()
+        for i in range(0, len(served), 15):
+            part = [
+                {k: r[k] for k in ("payment_id", "card_id", "user_id", "amount")}
+                for r in served[i : i + 15]
+            ]
+            await server.infer("fraud", Rows(part, len(part)))
+        await server.stop()
+
+    asyncio.run(go())
+
+    once = keel(project_dir, "monitor", "--once")
+    assert once.exit_code == 0, once.output
+    assert "window 0: 200 rows" in once.output and "window 1: 200 rows" in once.output
+    status = keel(project_dir, "monitor", "status", "fraud")
+    assert status.exit_code == 0 and "the last 2 monitored windows" in status.output
+    report = keel(project_dir, "monitor", "report", "fraud", "-o", str(project_dir / "r.html"))
+    assert report.exit_code == 0, report.output
+    assert "<html" in (project_dir / "r.html").read_text()[:500].lower()
+    typo = keel(project_dir, "monitor", "status", "frod")
+    assert typo.exit_code == 1 and "did you mean 'fraud'" in typo.output

@@ -39,7 +39,8 @@ def risk_route(world):
         {
             "card_id": rng.integers(0, 50, n),
             "ts": pa.array(
-                [world.now - timedelta(minutes=int(m)) for m in minutes], pa.timestamp("us", tz="UTC")
+                [world.now - timedelta(minutes=int(m)) for m in minutes],
+                pa.timestamp("us", tz="UTC"),
             ),
             "amount": amount,
             "y": (rng.random(n) < _risk(amount)).astype(np.int64),

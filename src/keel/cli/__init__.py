@@ -9,6 +9,7 @@ from rich.table import Table
 
 from keel.cli import features as features_cli
 from keel.cli import log as log_cli
+from keel.cli import monitor as monitor_cli
 from keel.cli import registry as registry_cli
 from keel.cli import serve as serve_cli
 from keel.cli import traffic as traffic_cli
@@ -29,6 +30,7 @@ app.add_typer(features_cli.app, name="features")
 app.add_typer(registry_cli.app, name="registry")
 serve_cli.register(app)
 traffic_cli.register(app)
+monitor_cli.register(app)
 
 
 @app.callback()
@@ -85,7 +87,7 @@ def config_show(ctx: typer.Context) -> None:
 @app.command("demo")
 @friendly
 def demo(
-    days: float = typer.Option(7.0, help="days of shop history to stream into the log"),
+    days: float = typer.Option(14.0, help="days of shop history to stream into the log"),
     users: int = typer.Option(5_000, help="shop users"),
     items: int = typer.Option(2_000, help="shop items"),
     live_seconds: float = typer.Option(3.0, help="seconds of live stream after the history"),

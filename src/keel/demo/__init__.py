@@ -27,16 +27,17 @@ from keel.demo.data_steps import (
     time_ordered_chunks,
 )
 from keel.demo.model_steps import show_registry, show_serving
+from keel.demo.monitor_step import show_monitoring
 from keel.demo.result import DemoResult
 from keel.project import Project, init_project
-from keel.shop import EVENTS, Shop
+from keel.shop import EVENTS, Shift, Shop
 
 __all__ = ["DemoResult", "run_demo"]
 
 
 def run_demo(
     *,
-    days: float = 7.0,
+    days: float = 14.0,
     users: int = 5_000,
     items: int = 2_000,
     live_seconds: float = 3.0,
@@ -85,7 +86,15 @@ def _run(
     result = DemoResult(project_dir=root)
 
     now = datetime.now(UTC).replace(microsecond=0)
-    shop = Shop(seed=seed, n_users=users, n_items=items, start=now - timedelta(days=days))
+    # Some fraud rings browse and buy in the victim's account first, so an active account
+    # alone does not tell a real shopper.
+    shop = Shop(
+        seed=seed,
+        n_users=users,
+        n_items=items,
+        start=now - timedelta(days=days),
+        shift=Shift(fraud_browse_share=0.3),
+    )
     for name, table in shop.catalog().items():
         log.append(name, table)
         result.appended[name] = table.num_rows
@@ -162,9 +171,10 @@ def _run(
     )
     console.print(stats_table(log))
     show_lookups(console, features, result)
-    train = show_training_set(console, features, result)
+    train = show_training_set(console, features, result, start=now - timedelta(days=days), now=now)
     show_registry(console, project, train, result)
     show_serving(console, project, train, result, quick=quick)
+    show_monitoring(console, project, shop, result, days=days, quick=quick)
     _summary(console, project, result)
     return result
 
@@ -190,4 +200,13 @@ def _summary(console: Console, project: Project, result: DemoResult) -> None:
         table.add_row("", f"keel -c {cfg} bench fraud")
         table.add_row("", f"keel -c {cfg} registry lineage fraud@champion")
         table.add_row("", f"keel -c {cfg} registry reproduce fraud@champion")
+    if result.report:
+        drifted = ", ".join(f.split("__")[-1] for f in result.drifted_after[:6])
+        table.add_row(
+            "monitor",
+            f"{result.monitor_windows} windows; after the drift: {drifted or 'nothing'}"
+            + ("; performance alert" if result.performance_alert_after else ""),
+        )
+        table.add_row("", f"report {result.report}")
+        table.add_row("", f"keel -c {cfg} monitor status fraud")
     console.print(Panel(table, title="Keel so far", expand=False))

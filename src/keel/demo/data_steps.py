@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -156,7 +156,15 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h old"
 
 
-def show_training_set(console: Console, features: FeatureStore, result: DemoResult) -> pa.Table:
+def show_training_set(
+    console: Console, features: FeatureStore, result: DemoResult, *, start: datetime, now: datetime
+) -> pa.Table:
+    """Payments between a warm-up (their longest windows full of history) and a settling time
+    (their labels in: a legitimate payment is confirmed a day or more later), so the training
+    set looks like the traffic the model will score."""
+    days = (now - start) / timedelta(days=1)
+    warmup = timedelta(days=min(7.0, days / 2))
+    settle = timedelta(hours=round(min(72.0, days * 24 / 5)))
     console.print(
         "[bold]7. Training set[/], point in time: every labelled payment with its "
         "card's and user's features as they were at the payment"
@@ -165,6 +173,17 @@ def show_training_set(console: Console, features: FeatureStore, result: DemoResu
     labels = _read_all(log, LABELS.name).select(["payment_id", "is_fraud"])
     pays = _read_all(log, PAYMENTS.name).select(
         ["payment_id", "ts", "card_id", "user_id", "amount"]
+    )
+    ts_type = pays.schema.field("ts").type
+    pays = pays.filter(
+        pc.and_(
+            pc.greater_equal(pays["ts"], pa.scalar(start + warmup, ts_type)),
+            pc.less(pays["ts"], pa.scalar(now - settle, ts_type)),
+        )
+    )
+    console.print(
+        f"   payments from {format_duration(warmup)} after the history starts (the 7-day "
+        f"windows are full) to {format_duration(settle)} ago (their labels are in)"
     )
     rows = pays.join(labels, "payment_id", join_type="inner").sort_by("ts")
     start = time.perf_counter()

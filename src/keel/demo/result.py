@@ -27,3 +27,9 @@ class DemoResult:
     swapped_to: str = ""
     promoted_to: str = ""
     traffic_errors: int = -1
+    monitor_windows: int = 0
+    drift_window: int | None = None
+    alerts_before: int = 0
+    drifted_after: list[str] = field(default_factory=list)
+    performance_alert_after: bool = False
+    report: str = ""

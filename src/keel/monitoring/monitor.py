@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from keel.clock import Clock, SystemClock
 from keel.config import MonitorConfig, RouteConfig
 from keel.errors import NotFoundError, ValidationError
-from keel.log import Topic
+from keel.log import OFFSET, Topic
 from keel.monitoring.concept import LossEstimator, row_loss
 from keel.monitoring.drift import DriftDetector, FeatureDrift
 from keel.prediction_log import KEY_PREFIX, OUTPUT_PREFIX, STALE_PREFIX, topic_name
@@ -91,6 +91,9 @@ class Monitor:
         Stamps the events (injectable, as everywhere).
     metrics
         A ``prometheus_client.CollectorRegistry`` to export gauges to (optional).
+    start
+        Where a route that was never monitored starts: ``"earliest"`` (the whole log) or
+        ``"latest"`` (from now on). A route monitored before resumes after its last window.
     """
 
     def __init__(
@@ -102,7 +105,10 @@ class Monitor:
         features: Any = None,
         clock: Clock | None = None,
         metrics: Any = None,
+        start: str = "earliest",
     ) -> None:
+        if start not in ("earliest", "latest"):
+            raise ValidationError(f"monitor start must be 'earliest' or 'latest', not {start!r}")
         self.route = route
         self.config = route.monitor or MonitorConfig()
         self.log = log_
@@ -119,6 +125,8 @@ class Monitor:
         self._labels: Any = None
         self._alerting = False
         self.next_offset_, self.windows_ = self._resume()
+        if self.windows_ == 0 and start == "latest" and _has_topic(log_, self.topic):
+            self.next_offset_ = self.log.end_offsets(self.topic)[0]
 
     # -- the reference -------------------------------------------------------------------
     def fit(self) -> Monitor:
@@ -135,6 +143,9 @@ class Monitor:
         if self.features is None:
             raise ValidationError("monitoring a route needs the project's feature store")
         train = self.registry.training_set(name, version.version, self.features)
+        stamp = (version.lineage.get("training_set") or {}).get("timestamp", "ts")
+        if stamp in train.column_names:  # time order: calibration windows are stretches of it
+            train = train.sort_by(stamp)
         runtime = runtime_for(self.registry.load(name, version.version), version.format)
         names = list(getattr(runtime, "feature_names", []) or [])
         if not names:
@@ -163,6 +174,7 @@ class Monitor:
             features=names + out_names,
             categorical=self.config.categorical,
             false_alert_rate=self.config.false_alert_rate,
+            ordered=True,
         ).fit(table)
         self.reference_ = Reference(version.ref, table, names, out_names, table.num_rows)
         self._fit_estimator(train, table, names, out_names)
@@ -194,6 +206,61 @@ class Monitor:
         self.estimator_ = estimator.fit(held.select(names), held[outputs[0]].to_numpy(), y[start:])
         self.reference_.labelled = held.num_rows
 
+    def calibration(self) -> dict[str, dict[str, Any]]:
+        """Each watched column's baseline (the statistic between healthy chunks of the
+        reference) and the alert level chosen from it; the loss estimate's too."""
+        det = self.detector_
+        if det is None:
+            self.fit()
+            det = self.detector_
+        size = self.config.window_rows
+        out = {}
+        for name, kind in det.kinds_.items():
+            mean, std = det.baseline_[name]
+            out[name] = {
+                "statistic": {"numeric": "ks", "categorical": "chi2"}.get(kind, "mmd"),
+                "baseline_mean": mean,
+                "baseline_std": std,
+                "level": det.threshold(name, size),
+                "window_rows": size,
+                "false_alert_rate": det.false_alert_rate,
+            }
+        est = self.estimator_
+        if est is not None:
+            out[f"estimated {est.loss}"] = {
+                "statistic": f"mean {est.loss}",
+                "baseline_mean": est.baseline_[0],
+                "baseline_std": est.baseline_[1],
+                "level": est.threshold(size),
+                "window_rows": size,
+                "false_alert_rate": est.false_alert_rate,
+            }
+        return out
+
+    def current(self) -> pa.Table | None:
+        """The rows of the last scored window, as served."""
+        if self.windows_ == 0:
+            return None
+        size = self.config.window_rows
+        return self.log.read(self.topic, 0, max(self.next_offset_ - size, 0), size)
+
+    def report(self, path: Any) -> Any:
+        """Write the HTML report of this route's monitored windows to ``path``."""
+        from keel.monitoring.report import write_report
+
+        if self.reference_ is None:
+            self.fit()
+        ref = self.reference_
+        return write_report(
+            path,
+            route=self.route.name,
+            model=f"{self.route.model} ({ref.version})",
+            history=history(self.log, self.route.name),
+            reference=ref.table,
+            current=self.current(),
+            calibration=self.calibration(),
+        )
+
     # -- windows -------------------------------------------------------------------------
     def step(self) -> list[dict[str, Any]]:
         """Score every complete window logged since the last one; join arrived labels.
@@ -214,7 +281,8 @@ class Monitor:
             window = self.log.read(self.topic, 0, self.next_offset_, size)
             if window.num_rows < size:
                 break
-            records.append(self._score(window, self.next_offset_ + size))
+            # The last offset read, not next + size: retention may have dropped the start.
+            records.append(self._score(window, int(window.column(OFFSET)[-1].as_py()) + 1))
         self._join_labels()
         return records
 
@@ -238,8 +306,13 @@ class Monitor:
                 f"route {self.route.name!r}: the prediction log has no column {missing[0]!r}, "
                 f"which {ref.version} was trained on; was another model served?"
             )
-        drift = self.detector_.score(window.select(ref.features + ref.outputs))
-        by_name = drift.by_feature()
+        watched = ref.features + ref.outputs
+        # A column with no values at all in this window (a feature that stopped arriving) is
+        # an alert of its own, not a reason to skip the window.
+        empty = [n for n in watched if _empty(window[n])]
+        scored = [n for n in watched if n not in empty]
+        by_name = self.detector_.score(window, features=scored).by_feature() if scored else {}
+        by_name.update({n: _no_values(n, self.detector_.kinds_[n]) for n in empty})
         ts = window["ts"]
         record: dict[str, Any] = {
             "route": self.route.name,
@@ -301,7 +374,11 @@ class Monitor:
         }
 
     def _alerts(self, record: dict[str, Any]) -> list[str]:
-        alerts = [f"drift:{f['feature']}" for f in record["features"] if f["drifted"]]
+        alerts = [
+            f"{'missing' if f['value'] is None else 'drift'}:{f['feature']}"
+            for f in record["features"]
+            if f["drifted"]
+        ]
         if record["prediction"] is not None and record["prediction"]["drifted"]:
             alerts.append("prediction")
         if record["performance"] is not None and record["performance"]["alert"]:
@@ -465,7 +542,7 @@ def _events(log_: Any, route: str, kinds: tuple[str, ...]) -> Any:
             batch = log_.read(MONITOR.name, p, offset, 10_000)
             if not batch.num_rows:
                 break
-            offset += batch.num_rows
+            offset = int(batch.column(OFFSET)[-1].as_py()) + 1
             for e in batch.to_pylist():
                 if e["route"] == route and e["kind"] in kinds:
                     yield {"kind": e["kind"], "at": e["ts"].isoformat(), **json.loads(e["payload"])}
@@ -475,7 +552,32 @@ def _has_topic(log_: Any, name: str) -> bool:
     return any(t.name == name for t in log_.topics())
 
 
-def _drift_dict(f: FeatureDrift) -> dict[str, Any]:
+def _empty(column: Any) -> bool:
+    if column.null_count == len(column):
+        return True
+    if pa.types.is_floating(column.type):
+        return not pc.any(pc.invert(pc.is_nan(column.drop_null()))).as_py()
+    return False
+
+
+def _no_values(name: str, kind: str) -> dict[str, Any]:
+    return {
+        "feature": name,
+        "kind": kind,
+        "statistic": "missing",
+        "value": None,
+        "threshold": None,
+        "p_value": None,
+        "psi": None,
+        "wasserstein": None,
+        "jensen_shannon": None,
+        "drifted": True,
+    }
+
+
+def _drift_dict(f: FeatureDrift | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(f, dict):
+        return f
     return {
         "feature": f.feature,
         "kind": f.kind,
@@ -566,8 +668,9 @@ class _Gauges:
         if record["prediction"] is not None:
             entries.append(record["prediction"])
         for f in entries:
-            self.statistic.labels(r, f["feature"], f["statistic"]).set(f["value"])
-            self.threshold.labels(r, f["feature"]).set(f["threshold"])
+            if f["value"] is not None:
+                self.statistic.labels(r, f["feature"], f["statistic"]).set(f["value"])
+                self.threshold.labels(r, f["feature"]).set(f["threshold"])
             self.drifted.labels(r, f["feature"]).set(1 if f["drifted"] else 0)
         if record["performance"] is not None:
             self.estimated.labels(r).set(record["performance"]["estimated"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,9 @@ class Route:
         self.shadow_state: Any = None
         self.join_keys: list[str] = []
         self.predictions: Any = None  # a PredictionLog when the route is monitored
+        # When feature lookups are made (seconds since the epoch); None: now. A replay or a
+        # simulation serves as of its own clock.
+        self.features_at: Callable[[], float] | None = None
 
     def entity_key(self, payload: Tensors | Rows, header_key: str | None) -> Any:
         """The key a canary split is sticky by: the first joined entity's key of the first
@@ -195,7 +198,8 @@ def rows_to_tensors(
                 raise ValidationError(
                     f"route {route.name!r}: each row needs the entity key {jk!r}"
                 ) from None
-        got = features.get_online(refs, keys)
+        at = None if route.features_at is None else route.features_at()
+        got = features.get_online(refs, keys, at=at)
         for name, values in got.values.items():
             arr = np.asarray(values)
             if arr.dtype.kind in "fiub":

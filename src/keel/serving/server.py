@@ -96,6 +96,7 @@ class InferenceServer:
         log_: Any = None,
         follow_features: bool = False,
         clock: Clock | None = None,
+        features_at: Callable[[], float] | None = None,
     ) -> None:
         names = [c.name for c in configs]
         if len(set(names)) != len(names):
@@ -109,6 +110,7 @@ class InferenceServer:
         self.started = time.time()
         self.follow_features = follow_features
         self.clock = clock or SystemClock()
+        self.features_at = features_at  # when joined features are looked up (None: now)
         self._rng = random.Random()
         self._last_snapshot: dict[str, float] = {}
         self._traffic = None if log_ is None else TrafficIndex(log_, TRAFFIC.name)
@@ -131,6 +133,7 @@ class InferenceServer:
         if cfg.fast_path is not None:
             fast = load(cfg.fast_path.model, self.registry, device="cpu")
         route = Route(cfg, deployed, fast)
+        route.features_at = self.features_at
         if cfg.features and self.features is not None:
             route.join_keys = list(
                 dict.fromkeys(v.entity.join_key for v, _ in self.features.resolve(cfg.features))
@@ -255,6 +258,7 @@ class InferenceServer:
                 fast_route = Route(
                     RouteConfig(name=name, model=fast.model, features=fast.features), route.fast
                 )
+                fast_route.features_at = route.features_at
                 result = await asyncio.to_thread(
                     run_batch, fast_route, [payload], self.features, route.fast
                 )

@@ -88,6 +88,18 @@ class Shift:
         Share of sessions on a phone, for users who have both a phone and a browser.
     fraud_amount_scale
         Multiplies the amounts of fraudulent payments.
+    travel_share
+        Share of legitimate payments made from abroad.
+    new_device_share
+        Share of legitimate payments made from a device the user never used before.
+    fraud_takeover_share
+        Share of fraud bursts paid from the victim's own phone or browser (taken over),
+        not from a new device.
+    buy_share
+        Share of carted items that are bought (each paid separately, moments apart).
+    fraud_browse_share
+        Share of fraud bursts whose fraudster first browses and buys in the victim's account,
+        so the account looks active as a real shopper's does.
 
     Example
     -------
@@ -106,13 +118,19 @@ class Shift:
     night_share: float = 0.0
     mobile_share: float = 0.6
     fraud_amount_scale: float = 1.0
+    travel_share: float = TRAVEL
+    new_device_share: float = NEW_DEVICE
+    fraud_takeover_share: float = 0.15
+    buy_share: float = BUY_P
+    fraud_browse_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("price_scale", "fraud_amount_scale"):
             check_number(f"shift {name}", getattr(self, name), low=0.0, low_open=True)
         check_number("shift popularity_exponent", self.popularity_exponent, low=0.0)
         check_number("shift fraud_rate", self.fraud_rate, low=0.0, high=0.5)
-        for name in ("night_share", "mobile_share"):
+        shares = ("night_share", "mobile_share", "travel_share", "new_device_share")
+        for name in (*shares, "fraud_takeover_share", "buy_share", "fraud_browse_share"):
             check_number(f"shift {name}", getattr(self, name), low=0.0, high=1.0)
         known = [c.name for c in CATEGORIES]
         weights = dict(self.category_weights or {})
@@ -222,7 +240,7 @@ class Behaviour:
         # Some views are carted, some carts bought; each purchase is paid a moment later.
         carted = rng.random(m) < CART_P
         carted[:carted_views] = True
-        bought = carted & (rng.random(m) < BUY_P)
+        bought = carted & (rng.random(m) < self.shift.buy_share)
         cts = vts + 1 + rng.exponential(30 * US, m).astype(np.int64)
         bts = cts + 1 + rng.exponential(120 * US, m).astype(np.int64)
         rows = np.concatenate([np.arange(m), np.flatnonzero(carted), np.flatnonzero(bought)])
@@ -240,8 +258,8 @@ class Behaviour:
         )
         b = np.flatnonzero(bought)
         nb, buyer = len(b), vuser[b]
-        abroad = rng.random(nb) < TRAVEL
-        new = rng.random(nb) < NEW_DEVICE
+        abroad = rng.random(nb) < self.shift.travel_share
+        new = rng.random(nb) < self.shift.new_device_share
         n_countries = len(COUNTRIES) + len(FOREIGN)
         legit = frame(
             PAYMENT_COLUMNS,
@@ -256,18 +274,25 @@ class Behaviour:
             new_device=new,
             fraud=np.zeros(nb, bool),
         )
-        payments = concat([legit, self._fraud(rng, begins)])
+        fraud, browsing = self._fraud(rng, begins)
+        payments = concat([legit, fraud])
         payments = select(payments, np.argsort(payments["ts"], kind="stable"))
         payments["payment"] = np.arange(len(payments["ts"]), dtype=np.int64)
-        return events, payments, _labels(rng, payments), n
+        labels = _labels(rng, payments)
+        if browsing is not None:
+            browsing["session"] += n
+            events = concat([events, browsing])
+            n += len(np.unique(browsing["session"]))
+        return events, payments, labels, n
 
     def _category(self, user: np.ndarray, r: np.ndarray) -> np.ndarray:
         picked = _search(self._taste, user + r, len(self._taste))
         return np.clip(picked - user * len(CATEGORIES), 0, len(CATEGORIES) - 1)
 
-    def _fraud(self, rng: np.random.Generator, begin: np.ndarray) -> Frame:
+    def _fraud(self, rng: np.random.Generator, begin: np.ndarray) -> tuple[Frame, Frame | None]:
         """Bursts on compromised cards: a few payments minutes apart, often a small test
-        charge first, then round or high amounts, from a new device, mostly from abroad."""
+        charge first, then round or high amounts, from a new device, mostly from abroad; and
+        the events of fraudsters who browse the victim's account first (when any do)."""
         us = self.users
         nb = len(begin)
         size = 2 + rng.poisson(BURST - 2, nb)
@@ -279,7 +304,7 @@ class Behaviour:
         offset = np.cumsum(gaps)
         victim = rng.integers(0, len(us.activity), nb)
         # Some take over the victim's own phone or browser; most pay from a device never seen.
-        takeover = rng.random(nb) < 0.15
+        takeover = rng.random(nb) < self.shift.fraud_takeover_share
         device = np.where(takeover, victim, _fresh_devices(rng, nb, [0.2, 0.4, 0.4]))
         abroad = rng.random(nb) < 0.7
         home = us.country[victim]
@@ -292,7 +317,7 @@ class Behaviour:
         test = np.zeros(m, bool)
         test[first] = rng.random(nb) < 0.5
         amount = np.where(test, rng.uniform(1.0, 5.0, m), amount)
-        return frame(
+        payments = frame(
             PAYMENT_COLUMNS,
             ts=begin[burst] + offset - offset[first][burst],
             payment=np.zeros(m),
@@ -304,6 +329,36 @@ class Behaviour:
             category=rng.choice(len(CATEGORIES), m, p=FRAUD_CATEGORY),
             new_device=~takeover[burst],
             fraud=np.ones(m, bool),
+        )
+        return payments, self._browsing(rng, begin, victim)
+
+    def _browsing(
+        self, rng: np.random.Generator, begin: np.ndarray, victim: np.ndarray
+    ) -> Frame | None:
+        """A few views and a purchase in the victim's account, from its own (hijacked)
+        session, in the minutes before the bursts that ``fraud_browse_share`` picks (one
+        session each, numbered from 0)."""
+        share = self.shift.fraud_browse_share
+        if share <= 0 or not len(begin):
+            return None  # draws nothing: the shop's other draws stay as they were
+        picked = np.flatnonzero(rng.random(len(begin)) < share)
+        k, us, who = len(picked), self.users, victim[picked]
+        per = 4  # three views, then a purchase
+        sess = np.repeat(np.arange(k), per)
+        before = rng.exponential(120 * US, (k, per)).astype(np.int64)
+        before = np.cumsum(before[:, ::-1], axis=1)[:, ::-1] + 1  # the purchase comes last
+        cat = rng.choice(len(CATEGORIES), k * per, p=FRAUD_CATEGORY)
+        item = self._ranked[_search(self._popular, cat + rng.random(k * per), len(self._ranked))]
+        return frame(
+            EVENT_COLUMNS,
+            ts=(begin[picked][:, None] - before).ravel(),
+            user=who[sess],
+            session=sess,
+            item=item,
+            kind=np.tile(np.array([0, 0, 0, 2], dtype=np.int8), k),
+            category=cat,
+            price=self.price[item],
+            device=np.where(us.mobile[who] >= 0, us.mobile[who], us.web[who])[sess],
         )
 
 

@@ -124,11 +124,8 @@ class Shop:
         # no warm-up, the sessions under way are pending already.
         self._drawn_to: tuple[int, float, bool] | None = None
         self._next = {"event": 1, "session": 1, "payment": 1}
-        self._pending = {
-            "events": Timeline(empty(EVENT_COLUMNS)),
-            "payments": Timeline(empty(PAYMENT_COLUMNS)),
-            "labels": Timeline(empty(LABEL_COLUMNS)),
-        }
+        self._pending: dict[str, Timeline] = {}
+        self.drop_pending()
 
     def __repr__(self) -> str:
         return (
@@ -168,6 +165,34 @@ class Shop:
             schema=USERS.schema,
         )
         return {ITEMS.name: items, USERS.name: users}
+
+    def drop_pending(self) -> None:
+        """Forget what was drawn but not handed out yet (sessions and fraud bursts under way,
+        labels not known yet), keeping the catalogue, the users, the clock and the id
+        counters: the next call starts cold at its own pace, as after a gap in the data.
+
+        A burst at a much faster pace leaves its sessions under way; this keeps them from
+        pouring into a slower stream that follows.
+
+        Example
+        -------
+        >>> shop = Shop(seed=1, n_users=100, n_items=50)
+        >>> _ = shop.history(days=1)
+        >>> shop.drop_pending()
+        >>> list(shop.stream(rate=0.05, tick_s=1.0, duration_s=1))[0]["shop.fraud_labels"].num_rows
+        0
+        """
+        self._drawn_to = None
+        self._pending = {
+            "events": Timeline(empty(EVENT_COLUMNS)),
+            "payments": Timeline(empty(PAYMENT_COLUMNS)),
+            "labels": Timeline(empty(LABEL_COLUMNS)),
+        }
+
+    @property
+    def now(self) -> datetime:
+        """Where the shop's clock stands: the end of the last history or stream."""
+        return EPOCH + timedelta(microseconds=self._clock)
 
     def shift(self, **changes: Any) -> Shop:
         """A fork of this shop with some knobs of :class:`Shift` changed.

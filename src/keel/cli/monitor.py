@@ -1,0 +1,171 @@
+"""``keel monitor``: watch served routes' prediction logs; ``status`` and ``report``."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from keel.cli._common import console, friendly, project
+from keel.errors import NotFoundError, ValidationError, did_you_mean
+
+app = typer.Typer(
+    help="Watch what served models see and say: drift, estimated performance, staleness, skew.",
+    invoke_without_command=True,
+)
+
+
+def _routes(proj: Any, names: list[str] | None) -> list[Any]:
+    routes = {r.name: r for r in proj.settings.routes}
+    if names:
+        for name in names:
+            if name not in routes:
+                raise NotFoundError(
+                    f"no route {name!r} in keel.toml{did_you_mean(name, routes)}; routes: "
+                    f"{', '.join(routes) or 'none'}"
+                )
+        return [routes[n] for n in names]
+    chosen = [r for r in routes.values() if r.monitor is not None]
+    if not chosen:
+        raise ValidationError(
+            "no route has a [routes.monitor] block in keel.toml: add one (e.g. "
+            'monitor = {sample = 1.0, id = "payment_id"}) and serve the route'
+        )
+    return chosen
+
+
+def _monitor(proj: Any, route: Any, metrics: Any = None) -> Any:
+    from keel.monitoring import Monitor
+
+    return Monitor(
+        route,
+        log_=proj.log,
+        registry=proj.registry,
+        features=proj.features,
+        metrics=metrics,
+    )
+
+
+@app.callback()
+@friendly
+def run(
+    ctx: typer.Context,
+    route: list[str] | None = typer.Option(
+        None, "--route", "-r", help="route to watch (repeatable; default: every monitored one)"
+    ),
+    once: bool = typer.Option(False, help="score the complete windows logged so far, then exit"),
+    interval: float = typer.Option(5.0, help="seconds between looks at the prediction log"),
+    metrics_port: int | None = typer.Option(
+        None, help="serve the monitor's Prometheus gauges on this port"
+    ),
+) -> None:
+    """Score each route's prediction log in windows against its model's training set."""
+    if ctx.invoked_subcommand is not None:
+        return
+    proj = project(ctx)
+    metrics = None
+    if metrics_port is not None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        metrics = CollectorRegistry()
+        start_http_server(metrics_port, registry=metrics)
+        console.print(f"gauges on http://127.0.0.1:{metrics_port}/metrics")
+    monitors = [_monitor(proj, r, metrics) for r in _routes(proj, route)]
+    for m in monitors:
+        with console.status(f"{m.route.name}: rebuilding the reference from {m.route.model}…"):
+            m.fit()
+        ref = m.reference_
+        console.print(
+            f"[bold]{m.route.name}[/]: reference {ref.version}'s training set, {ref.rows:,} rows, "
+            f"{len(ref.features)} features; windows of {m.config.window_rows:,} predictions"
+            + (f", from window {m.windows_}" if m.windows_ else "")
+        )
+    stop = threading.Event()
+    try:
+        while True:
+            for m in monitors:
+                for record in m.step():
+                    console.print(_line(record))
+            if once:
+                return
+            stop.wait(interval)
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+def _line(record: dict[str, Any]) -> str:
+    perf = record["performance"]
+    est = (
+        ""
+        if perf is None
+        else f" est. {perf['metric']} {perf['estimated']:.3f} (alert > {perf['threshold']:.3f})"
+    )
+    alerts = record["alerts"]
+    verdict = "[green]ok[/]" if not alerts else "[red]" + ", ".join(alerts) + "[/]"
+    return (
+        f"  {record['route']} window {record['window']}: {record['rows']:,} rows "
+        f"{record['start'][:19]} → {record['end'][11:19]}{est} — {verdict}"
+    )
+
+
+@app.command("status")
+@friendly
+def status(
+    ctx: typer.Context,
+    route: str = typer.Argument(..., help="route name"),
+    last: int = typer.Option(10, help="how many recent windows"),
+) -> None:
+    """The route's recent windows: drifted features, estimated and realized performance."""
+    from keel.monitoring import history
+
+    proj = project(ctx)
+    _routes(proj, [route])
+    windows = history(proj.log, route)[-last:]
+    if not windows:
+        raise NotFoundError(f"route {route!r} has no monitored windows yet: run `keel monitor`")
+    table = Table(title=f"{route}: the last {len(windows)} monitored windows")
+    for col in ("window", "end", "rows", "drifted", "prediction", "estimated", "realized"):
+        table.add_column(col, justify="right" if col != "drifted" else "left")
+    for w in windows:
+        perf = w["performance"] or {}
+        drifted = [f["feature"] for f in w["features"] if f["drifted"]]
+        pred = w["prediction"]
+        table.add_row(
+            str(w["window"]),
+            w["end"][:19],
+            f"{w['rows']:,}",
+            ", ".join(drifted) or "—",
+            "—" if pred is None else ("[red]drifted[/]" if pred["drifted"] else "ok"),
+            "—"
+            if not perf
+            else f"{perf['estimated']:.3f}" + (" [red]alert[/]" if perf["alert"] else ""),
+            "—" if perf.get("realized") is None else f"{perf['realized']:.3f}",
+        )
+    console.print(table)
+
+
+@app.command("report")
+@friendly
+def report(
+    ctx: typer.Context,
+    route: str = typer.Argument(..., help="route name"),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="where to write it (default: <data_dir>/reports/<route>.html)"
+    ),
+) -> None:
+    """Write an HTML report: distributions, statistics over time with their alert levels,
+    estimated versus realized performance, staleness and skew."""
+    proj = project(ctx)
+    (cfg,) = _routes(proj, [route])
+    monitor = _monitor(proj, cfg)
+    path = output or Path(proj.settings.data_dir) / "reports" / f"{route}.html"
+    with console.status("rendering the report…"):
+        written = monitor.report(path)
+    console.print(f"[green]wrote[/] {written}")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="monitor")
