@@ -131,7 +131,12 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         ``id`` names the request field that outcomes join on; ``labels`` is the topic they
         arrive on. ``holdout`` is the last share (by time) of the training set that the model
         did not learn from: the concept-drift estimator learns the model's ``loss`` there. A served
-    feature whose p99 staleness in a window exceeds ``max_staleness_s`` raises an alert."""
+    feature whose p99 staleness in a window exceeds ``max_staleness_s`` raises an alert.
+
+    The reference is the model's training set, rebuilt from its lineage; with
+    ``reference_rows`` it is the first that many logged predictions instead (a healthy period
+    chosen by its position), which models without a training set (builtins, tensor models
+    such as a text embedder) need."""
 
     sample: float = 1.0
     id: str | None = None
@@ -141,6 +146,7 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     false_alert_rate: float = 0.01
     holdout: float = 0.3
     max_staleness_s: float | None = None
+    reference_rows: int = 0
     labels: LabelsConfig | None = None
 
     def __post_init__(self) -> None:
@@ -157,6 +163,8 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
         if not 0 < self.false_alert_rate < 0.5:
             raise ValidationError("monitor false_alert_rate must be within (0, 0.5)")
+        if self.reference_rows < 0:
+            raise ValidationError(f"monitor reference_rows must be >= 0, got {self.reference_rows}")
         if not 0 < self.holdout < 1:
             raise ValidationError(f"monitor holdout must be within (0, 1), got {self.holdout}")
 

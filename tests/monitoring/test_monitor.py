@@ -159,3 +159,44 @@ def test_a_route_without_a_prediction_log_says_how_to_get_one(world, risk_route)
     monitor = Monitor(risk_route, log_=world.log, registry=world.registry, features=world.features)
     with pytest.raises(NotFoundError, match=r"no prediction log yet.*\[routes.monitor\]"):
         monitor.step()
+
+
+def test_an_embedding_route_is_watched_against_its_first_predictions(world) -> None:
+    """A text embedder has no training set: its first logged predictions are the reference,
+    and a change of topic in the texts is embedding drift (MMD on the output vectors)."""
+    from keel.serving.routes import Tensors
+
+    cfg = RouteConfig(
+        name="embed",
+        model="builtin:all-MiniLM-L6-v2",
+        monitor=MonitorConfig(reference_rows=240, window_rows=80),
+    )
+    rng = np.random.default_rng(2)
+    shop = ["red running shoes", "a leather wallet", "wireless earbuds", "a cotton t-shirt",
+            "a coffee grinder", "a yoga mat", "a steel water bottle", "a wool scarf"]  # fmt: skip
+    news = ["the central bank raised interest rates", "a storm closed the harbour",
+            "the election results were contested", "a new vaccine was approved"]  # fmt: skip
+
+    def texts(pool: list[str], n: int) -> list[str]:
+        return [f"{rng.choice(pool)} {rng.integers(1, 99)}" for _ in range(n)]
+
+    server = InferenceServer([cfg], log_=world.log)
+    server.load_all()
+
+    async def go() -> None:
+        await server.start()
+        batches = [texts(shop, 240 + 80), texts(news, 80)]
+        for batch in batches:
+            for i in range(0, len(batch), 16):
+                part = np.array(batch[i : i + 16], dtype=object)
+                await server.infer("embed", Tensors({"text": part}, len(part)))
+        await server.stop()
+
+    asyncio.run(go())
+    monitor = Monitor(cfg, log_=world.log, registry=None)
+    records = monitor.step()
+    assert [r["window"] for r in records] == [0, 1]
+    healthy, shifted = records
+    assert healthy["prediction"]["statistic"] == "mmd" and not healthy["prediction"]["drifted"]
+    assert shifted["prediction"]["drifted"] and "prediction" in shifted["alerts"]
+    assert shifted["prediction"]["value"] > 5 * healthy["prediction"]["value"]

@@ -74,26 +74,43 @@ def run(
         start_http_server(metrics_port, registry=metrics)
         console.print(f"gauges on http://127.0.0.1:{metrics_port}/metrics")
     monitors = [_monitor(proj, r, metrics) for r in _routes(proj, route)]
-    for m in monitors:
-        with console.status(f"{m.route.name}: rebuilding the reference from {m.route.model}…"):
-            m.fit()
-        ref = m.reference_
-        console.print(
-            f"[bold]{m.route.name}[/]: reference {ref.version}'s training set, {ref.rows:,} rows, "
-            f"{len(ref.features)} features; windows of {m.config.window_rows:,} predictions"
-            + (f", from window {m.windows_}" if m.windows_ else "")
-        )
+    waiting: set[str] = set()
     stop = threading.Event()
     try:
         while True:
             for m in monitors:
-                for record in m.step():
-                    console.print(_line(record))
+                try:
+                    if m.reference_ is None:
+                        with console.status(f"{m.route.name}: building the reference…"):
+                            m.fit()
+                        _describe(m)
+                    for record in m.step():
+                        console.print(_line(record))
+                except NotFoundError as exc:  # nothing logged yet: a job waits for it
+                    if once:
+                        raise
+                    if m.route.name not in waiting:
+                        console.print(f"[yellow]{m.route.name}[/]: {exc}; waiting")
+                        waiting.add(m.route.name)
             if once:
                 return
             stop.wait(interval)
     except KeyboardInterrupt:
         console.print("stopped")
+
+
+def _describe(m: Any) -> None:
+    ref = m.reference_
+    source = (
+        f"its first {ref.rows:,} logged predictions"
+        if m.config.reference_rows
+        else f"{ref.version}'s training set, {ref.rows:,} rows"
+    )
+    console.print(
+        f"[bold]{m.route.name}[/]: reference {source}, {len(ref.features)} inputs and "
+        f"{len(ref.outputs)} outputs watched; windows of {m.config.window_rows:,} predictions"
+        + (f", from window {m.windows_}" if m.windows_ else "")
+    )
 
 
 def _line(record: dict[str, Any]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import Any
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from keel.clock import FastClock
+from keel.demo.http import serving
 from keel.demo.result import DemoResult
 from keel.project import Project
 
@@ -123,11 +123,8 @@ def show_serving(
     route with joined features and hot-swap a retrained version under load."""
     import threading
 
-    import uvicorn
-
     from keel.cli.serve import bench_table, build_server, run_bench
     from keel.cli.serve import requests_for as request_bodies
-    from keel.serving import create_app
     from keel.serving.loadgen import run_load
 
     console.print(
@@ -142,17 +139,7 @@ def show_serving(
 
     # The clock runs 14,400 times faster: the shadow's 24-hour window passes in 6 seconds.
     server = build_server(project, ["fraud"], clock=FastClock(14_400))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    http = uvicorn.Server(
-        uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=http.run, daemon=True)
-    thread.start()
-    while not http.started:
-        time.sleep(0.02)
-    try:
+    with serving(server) as port:
         cfg = next(r for r in project.settings.routes if r.name == "fraud")
         path, bodies = request_bodies(project, cfg, port)
         load_s = 3.0 if quick else 6.0
@@ -193,9 +180,6 @@ def show_serving(
             f"[{colour}]{load.errors} failed requests[/]"
         )
         _traffic(console, project, server, port, path, bodies, train, result, quick=quick)
-    finally:
-        http.should_exit = True
-        thread.join(15)
 
 
 def _traffic(

@@ -4,17 +4,17 @@ HTML report."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from typing import Any
 
 import msgspec
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from keel.clock import ManualClock
 from keel.demo.data_steps import progress_bar
+from keel.demo.http import serving
 from keel.demo.result import DemoResult
 from keel.errors import ValidationError
 from keel.project import Project
@@ -38,10 +38,9 @@ def show_monitoring(
     days: float,
     quick: bool,
 ) -> None:
-    import uvicorn
 
     from keel.monitoring import Monitor, history
-    from keel.serving import InferenceServer, create_app
+    from keel.serving import InferenceServer
     from keel.serving.client import call
 
     cfg = next(r for r in project.settings.routes if r.name == "fraud")
@@ -85,17 +84,6 @@ def show_monitoring(
         f"features); its loss estimator learned on the last {ref.labelled:,}; windows of "
         f"{monitor.config.window_rows} payments"
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    http = uvicorn.Server(
-        uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=http.run, daemon=True)
-    thread.start()
-    while not http.started:
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{port}"
     # The history's own pace, so the live days look like the days the model learned from.
     rate = result.appended.get(EVENTS.name, 0) / (days * 86_400)
     # The live burst of step 4 ran thousands of times faster; its sessions still under way
@@ -106,7 +94,8 @@ def show_monitoring(
     drift_window = None
     started = time.perf_counter()
     scored = 0
-    try:
+    with serving(server) as port:
+        url = f"http://127.0.0.1:{port}"
         with progress_bar(console) as progress:
             for phase in ("healthy", "drifted"):
                 # The drifted shop forks the healthy one where it stands: same users, cards
@@ -134,9 +123,6 @@ def show_monitoring(
                     progress.advance(task)
                 if phase == "healthy":
                     drift_window = monitor.windows_
-    finally:
-        http.should_exit = True
-        thread.join(15)
     server.routes["fraud"].predictions.flush()
     records += monitor.step()
     # Two shop days later every outcome is in (a legitimate payment is confirmed a day or
@@ -182,34 +168,44 @@ def show_monitoring(
 
 
 def _table(console: Console, records: list[dict[str, Any]], drift_window: int | None) -> None:
+    perf0 = next((r["performance"] for r in records if r["performance"]), None)
+    level = "" if perf0 is None else f"; estimated logloss alerts above {perf0['threshold']:.4f}"
     table = Table(
-        title="fraud route, window by window (drift: statistic over its calibrated alert level)"
+        title="fraud route, window by window",
+        caption=f"drifted: features over their calibrated alert level{level}",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
     )
-    for col in (
-        "window",
-        "shop time",
-        "drifted",
-        "most drifted",
-        "prediction",
-        "est. logloss",
-        "realized",
+    for col, justify, width in (
+        ("win", "right", 4),
+        ("shop time", "left", 11),
+        ("drift", "right", 5),
+        ("most drifted", "left", 12),
+        ("output", "left", 7),
+        ("est. loss", "right", 9),
+        ("realized", "right", 8),
     ):
-        table.add_column(col, justify="left" if col == "most drifted" else "right")
+        table.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis", min_width=width)
     for r in records:
-        top = max(r["features"], key=lambda f: f["value"] / f["threshold"])
+        top = max(
+            r["features"],
+            key=lambda f: float("inf") if f["value"] is None else f["value"] / f["threshold"],
+        )
         n_drift = sum(f["drifted"] for f in r["features"])
         pred, perf = r["prediction"], r["performance"]
         realized = None if perf is None else perf.get("realized")
+        ratio = "missing" if top["value"] is None else f"{top['value'] / top['threshold']:.1f}×"
         table.add_row(
-            f"{'→ ' if r['window'] == drift_window else ''}{r['window']}",
+            f"{'→' if r['window'] == drift_window else ''}{r['window']}",
             r["end"][5:16].replace("T", " "),
-            ("[red]" if n_drift else "[green]") + f"{n_drift} of {len(r['features'])}[/]",
-            f"{top['feature'].split('__')[-1]} {top['value'] / top['threshold']:.1f}×",
+            ("[red]" if n_drift else "[green]") + f"{n_drift}/{len(r['features'])}[/]",
+            f"{top['feature'].split('__')[-1][:14]} {ratio}",
             "—" if pred is None else ("[red]drifted[/]" if pred["drifted"] else "[green]ok[/]"),
             "—"
             if perf is None
-            else ("[red]" if perf["alert"] else "[green]")
-            + f"{perf['estimated']:.3f}[/] (≤ {perf['threshold']:.3f})",
-            "—" if realized is None else f"{realized:.3f} ({perf['labelled']})",
+            else ("[red]" if perf["alert"] else "[green]") + f"{perf['estimated']:.4f}[/]",
+            "—" if realized is None else f"{realized:.4f}",
         )
     console.print(table)

@@ -39,6 +39,7 @@ import pyarrow as pa
 
 from keel.config import LOSSES
 from keel.errors import UnavailableError, ValidationError, did_you_mean
+from keel.monitoring.drift import as_table as _table
 
 __all__ = ["LOSSES", "LossEstimator", "PerformanceEstimate", "row_loss"]
 
@@ -327,16 +328,6 @@ def _lightgbm() -> Any:
             "the loss estimator needs LightGBM: pip install 'keel-ml[ml]'"
         ) from exc
     return lightgbm
-
-
-def _table(data: Any, what: str) -> pa.Table:
-    if isinstance(data, pa.Table):
-        return data
-    if type(data).__name__ == "DataFrame":
-        return pa.Table.from_pandas(data, preserve_index=False)
-    raise ValidationError(
-        f"the {what} must be an Arrow table or a DataFrame, not {type(data).__name__}"
-    )
 
 
 def _matrix(table: pa.Table, names: list[str], what: str) -> np.ndarray:

@@ -333,7 +333,7 @@ class DriftDetector:
 
     # -- learning the reference ------------------------------------------------------------
     def fit(self, reference: Any) -> DriftDetector:
-        table = _table(reference, "reference")
+        table = as_table(reference, "reference")
         names = self.features or table.column_names
         _require(table, names, "reference")
         rows = table.num_rows
@@ -481,7 +481,7 @@ class DriftDetector:
         """Every watched feature's drift statistics for one window, with its alert level;
         ``features`` limits the report (and the columns the window needs) to some of them."""
         self._check_fitted()
-        table = _table(current, "window")
+        table = as_table(current, "window")
         if table.num_rows == 0:
             raise ValidationError("the window has no rows: nothing to compare")
         names = list(self.kinds_) if features is None else list(features)
@@ -631,7 +631,8 @@ def _values_of(
     return values, int(dropped)
 
 
-def _table(data: Any, what: str) -> pa.Table:
+def as_table(data: Any, what: str) -> pa.Table:
+    """``data`` as an Arrow table (from a table or a pandas DataFrame), or a clear error."""
     if isinstance(data, pa.Table):
         return data
     if type(data).__name__ == "DataFrame":

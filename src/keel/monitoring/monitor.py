@@ -35,22 +35,16 @@ import pyarrow.compute as pc
 from keel.clock import Clock, SystemClock
 from keel.config import MonitorConfig, RouteConfig
 from keel.errors import NotFoundError, ValidationError
-from keel.log import OFFSET, Topic
+from keel.log import OFFSET
 from keel.monitoring.concept import LossEstimator, row_loss
 from keel.monitoring.drift import DriftDetector, FeatureDrift
-from keel.prediction_log import KEY_PREFIX, OUTPUT_PREFIX, STALE_PREFIX, topic_name
+from keel.monitoring.events import MONITOR, events, has_topic, history
+from keel.monitoring.gauges import Gauges
+from keel.monitoring.skew import concentration, staleness, training_serving
+from keel.prediction_log import KEY_PREFIX, META, OUTPUT_PREFIX, STALE_PREFIX, topic_name
 
 __all__ = ["MONITOR", "Monitor", "events", "history"]
 
-#: Monitored windows, alerts, retrain requests and realized performance, per route.
-MONITOR = Topic(
-    "keel.monitor",
-    {"ts": "timestamp", "route": "string", "kind": "string", "payload": "string"},
-    event_time="ts",
-    key="route",
-)
-SKEW_ROWS = 200  # rows per window rebuilt offline for the training/serving comparison
-SKEW_TOLERANCE = 1e-6
 KEEP_WINDOWS = 50  # windows whose request ids still wait for their labels
 
 log = logging.getLogger(__name__)
@@ -116,7 +110,7 @@ class Monitor:
         self.features = features
         self.clock = clock or SystemClock()
         self.topic = topic_name(route.name)
-        self.metrics = _Gauges(metrics, route.name) if metrics is not None else None
+        self.metrics = Gauges(metrics, route.name) if metrics is not None else None
         log_.create_topic(MONITOR, exist_ok=True)
         self.reference_: Reference | None = None
         self.detector_: DriftDetector | None = None
@@ -125,7 +119,7 @@ class Monitor:
         self._labels: Any = None
         self._alerting = False
         self.next_offset_, self.windows_ = self._resume()
-        if self.windows_ == 0 and start == "latest" and _has_topic(log_, self.topic):
+        if self.windows_ == 0 and start == "latest" and has_topic(log_, self.topic):
             self.next_offset_ = self.log.end_offsets(self.topic)[0]
 
     # -- the reference -------------------------------------------------------------------
@@ -134,10 +128,13 @@ class Monitor:
         from keel.runtimes import runtime_for
 
         name, _, ref = self.route.model.partition("@")
+        if self.config.reference_rows:
+            return self._fit_from_log(self.config.reference_rows)
         if self.route.model.startswith("builtin:"):
             raise ValidationError(
                 f"route {self.route.name!r} serves a builtin model, which has no training set "
-                "in the registry to compare with"
+                "to compare with: set reference_rows in its [routes.monitor] block to take the "
+                "first logged predictions as the reference"
             )
         version = self.registry.get(name, ref or "latest")
         if self.features is None:
@@ -150,8 +147,9 @@ class Monitor:
         names = list(getattr(runtime, "feature_names", []) or [])
         if not names:
             raise ValidationError(
-                f"{version.ref} takes tensors, not named features: its training set cannot "
-                "serve as the reference"
+                f"{version.ref} takes tensors, not named features: set reference_rows in the "
+                "route's [routes.monitor] block to take the first logged predictions as the "
+                "reference"
             )
         missing = [n for n in names if n not in train.column_names]
         if missing:
@@ -178,6 +176,44 @@ class Monitor:
         ).fit(table)
         self.reference_ = Reference(version.ref, table, names, out_names, table.num_rows)
         self._fit_estimator(train, table, names, out_names)
+        return self
+
+    def _fit_from_log(self, rows: int) -> Monitor:
+        """The first ``rows`` logged predictions as the reference: every number and vector
+        the route logged (inputs and outputs; embeddings are compared by MMD)."""
+        if not has_topic(self.log, self.topic):
+            raise NotFoundError(
+                f"route {self.route.name!r} has no prediction log yet ({self.topic}): its "
+                f"reference is its first {rows:,} logged predictions"
+            )
+        logged = self.log.end_offsets(self.topic)[0]
+        if logged < rows:
+            raise NotFoundError(
+                f"route {self.route.name!r} has logged {logged:,} predictions; its reference "
+                f"is the first {rows:,}"
+            )
+        table = self.log.read(self.topic, 0, 0, rows)
+        skip = {*META, OFFSET}
+        watched = [
+            c
+            for c in table.column_names
+            if c not in skip
+            and not c.startswith((KEY_PREFIX, STALE_PREFIX))
+            and (c in self.config.categorical or not pa.types.is_string(table.schema.field(c).type))
+        ]
+        outputs = [c for c in watched if c.startswith(OUTPUT_PREFIX)]
+        features = [c for c in watched if c not in outputs]
+        reference = table.select(watched)
+        self.detector_ = DriftDetector(
+            features=watched,
+            categorical=self.config.categorical,
+            false_alert_rate=self.config.false_alert_rate,
+            ordered=True,
+        ).fit(reference)
+        version = table["version"][table.num_rows - 1].as_py()
+        self.reference_ = Reference(version, reference, features, outputs, rows)
+        if self.windows_ == 0:
+            self.next_offset_ = max(self.next_offset_, int(table.column(OFFSET)[-1].as_py()) + 1)
         return self
 
     def _fit_estimator(
@@ -269,7 +305,7 @@ class Monitor:
             self.fit()
         records = []
         size = self.config.window_rows
-        if not _has_topic(self.log, self.topic):
+        if not has_topic(self.log, self.topic):
             raise NotFoundError(
                 f"route {self.route.name!r} has no prediction log yet ({self.topic}): serve it "
                 "with a [routes.monitor] block and send it requests"
@@ -325,7 +361,7 @@ class Monitor:
             "features": [_drift_dict(by_name[n]) for n in ref.features],
             "prediction": _drift_dict(by_name[ref.outputs[0]]) if ref.outputs else None,
             "performance": self._performance(window),
-            "staleness": _staleness(window),
+            "staleness": staleness(window),
             "skew": self._skew(window),
         }
         record["alerts"] = self._alerts(record)
@@ -394,20 +430,12 @@ class Monitor:
 
     # -- skew ----------------------------------------------------------------------------
     def _skew(self, window: pa.Table) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        keys = [c for c in window.column_names if c.startswith(KEY_PREFIX)]
-        if keys:
-            counts = pc.value_counts(window[keys[0]].drop_null())
-            if len(counts):
-                top = max(c["counts"].as_py() for c in counts)
-                out["top_entity_share"] = top / window.num_rows
-                out["entities"] = len(counts)
-        versions = pc.value_counts(window["version"])
-        out["versions"] = {
-            v["values"].as_py(): v["counts"].as_py() / window.num_rows for v in versions
-        }
+        out = concentration(window)
         out["expected"] = self._expected_split()
-        out["training_serving"] = self._training_serving(window, keys)
+        watched = self.reference_.features if self.reference_ else []
+        out["training_serving"] = training_serving(
+            window, self.features, self.route.features, watched
+        )
         return out
 
     def _expected_split(self) -> dict[str, float]:
@@ -423,45 +451,10 @@ class Monitor:
         share = canary.percent / 100
         return {primary: 1 - share, canary_ref: share}
 
-    def _training_serving(self, window: pa.Table, keys: list[str]) -> dict[str, Any]:
-        """The served features of some rows against the same entities' features rebuilt
-        offline as of the moment they were served."""
-        if self.features is None or not self.route.features or not keys:
-            return {}
-        ref = self.reference_
-        resolved = self.features.resolve(self.route.features)
-        served = [f"{v.name}__{f.name}" for v, feats in resolved for f in feats]
-        served = [n for n in served if n in ref.features and n in window.column_names]
-        if not served:
-            return {}
-        rows = window.slice(0, min(SKEW_ROWS, window.num_rows))
-        labels: dict[str, Any] = {"ts": rows["ts"]}
-        for view, _ in resolved:
-            jk = view.entity.join_key
-            column = rows[KEY_PREFIX + jk] if KEY_PREFIX + jk in rows.column_names else None
-            if column is None or column.null_count:
-                return {}
-            source = self.log.topic(view.source.topic)
-            labels[jk] = column.cast(source.schema.field(jk).type)
-        offline = self.features.training_set(pa.table(labels), self.route.features)
-        out = {}
-        for name in served:
-            a = rows[name].to_numpy(zero_copy_only=False).astype(np.float64)
-            b = offline[name].to_numpy(zero_copy_only=False).astype(np.float64)
-            both_nan = np.isnan(a) & np.isnan(b)
-            diff = np.where(both_nan, 0.0, np.abs(a - b))
-            bad = ~both_nan & ~(diff <= SKEW_TOLERANCE * (1 + np.abs(b)))
-            out[name] = {
-                "compared": len(a),
-                "mismatched": int(bad.sum()),
-                "max_abs": float(np.nanmax(diff)) if len(diff) else 0.0,
-            }
-        return out
-
     # -- labels --------------------------------------------------------------------------
     def _join_labels(self) -> None:
         labels = self.config.labels
-        if labels is None or not self._pending or not _has_topic(self.log, labels.topic):
+        if labels is None or not self._pending or not has_topic(self.log, labels.topic):
             return
         if self._labels is None:
             self._labels = self.log.consumer(f"keel-monitor.{self.route.name}", labels.topic)
@@ -509,47 +502,11 @@ class Monitor:
     def _resume(self) -> tuple[int, int]:
         """Where the last window of this route ended (a restart carries on from there)."""
         last = None
-        for event in _events(self.log, self.route.name, ("window",)):
+        for event in events(self.log, self.route.name, ("window",)):
             last = event
         if last is None:
             return 0, 0
         return int(last["next_offset"]), int(last["window"]) + 1
-
-
-def history(log_: Any, route: str) -> list[dict[str, Any]]:
-    """The route's monitored windows in order, with realized performance merged in."""
-    windows: dict[int, dict[str, Any]] = {}
-    for event in _events(log_, route, ("window", "realized")):
-        if event["kind"] == "window":
-            windows[event["window"]] = event
-        elif event["window"] in windows and windows[event["window"]]["performance"]:
-            perf = windows[event["window"]]["performance"]
-            perf["realized"], perf["labelled"] = event["realized"], event["labelled"]
-    return [windows[i] for i in sorted(windows)]
-
-
-def events(log_: Any, route: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The route's monitor events of the given kinds, in order."""
-    return list(_events(log_, route, kinds))
-
-
-def _events(log_: Any, route: str, kinds: tuple[str, ...]) -> Any:
-    if not _has_topic(log_, MONITOR.name):
-        return
-    for p in range(log_.topic(MONITOR.name).partitions):
-        offset = 0
-        while True:
-            batch = log_.read(MONITOR.name, p, offset, 10_000)
-            if not batch.num_rows:
-                break
-            offset = int(batch.column(OFFSET)[-1].as_py()) + 1
-            for e in batch.to_pylist():
-                if e["route"] == route and e["kind"] in kinds:
-                    yield {"kind": e["kind"], "at": e["ts"].isoformat(), **json.loads(e["payload"])}
-
-
-def _has_topic(log_: Any, name: str) -> bool:
-    return any(t.name == name for t in log_.topics())
 
 
 def _empty(column: Any) -> bool:
@@ -592,89 +549,7 @@ def _drift_dict(f: FeatureDrift | dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _staleness(window: pa.Table) -> dict[str, dict[str, float]]:
-    out = {}
-    for name in window.column_names:
-        if not name.startswith(STALE_PREFIX):
-            continue
-        values = window[name].to_numpy(zero_copy_only=False).astype(np.float64)
-        values = values[~np.isnan(values)]
-        if len(values):
-            p50, p99 = np.quantile(values, [0.5, 0.99])
-            out[name[len(STALE_PREFIX) :]] = {
-                "p50": float(p50),
-                "p99": float(p99),
-                "max": float(values.max()),
-            }
-    return out
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
-
-
-class _Gauges:
-    """The monitor's Prometheus gauges for one route."""
-
-    def __init__(self, registry: Any, route: str) -> None:
-        from prometheus_client import Counter, Gauge
-
-        self.route = route
-        self.statistic = Gauge(
-            "keel_drift_statistic",
-            "Drift statistic of the latest window",
-            ["route", "feature", "statistic"],
-            registry=registry,
-        )
-        self.threshold = Gauge(
-            "keel_drift_threshold",
-            "Calibrated alert level of the latest window",
-            ["route", "feature"],
-            registry=registry,
-        )
-        self.drifted = Gauge(
-            "keel_drift_alert",
-            "1 when the feature drifted",
-            ["route", "feature"],
-            registry=registry,
-        )
-        self.estimated = Gauge(
-            "keel_estimated_loss",
-            "Estimated loss of the latest window",
-            ["route"],
-            registry=registry,
-        )
-        self.realized = Gauge(
-            "keel_realized_loss",
-            "Realized loss of the latest labelled window",
-            ["route"],
-            registry=registry,
-        )
-        self.stale = Gauge(
-            "keel_served_staleness_p99_seconds",
-            "p99 staleness of served features in the latest window",
-            ["route", "feature"],
-            registry=registry,
-        )
-        self.alerts = Counter(
-            "keel_monitor_alerts", "Alerts raised", ["route", "kind"], registry=registry
-        )
-
-    def update(self, record: dict[str, Any]) -> None:
-        r = self.route
-        entries = list(record["features"])
-        if record["prediction"] is not None:
-            entries.append(record["prediction"])
-        for f in entries:
-            if f["value"] is not None:
-                self.statistic.labels(r, f["feature"], f["statistic"]).set(f["value"])
-                self.threshold.labels(r, f["feature"]).set(f["threshold"])
-            self.drifted.labels(r, f["feature"]).set(1 if f["drifted"] else 0)
-        if record["performance"] is not None:
-            self.estimated.labels(r).set(record["performance"]["estimated"])
-        for feature, s in record["staleness"].items():
-            self.stale.labels(r, feature).set(s["p99"])
-        for alert in record["alerts"]:
-            self.alerts.labels(r, alert.split(":", 1)[0]).inc()

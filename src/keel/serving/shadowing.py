@@ -222,17 +222,20 @@ class ShadowRunner:
         if st is None or cfg is None or candidate is None or st.status != "comparing":
             return
         runs_on = self._runner_for(candidate)
-        if not self._compare_stacked(items, runs_on, candidate):
-            self._compare_each(items, runs_on, candidate)
+        # The state and settings are read once: a shadow cleared or replaced meanwhile
+        # (set_traffic, a promotion) must not see half of this batch.
+        if not self._compare_stacked(items, runs_on, candidate, st, cfg):
+            self._compare_each(items, runs_on, candidate, st, cfg)
         self.on_update(route)
 
-    def _compare_stacked(self, items: list[Item], runs_on: Deployed, candidate: Deployed) -> bool:
+    def _compare_stacked(
+        self, items: list[Item], runs_on: Deployed, candidate: Deployed, st: Any, cfg: Any
+    ) -> bool:
         """The common case in one step: copies that all carry the model's input tensors
         are stacked, run, and compared in one call (in the candidate's process when it has
         one), with no Python loop over the copies while the interpreter lock is held — the
         event loop waits on that lock. False (nothing counted) when the copies need the
         general path: rows to join, outputs that do not stack, or a copy that fails."""
-        cfg, st = self.route.config.shadow, self.route.shadow_state
         payloads = [p for p, _, _, _ in items]
         if not all(isinstance(p, Tensors) for p in payloads):
             return False
@@ -265,15 +268,17 @@ class ShadowRunner:
             start = 0
             for p, (_, _, _, source) in zip(payloads, items, strict=True):
                 end = start + p.n
-                self._await_labels(source, primary[start:end], scores[start:end])
+                self._await_labels(cfg.labels, source, primary[start:end], scores[start:end])
                 start = end
-        self._fold(diffs, predict_s, items)
+        self._fold(st, diffs, predict_s, items)
         return True
 
-    def _compare_each(self, items: list[Item], runs_on: Deployed, candidate: Deployed) -> None:
+    def _compare_each(
+        self, items: list[Item], runs_on: Deployed, candidate: Deployed, st: Any, cfg: Any
+    ) -> None:
         """Any copies: rows joined for the candidate, and a failing copy counted as an error
         while the others still count."""
-        route, st, cfg = self.route, self.route.shadow_state, self.route.config.shadow
+        route = self.route
         process = self._process if runs_on is not candidate else None
         if process is not None:
             process.transport_s = 0.0
@@ -307,19 +312,18 @@ class ShadowRunner:
             a.append(np.asarray(primary[name]))
             b.append(np.asarray(outputs[name]))
             if cfg.labels is not None:
-                self._await_labels(source, primary[name], outputs[name])
+                self._await_labels(cfg.labels, source, primary[name], outputs[name])
         if pairs:
             diffs = [
                 discrepancy(cfg.compare, np.concatenate(a), np.concatenate(b), cfg.top_k)
                 for a, b in pairs.values()
             ]
-            self._fold(np.concatenate(diffs), elapsed, items)
+            self._fold(st, np.concatenate(diffs), elapsed, items)
 
     def _await_labels(
-        self, source: Tensors | Rows, primary: np.ndarray, candidate: np.ndarray
+        self, labels: Any, source: Tensors | Rows, primary: np.ndarray, candidate: np.ndarray
     ) -> None:
         """Remember both scores of the source's rows that carry a label id."""
-        labels = self.route.config.shadow.labels
         if not isinstance(source, Rows):
             return
         for row, p, c in zip(source.rows, np.ravel(primary), np.ravel(candidate), strict=False):
@@ -328,9 +332,9 @@ class ShadowRunner:
         while len(self._awaiting) > 100_000:
             self._awaiting.popitem(last=False)
 
-    def _fold(self, diffs: np.ndarray, candidate_s: float, items: list[Item]) -> None:
+    def _fold(self, st: Any, diffs: np.ndarray, candidate_s: float, items: list[Item]) -> None:
         """Fold a batch's discrepancies and latencies into the evidence."""
-        route, st = self.route, self.route.shadow_state
+        route = self.route
         st.diff.update_many(diffs)
         # Model time against model time: the candidate's forward pass per example versus
         # the primary's (its batcher's moving average), queueing excluded on both sides.
