@@ -203,3 +203,29 @@ def test_bad_labelled_rows_say_what_is_wrong() -> None:
     with pytest.raises(ValidationError, match="calibration_share"):
         LossEstimator(calibration_share=1.0)
     assert set(LOSSES) == {"logloss", "squared", "abs", "error"}
+
+
+def test_ordered_calibration_learns_on_the_past_and_counts_daily_cycles_as_healthy() -> None:
+    """With a daily cycle in how hard rows are, windows of consecutive rows wander more than
+    random rows do; calibrating on stretches keeps healthy consecutive windows quiet."""
+    rng = np.random.default_rng(8)
+    n = 24_000
+    hour = (np.arange(n) // 50) % 24  # 50 rows an hour, in time order
+    hard = 0.5 + 0.5 * np.sin(2 * np.pi * hour / 24)  # how ambiguous rows are by hour
+    x = rng.normal(0, 1, n)
+    p_true = 1 / (1 + np.exp(-x / (0.3 + hard)))
+    y = (rng.random(n) < p_true).astype(float)
+    out = 1 / (1 + np.exp(-x / 0.3))  # a model that is sure at every hour
+    table = pa.table({"x": x, "hour": hour.astype(float)})
+    fitted = {
+        ordered: LossEstimator(ordered=ordered, chunks=40).fit(table, out, y)
+        for ordered in (False, True)
+    }
+    assert fitted[True].ordered and not fitted[False].ordered
+    # Healthy live windows: consecutive rows (about five hours each), at any hour.
+    starts = rng.integers(0, n - 250, 60)
+    alerts = {
+        ordered: sum(est.estimate(table.slice(s, 250), out[s : s + 250]).alert for s in starts)
+        for ordered, est in fitted.items()
+    }
+    assert alerts[True] <= 3 < alerts[False]

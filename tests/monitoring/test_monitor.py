@@ -13,7 +13,7 @@ import pytest
 from keel.config import LabelsConfig, MonitorConfig, RouteConfig
 from keel.errors import NotFoundError
 from keel.log import Topic
-from keel.monitoring.monitor import Monitor, events, history
+from keel.monitoring import Monitor, events, history, row_loss
 from keel.serving import InferenceServer
 from keel.serving.routes import Rows
 
@@ -111,6 +111,10 @@ def test_drift_half_way_is_flagged_and_the_loss_estimate_tracks_the_realized(
     )
     records = monitor.step()
     assert [r["window"] for r in records] == list(range(6))
+    logged = world.log.read("keel.predictions.risk", 0, 0, 10_000)
+    scores = logged["output__score"].to_numpy()[
+        np.argsort(logged["request_id"].to_numpy().astype(int))
+    ]
     before, after = records[:3], records[3:]
     assert all("drift:amount" not in r["alerts"] for r in before)
     assert all("drift:amount" in r["alerts"] for r in after)
@@ -134,25 +138,39 @@ def test_drift_half_way_is_flagged_and_the_loss_estimate_tracks_the_realized(
     assert 'keel_drift_alert{feature="amount",route="risk"} 1.0' in exported
     assert "keel_estimated_loss" in exported
 
-    # Labels arrive later, joined by request id: realized loss per window.
+    # The monitor restarts: it carries on after the last window instead of scoring it again.
+    again = Monitor(risk_route, log_=world.log, registry=world.registry, features=world.features)
+    assert (again.windows_, again.next_offset_) == (6, 2400)
+    assert again.step() == []
+
+    # Labels arrive later, joined by request id (also to windows scored before the restart,
+    # half of them now and half after another restart): realized loss per window.
     ids = np.arange(2400)
     amounts = np.concatenate([healthy, shifted])
     y = (np.random.default_rng(5).random(2400) < _risk(amounts)).astype(np.int64)
     now = pa.scalar(0, pa.int64()).cast(pa.timestamp("us", tz="UTC")).as_py()
-    world.log.append(LABELS, pa.table({"ts": [now] * 2400, "payment_id": ids, "y": y}))
-    assert monitor.step() == []
+    first, second = ids % 2 == 0, ids % 2 == 1
+    world.log.append(
+        LABELS, pa.table({"ts": [now] * 1200, "payment_id": ids[first], "y": y[first]})
+    )
+    assert again.step() == []
+    assert all(w["performance"]["labelled"] == 200 for w in history(world.log, "risk"))
+    third = Monitor(risk_route, log_=world.log, registry=world.registry, features=world.features)
+    world.log.append(
+        LABELS, pa.table({"ts": [now] * 1200, "payment_id": ids[second], "y": y[second]})
+    )
+    assert third.step() == []
     merged = history(world.log, "risk")
     realized = [w["performance"]["realized"] for w in merged]
     assert all(w["performance"]["labelled"] == 400 for w in merged)
     assert min(realized[3:]) > max(realized[:3])
+    # The realized loss of each window is over all its labels, across the restart.
+    for w, lo, hi in zip(merged, range(0, 2400, 400), range(400, 2800, 400), strict=True):
+        truth = float(np.mean(row_loss("logloss", y[lo:hi], scores[lo:hi])))
+        assert w["performance"]["realized"] == pytest.approx(truth)
     # The estimate is close to what the labels later said, on both sides of the shift.
     assert np.corrcoef(est, realized)[0, 1] > 0.9
     assert abs(np.mean(est[3:]) - np.mean(realized[3:])) < 0.25 * np.mean(realized[3:])
-
-    # A restarted monitor carries on after the last window instead of scoring it again.
-    again = Monitor(risk_route, log_=world.log, registry=world.registry, features=world.features)
-    assert (again.windows_, again.next_offset_) == (6, 2400)
-    assert again.step() == []
 
 
 def test_a_route_without_a_prediction_log_says_how_to_get_one(world, risk_route) -> None:

@@ -147,23 +147,32 @@ def show_monitoring(
         r["performance"] is not None and r["performance"]["alert"] for r in after
     )
     result.report = str(report)
-    quiet = (
-        "[green]no alerts[/]"
-        if not result.alerts_before
-        else f"[red]{result.alerts_before} with alerts[/]"
-    )
     perf = (
-        "[red]dropped past its threshold[/]: a retrain request is on keel.monitor"
+        "[red]crossed its threshold[/]: a retrain request is on keel.monitor"
         if result.performance_alert_after
         else "stayed within its threshold"
     )
     console.print(
-        f"   {len(before)} windows before the drift, {quiet}; after it "
-        f"{len(result.drifted_after)} features drifted and the estimated performance {perf}"
+        f"   before the drift: {_checks(before)}; after it: {_checks(after)}. The estimated "
+        f"loss {perf}"
     )
     console.print(
         f"   {scored:,} payments over {2 * phase_days:g} shop days scored and monitored in "
         f"{time.perf_counter() - started:.1f} s; report: [cyan]{report}[/]"
+    )
+
+
+def _checks(records: list[dict[str, Any]]) -> str:
+    """How many feature checks of these windows went over their level, and how far."""
+    checks = [f for r in records for f in r["features"]]
+    over = [f for f in checks if f["drifted"]]
+    if not over:
+        return f"[green]0 of {len(checks)} feature checks over their level[/]"
+    worst = max((f["value"] / f["threshold"] for f in over if f["value"] is not None), default=0.0)
+    colour = "red" if worst >= 2 else "yellow"
+    return (
+        f"[{colour}]{len(over)} of {len(checks)} feature checks over their level, by up to "
+        f"{worst:.2f}×[/]"
     )
 
 

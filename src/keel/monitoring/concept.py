@@ -157,6 +157,10 @@ class LossEstimator:
         LightGBM parameters, merged over the defaults (a round count may be among them).
     seed
         Seeds the split, LightGBM and the calibration draws.
+    ordered
+        The labelled rows are in time order: the loss model learns on the earlier rows, is
+        calibrated on the later ones, and calibration windows are contiguous stretches of
+        them (so what varies within a day counts as healthy spread, as between live windows).
 
     Attributes
     ----------
@@ -182,6 +186,7 @@ class LossEstimator:
         calibration_share: float = 0.3,
         params: dict[str, Any] | None = None,
         seed: int = 0,
+        ordered: bool = False,
     ) -> None:
         if loss not in LOSSES:
             raise ValidationError(
@@ -197,6 +202,7 @@ class LossEstimator:
         self.calibration_share = calibration_share
         self.params = params
         self.seed = seed
+        self.ordered = ordered
 
     # -- learning from labelled rows ----------------------------------------------------------
     def fit(self, features: Any, outputs: Any, labels: Any) -> LossEstimator:
@@ -221,9 +227,13 @@ class LossEstimator:
         inputs = np.column_stack([x, out])
 
         rng = np.random.default_rng(self.seed)
-        order = rng.permutation(rows)
         n_cal = round(rows * self.calibration_share)
-        cal, train = order[:n_cal], order[n_cal:]
+        if self.ordered:  # learn on the past, calibrate on what followed
+            order = np.arange(rows)
+            train, cal = order[: rows - n_cal], order[rows - n_cal :]
+        else:
+            order = rng.permutation(rows)
+            cal, train = order[:n_cal], order[n_cal:]
 
         given = dict(self.params or {})
         rounds = DEFAULT_ROUNDS
@@ -240,7 +250,11 @@ class LossEstimator:
         self.reference_loss_ = float(target[cal].mean())
         self.reference_estimate_ = float(estimated.mean())
         window = min(n_cal // self.chunks, MAX_CALIBRATION_WINDOW)
-        means = _window_means(estimated, window, rng)
+        means = (
+            _stretch_means(estimated, window, rng)
+            if self.ordered
+            else _window_means(estimated, window, rng)
+        )
         self.calibration_window_ = window
         self.calibration_rows_ = n_cal
         self.baseline_ = (float(means.mean()), float(means.std()))
@@ -266,13 +280,17 @@ class LossEstimator:
         A window's mean wanders from the healthy mean with variance proportional to
         ``1/rows``, and the healthy mean, measured on the calibration rows, is itself off by
         a variance proportional to ``1/calibration_rows_``; the level calibrated on windows
-        of ``calibration_window_`` rows is rescaled around the healthy mean by both.
+        of ``calibration_window_`` rows is rescaled around the healthy mean by both. Rows in
+        time order are not independent (a day has its hours), so with ``ordered`` a longer
+        window keeps the calibrated level instead of narrowing it.
         """
         self._check_fitted()
         if rows < 1:
             raise ValidationError(f"a window needs at least one row, not {rows}")
         centre = self.baseline_[0]
         scale = math.sqrt(self.calibration_window_ * (1 / rows + 1 / self.calibration_rows_))
+        if self.ordered:
+            scale = max(scale, 1.0)
         return centre + (self.level_ - centre) * scale
 
     def estimate(self, features: Any, outputs: Any, labels: Any = None) -> PerformanceEstimate:
@@ -318,6 +336,13 @@ def _window_means(estimated: np.ndarray, window: int, rng: np.random.Generator) 
         picks = rng.integers(0, len(estimated), (stop - start, window))
         means[start:stop] = estimated[picks].mean(axis=1)
     return means
+
+
+def _stretch_means(estimated: np.ndarray, window: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of ``DRAWS`` contiguous stretches of ``window`` rows at random offsets."""
+    total = np.concatenate([[0.0], np.cumsum(estimated)])
+    starts = rng.integers(0, len(estimated) - window + 1, DRAWS)
+    return (total[starts + window] - total[starts]) / window
 
 
 def _lightgbm() -> Any:

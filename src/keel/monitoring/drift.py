@@ -474,6 +474,8 @@ class DriftDetector:
         n = self.reference_rows_[name]
         c = self.window_size_[name]
         ratio = (1 / rows + 1 / n) / (1 / c + 1 / self.calibration_rest_[name])
+        if self.ordered:  # rows in time order are not independent: a longer window keeps it
+            ratio = max(ratio, 1.0)
         return float(level * (np.sqrt(ratio) if kind == "numeric" else ratio))
 
     # -- scoring a window ---------------------------------------------------------------------

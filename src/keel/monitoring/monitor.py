@@ -116,6 +116,7 @@ class Monitor:
         self.detector_: DriftDetector | None = None
         self.estimator_: LossEstimator | None = None
         self._pending: list[_Pending] = []
+        self._unrestored: tuple[list[tuple[int, int, int]], dict[int, tuple[float, int]]] = ([], {})
         self._labels: Any = None
         self._alerting = False
         self.next_offset_, self.windows_ = self._resume()
@@ -228,7 +229,7 @@ class Monitor:
         start = int(len(y) * (1 - self.config.holdout))
         held = table.slice(start)
         estimator = LossEstimator(
-            loss=self.config.loss, false_alert_rate=self.config.false_alert_rate
+            loss=self.config.loss, false_alert_rate=self.config.false_alert_rate, ordered=True
         )
         if held.num_rows < estimator.rows_needed():
             log.warning(
@@ -357,6 +358,7 @@ class Monitor:
             "start": pc.min(ts).as_py().isoformat(),
             "end": pc.max(ts).as_py().isoformat(),
             "rows": window.num_rows,
+            "first_offset": int(window.column(OFFSET)[0].as_py()),
             "next_offset": next_offset,
             "features": [_drift_dict(by_name[n]) for n in ref.features],
             "prediction": _drift_dict(by_name[ref.outputs[0]]) if ref.outputs else None,
@@ -454,6 +456,8 @@ class Monitor:
     # -- labels --------------------------------------------------------------------------
     def _join_labels(self) -> None:
         labels = self.config.labels
+        if labels is not None and self._unrestored[0]:
+            self._restore_pending()
         if labels is None or not self._pending or not has_topic(self.log, labels.topic):
             return
         if self._labels is None:
@@ -500,13 +504,47 @@ class Monitor:
         )
 
     def _resume(self) -> tuple[int, int]:
-        """Where the last window of this route ended (a restart carries on from there)."""
+        """Where the last window of this route ended (a restart carries on from there), and
+        which recent windows may still receive labels."""
         last = None
-        for event in events(self.log, self.route.name, ("window",)):
+        spans: list[tuple[int, int, int]] = []
+        realized: dict[int, tuple[float, int]] = {}
+        for event in events(self.log, self.route.name, ("window", "realized")):
+            if event["kind"] == "realized":
+                realized[event["window"]] = (event["realized"], event["labelled"])
+                continue
             last = event
+            end = int(event["next_offset"])
+            spans.append(
+                (event["window"], int(event.get("first_offset", end - event["rows"])), end)
+            )
+        self._unrestored = (spans[-KEEP_WINDOWS:], realized)
         if last is None:
             return 0, 0
         return int(last["next_offset"]), int(last["window"]) + 1
+
+    def _restore_pending(self) -> None:
+        """After a restart: the request ids and scores of the recent windows, read back from
+        the prediction log, so labels arriving now still join them."""
+        spans, realized = self._unrestored
+        self._unrestored = ([], {})
+        restored = []
+        for index, start, end in spans:
+            rows = self.log.read(self.topic, 0, start, end - start)
+            outputs = [
+                c
+                for c in rows.column_names
+                if c.startswith(OUTPUT_PREFIX) and pa.types.is_floating(rows.schema.field(c).type)
+            ]
+            if not rows.num_rows or not outputs:
+                continue
+            ids = rows["request_id"].to_pylist()
+            scores = rows[outputs[0]].to_numpy(zero_copy_only=False).tolist()
+            value, labelled = realized.get(index, (0.0, 0))
+            restored.append(
+                _Pending(index, dict(zip(ids, scores, strict=True)), value * labelled, labelled)
+            )
+        self._pending[:0] = restored
 
 
 def _empty(column: Any) -> bool:
