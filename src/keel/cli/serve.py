@@ -41,7 +41,8 @@ def build_server(proj: Project, only: list[str] | None = None, *, clock: Any = N
         routes,
         registry=proj.registry if needs_registry else None,
         features=proj.features if needs_features else None,
-        log_=proj.log if needs_registry else None,
+        # The log carries registry events (hot swaps) and monitored routes' predictions.
+        log_=proj.log if needs_registry or any(r.monitor for r in routes) else None,
         follow_features=needs_features,
         clock=clock,
     )
