@@ -171,6 +171,12 @@ def test_drift_half_way_is_flagged_and_the_loss_estimate_tracks_the_realized(
     # The estimate is close to what the labels later said, on both sides of the shift.
     assert np.corrcoef(est, realized)[0, 1] > 0.9
     assert abs(np.mean(est[3:]) - np.mean(realized[3:])) < 0.25 * np.mean(realized[3:])
+    # Still over the threshold after the restarts: the standing alert asked for its
+    # retrain already, so no second request.
+    serve(world, risk_route, np.round(rng.normal(70, 6, 400), 2), first_id=5000)
+    (late,) = third.step()
+    assert late["performance"]["alert"]
+    assert len(events(world.log, "risk", ("retrain_request",))) == 1
 
 
 def test_a_route_without_a_prediction_log_says_how_to_get_one(world, risk_route) -> None:

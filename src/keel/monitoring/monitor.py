@@ -521,6 +521,8 @@ class Monitor:
         self._unrestored = (spans[-KEEP_WINDOWS:], realized)
         if last is None:
             return 0, 0
+        # An alert still standing asked for its retrain already.
+        self._alerting = bool((last.get("performance") or {}).get("alert"))
         return int(last["next_offset"]), int(last["window"]) + 1
 
     def _restore_pending(self) -> None:
