@@ -169,25 +169,44 @@ def _wasserstein(
     window values F_cur is a constant t, F_ref crosses t once (at a reference value known by
     its index), and the integral of F_ref over any stretch comes from the running sums."""
     ref, n, m = reference_sorted, len(reference_sorted), r.m
-    lo, hi = min(ref[0], r.values[0]), max(ref[-1], r.values[-1])
-    a = np.concatenate([[lo], r.values])  # stretches [a, b) with F_cur = level / m
-    b = np.concatenate([r.values, [hi]])
-    ka = np.concatenate([[0], r.ref_upto])  # reference values up to each bound
-    kb = np.concatenate([r.ref_upto, [n]])
-    level = np.concatenate([[0], r.cur_upto])
-    t = level / m
+    k = len(r.values) + 1  # stretches [a, b) with F_cur = level / m
+    # One array of bounds (and of reference counts at them) serves as both a and b, shifted.
+    v = np.empty(k + 1)
+    v[0], v[1:-1], v[-1] = min(ref[0], r.values[0]), r.values, max(ref[-1], r.values[-1])
+    kv = np.empty(k + 1, dtype=np.int64)
+    kv[0], kv[1:-1], kv[-1] = 0, r.ref_upto, n
+    a, b, ka, kb = v[:-1], v[1:], kv[:-1], kv[1:]
+    level = np.empty(k, dtype=np.int64)
+    level[0], level[1:] = 0, r.cur_upto
     # F_ref >= t from the s-th smallest reference value on, s = ceil(t n), in integers.
-    s = -((-level * n) // m)
-    cross = ref[np.maximum(s - 1, 0)]
-    before, after = (s == 0) | (cross <= a), cross >= b
+    s = level * n
+    np.negative(s, out=s)
+    np.floor_divide(s, m, out=s)
+    np.negative(s, out=s)
+    sm1 = np.maximum(s - 1, 0)
+    cross = ref[sm1]
+    before = cross <= a
+    before |= s == 0
+    after = cross >= b
     c = np.where(before, a, np.where(after, b, cross))
-    kc = np.where(before, ka, np.where(after, kb, s - 1))
+    kc = np.where(before, ka, np.where(after, kb, sm1))
     # n * integral of F_ref from -inf to x, given k reference values at or below x.
-    ga = ka * (a - centre) - prefix[ka]
-    gb = kb * (b - centre) - prefix[kb]
-    gc = kc * (c - centre) - prefix[kc]
-    area = t * (2 * c - a - b) + (ga + gb - 2 * gc) / n
-    return float(area.sum())
+    g = kv * (v - centre)
+    g -= prefix[kv]
+    gc = kc * (c - centre)
+    gc -= prefix[kc]
+    # area = t (2c - a - b) + (ga + gb - 2 gc) / n, summed over the stretches
+    c2 = c + c
+    c2 -= a
+    c2 -= b
+    c2 *= level
+    c2 /= m
+    gc *= -2.0
+    gc += g[:-1]
+    gc += g[1:]
+    gc /= n
+    c2 += gc
+    return float(c2.sum())
 
 
 def _counts(sorted_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
