@@ -213,7 +213,7 @@ def _traffic(
     model = _fit_fraud(
         train,
         server.routes["fraud"].current.runtime.feature_names,
-        n_estimators=220,
+        n_estimators=205,
         random_state=8,
     )
     candidate = registry.register(
@@ -222,7 +222,7 @@ def _traffic(
         training_set=train,
         parent=int(server.routes["fraud"].current.version.split("@")[1]),
         params=model.get_params(),
-        description="retrain with 220 rounds",
+        description="retrain with 205 rounds",
     )
     registry.set_alias("fraud", "challenger", candidate.version, reason="candidate")
     server.set_traffic(
