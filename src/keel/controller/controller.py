@@ -26,7 +26,25 @@ def _version_number(ref: str) -> int:
     return int(ref.rsplit("@", 1)[1])
 
 
-class Controller:
+class _Loop:
+    """Steps every ``interval_s`` until stopped; a failing step is logged and retried."""
+
+    interval_s: float
+
+    def step(self) -> list[Decision]:
+        raise NotImplementedError
+
+    def run(self, stop: threading.Event) -> None:
+        """Step every ``interval_s`` until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception:
+                log.exception("controller step failed; retrying")
+            stop.wait(self.interval_s)
+
+
+class Controller(_Loop):
     """Watches an in-process :class:`~keel.serving.InferenceServer`'s routes."""
 
     def __init__(self, server: Any, registry: Any, *, interval_s: float = 1.0) -> None:
@@ -83,17 +101,8 @@ class Controller:
             {"action": decision.action, "reason": decision.reason, "evidence": decision.evidence},
         )
 
-    def run(self, stop: threading.Event) -> None:
-        """Step every ``interval_s`` until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                self.step()
-            except Exception:
-                log.exception("controller step failed; retrying")
-            stop.wait(self.interval_s)
 
-
-class RemoteController:
+class RemoteController(_Loop):
     """The same decisions against a server's control API (``keel controller --url``)."""
 
     def __init__(self, url: str, registry: Any, *, interval_s: float = 2.0) -> None:
@@ -158,11 +167,3 @@ class RemoteController:
                     )
                     taken.append(decision)
         return taken
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.step()
-            except Exception:
-                log.exception("controller step failed; retrying")
-            stop.wait(self.interval_s)

@@ -177,6 +177,10 @@ class FeatureStore:
         """Check every view; return view name → fingerprint."""
         return {v.name: (self.layout(v), v.fingerprint)[1] for v in self.views}
 
+    def columns(self, features: Sequence[str]) -> list[str]:
+        """The column names (``view__feature``) that ``features`` resolve to, in order."""
+        return [column_name(v.name, f.name) for v, feats in self.resolve(features) for f in feats]
+
     def resolve(self, features: Sequence[str]) -> list[tuple[FeatureView, list[Feature]]]:
         """``["view:feature", "view"]`` → views with their chosen features, in order."""
         if isinstance(features, str):

@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 EPS = 1e-6
+#: The statistic alerts use, by column kind.
+ALERT_STATISTIC = {"numeric": "ks", "categorical": "chi2", "vector": "mmd"}
 CALIBRATION_ROWS = 100_000
 SMIRNOV_LOOP = 10_000  # from here scipy's scalar Smirnov sum costs more than ~10 ms
 PARALLEL_ROWS = 50_000  # below this a window scores faster on one thread than handed around
@@ -437,12 +439,7 @@ class DriftDetector:
         windows = np.sort([rng.choice(n, size, replace=False) for _ in range(draws)], axis=1)
         if kind == "numeric":
             return _ks_spread(values, windows), size, n - size
-        width = int(values.max()) + 1
-        total = np.bincount(values, minlength=width)
-        offset = width * np.arange(draws)[:, None]
-        picked = np.bincount((values[windows] + offset).ravel(), minlength=draws * width)
-        spread = [chi2(total - w, w)[0] for w in picked.reshape(draws, width)]
-        return np.array(spread), size, n - size
+        return _chi2_spread(values, windows), size, n - size
 
     def _calibrate_ordered(
         self, kind: str, col: Any, values: np.ndarray, rng: np.random.Generator
@@ -476,12 +473,7 @@ class DriftDetector:
             rank = np.empty(n, dtype=np.int64)
             rank[order] = np.arange(n)
             return _ks_spread(raw[order], np.sort(rank[blocks], axis=1)), size, n - size
-        width = int(raw.max()) + 1
-        total = np.bincount(raw, minlength=width)
-        offset = width * np.arange(draws)[:, None]
-        picked = np.bincount((raw[blocks] + offset).ravel(), minlength=draws * width)
-        spread = [chi2(total - w, w)[0] for w in picked.reshape(draws, width)]
-        return np.array(spread), size, n - size
+        return _chi2_spread(raw, blocks), size, n - size
 
     def threshold(self, name: str, rows: int) -> float:
         """The alert level for a window of ``rows`` rows: KS and MMD shrink with larger
@@ -556,7 +548,7 @@ class DriftDetector:
         return FeatureDrift(
             name,
             kind,
-            {"numeric": "ks", "categorical": "chi2"}.get(kind, "mmd"),
+            ALERT_STATISTIC[kind],
             value,
             self.threshold(name, len(values)),
             p,
@@ -611,6 +603,17 @@ def _ks_spread(sample_sorted: np.ndarray, windows: np.ndarray) -> np.ndarray:
     above = np.max(ref_below / rest - cur_below / size, axis=1)
     under = np.max(cur_upto / size - ref_upto / rest, axis=1)
     return np.maximum(np.maximum(above, under), 0.0)
+
+
+def _chi2_spread(codes: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """Chi-square between each window (a row of positions in ``codes``) and the rest, the
+    category counts of all draws from one bincount."""
+    draws = len(windows)
+    width = int(codes.max()) + 1
+    total = np.bincount(codes, minlength=width)
+    offset = width * np.arange(draws)[:, None]
+    picked = np.bincount((codes[windows] + offset).ravel(), minlength=draws * width)
+    return np.array([chi2(total - w, w)[0] for w in picked.reshape(draws, width)])
 
 
 def _cores() -> int:

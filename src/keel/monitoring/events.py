@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from keel.errors import TopicNotFoundError
 from keel.log import OFFSET, Topic
 
 __all__ = ["MONITOR", "events", "has_topic", "history"]
@@ -52,4 +53,9 @@ def _read(log_: Any, route: str, kinds: tuple[str, ...]) -> Any:
 
 
 def has_topic(log_: Any, name: str) -> bool:
-    return any(t.name == name for t in log_.topics())
+    """Whether the log has topic ``name`` (answered from the log's cache once it has)."""
+    try:
+        log_.topic(name)
+    except TopicNotFoundError:
+        return False
+    return True

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +36,7 @@ from keel.config import MonitorConfig, RouteConfig
 from keel.errors import NotFoundError, ValidationError
 from keel.log import OFFSET
 from keel.monitoring.concept import LossEstimator, row_loss
-from keel.monitoring.drift import DriftDetector, FeatureDrift
+from keel.monitoring.drift import ALERT_STATISTIC, DriftDetector, FeatureDrift
 from keel.monitoring.events import MONITOR, events, has_topic, history
 from keel.monitoring.gauges import Gauges
 from keel.monitoring.skew import concentration, staleness, training_serving
@@ -255,7 +254,7 @@ class Monitor:
         for name, kind in det.kinds_.items():
             mean, std = det.baseline_[name]
             out[name] = {
-                "statistic": {"numeric": "ks", "categorical": "chi2"}.get(kind, "mmd"),
+                "statistic": ALERT_STATISTIC[kind],
                 "baseline_mean": mean,
                 "baseline_std": std,
                 "level": det.threshold(name, size),
@@ -322,15 +321,6 @@ class Monitor:
             records.append(self._score(window, int(window.column(OFFSET)[-1].as_py()) + 1))
         self._join_labels()
         return records
-
-    def run(self, stop: threading.Event, interval_s: float = 5.0) -> None:
-        """Step until ``stop`` is set (``keel monitor``)."""
-        while not stop.is_set():
-            try:
-                self.step()
-            except NotFoundError as exc:
-                log.info("%s", exc)
-            stop.wait(interval_s)
 
     def _score(self, window: pa.Table, next_offset: int) -> dict[str, Any]:
         ref = self.reference_

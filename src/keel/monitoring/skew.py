@@ -47,14 +47,12 @@ def training_serving(
     keys = [c for c in window.column_names if c.startswith(KEY_PREFIX)]
     if features is None or not refs or not keys:
         return {}
-    resolved = features.resolve(refs)
-    served = [f"{v.name}__{f.name}" for v, feats in resolved for f in feats]
-    served = [n for n in served if n in watched and n in window.column_names]
+    served = [n for n in features.columns(refs) if n in watched and n in window.column_names]
     if not served:
         return {}
     rows = window.slice(0, min(SKEW_ROWS, window.num_rows))
     labels: dict[str, Any] = {"ts": rows["ts"]}
-    for view, _ in resolved:
+    for view, _ in features.resolve(refs):
         jk = view.entity.join_key
         column = rows[KEY_PREFIX + jk] if KEY_PREFIX + jk in rows.column_names else None
         if column is None or column.null_count:

@@ -48,27 +48,19 @@ def training_info(table: pa.Table) -> dict[str, Any] | None:
     return info
 
 
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+
+
 def code_state(where: str | Path | None = None) -> dict[str, Any]:
     """The git commit and dirty flag of ``where`` (default: the current folder); outside git,
     a hash of the Python sources there instead."""
     root = Path(where or ".").resolve()
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
+        commit = _git(root, "rev-parse", "HEAD").strip()
+        status = _git(root, "status", "--porcelain")
         return {"git_commit": commit, "dirty": bool(status.strip()), "path": str(root)}
     except (OSError, subprocess.SubprocessError):
         h = hashlib.sha256()

@@ -161,8 +161,7 @@ class InferenceServer:
         """The names of the features a route joins (``view__feature``)."""
         if not cfg.features or self.features is None:
             return []
-        resolved = self.features.resolve(cfg.features)
-        return [f"{v.name}__{f.name}" for v, feats in resolved for f in feats]
+        return self.features.columns(cfg.features)
 
     def _batcher(
         self, route: Route, deployed: Callable[[], Deployed | None], suffix: str = ""
