@@ -218,6 +218,28 @@ def test_shift_changes_distributions_and_keeps_the_world(week) -> None:
     assert web_share[0] > web_share[1] + 0.2
 
 
+def test_untracked_sessions_lose_their_events_but_not_their_payments() -> None:
+    base = Shop(seed=5, n_users=2_000, n_items=200, start=START)
+    tracked = base.history(days=1)
+    outage = Shop(seed=5, n_users=2_000, n_items=200, start=START, shift=Shift(untracked_share=0.6))
+    lost = outage.history(days=1)
+    assert lost[PAYMENTS.name].equals(tracked[PAYMENTS.name])
+    assert lost[LABELS.name].equals(tracked[LABELS.name])
+
+    def seen(events: pa.Table) -> set[tuple]:
+        cols = ("ts", "user_id", "session_id", "item_id", "event_type")
+        return set(zip(*(events[c].to_pylist() for c in cols), strict=True))
+
+    kept, every = seen(lost[EVENTS.name]), seen(tracked[EVENTS.name])
+    assert kept < every and 0.3 < len(kept) / len(every) < 0.5
+    # Whole sessions go: a session either keeps all its events or none.
+    sessions = pc.unique(lost[EVENTS.name]["session_id"])
+    all_of_them = tracked[EVENTS.name].filter(
+        pc.is_in(tracked[EVENTS.name]["session_id"], sessions)
+    )
+    assert all_of_them.num_rows == lost[EVENTS.name].num_rows
+
+
 def test_shift_forks_the_timeline() -> None:
     base = Shop(seed=8, n_users=300, n_items=50, start=START)
     day = base.history(days=1)

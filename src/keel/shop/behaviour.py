@@ -100,6 +100,10 @@ class Shift:
     fraud_browse_share
         Share of fraud bursts whose fraudster first browses and buys in the victim's account,
         so the account looks active as a real shopper's does.
+    untracked_share
+        Share of sessions whose views, carts and purchases never reach the event stream (a
+        tracking outage, such as an app release that stops sending them); their payments
+        still do.
 
     Example
     -------
@@ -123,6 +127,7 @@ class Shift:
     fraud_takeover_share: float = 0.15
     buy_share: float = BUY_P
     fraud_browse_share: float = 0.0
+    untracked_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("price_scale", "fraud_amount_scale"):
@@ -130,7 +135,8 @@ class Shift:
         check_number("shift popularity_exponent", self.popularity_exponent, low=0.0)
         check_number("shift fraud_rate", self.fraud_rate, low=0.0, high=0.5)
         shares = ("night_share", "mobile_share", "travel_share", "new_device_share")
-        for name in (*shares, "fraud_takeover_share", "buy_share", "fraud_browse_share"):
+        more = ("fraud_takeover_share", "buy_share", "fraud_browse_share", "untracked_share")
+        for name in (*shares, *more):
             check_number(f"shift {name}", getattr(self, name), low=0.0, high=1.0)
         known = [c.name for c in CATEGORIES]
         weights = dict(self.category_weights or {})
@@ -279,6 +285,9 @@ class Behaviour:
         payments = select(payments, np.argsort(payments["ts"], kind="stable"))
         payments["payment"] = np.arange(len(payments["ts"]), dtype=np.int64)
         labels = _labels(rng, payments)
+        if self.shift.untracked_share > 0:  # drawn last: the other draws stay as they were
+            lost = rng.random(n) < self.shift.untracked_share
+            events = select(events, ~lost[events["session"]])
         if browsing is not None:
             browsing["session"] += n
             events = concat([events, browsing])
