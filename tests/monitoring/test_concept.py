@@ -188,10 +188,12 @@ def test_bad_labelled_rows_say_what_is_wrong() -> None:
     est = LossEstimator()
     with pytest.raises(ValidationError, match="the labels have 3 NaN, null or infinite values"):
         est.fit(table, scores, np.where(np.arange(1000) < 3, np.nan, labels))
-    few = table.slice(0, 500)
-    with pytest.raises(ValidationError, match=r"number 500: .* needs at least 667"):
-        est.fit(few, scores[:500], labels[:500])
-    assert est.rows_needed() == 667
+    few = table.slice(0, 150)
+    with pytest.raises(ValidationError, match=r"number 150: .* 5 folds, need at least 200"):
+        est.fit(few, scores[:150], labels[:150])
+    assert est.rows_needed() == 200
+    assert LossEstimator(folds=2).rows_needed() == 200
+    assert LossEstimator(chunks=4, folds=2).rows_needed() == 200  # 100 outside each fold
     with pytest.raises(ValidationError, match="0/1 labels; 1000 labels are neither"):
         est.fit(table, scores, labels + 2)
     with pytest.raises(ValidationError, match=re.escape("probabilities in [0, 1]; 1 are not")):
@@ -200,12 +202,23 @@ def test_bad_labelled_rows_say_what_is_wrong() -> None:
         est.estimate(table, scores)
     with pytest.raises(ValidationError, match="did you mean 'logloss'"):
         LossEstimator(loss="log_loss")
-    with pytest.raises(ValidationError, match="calibration_share"):
-        LossEstimator(calibration_share=1.0)
+    with pytest.raises(ValidationError, match="folds must be an integer >= 2, got 1"):
+        LossEstimator(folds=1)
+    with pytest.raises(ValidationError, match="chunks must be an integer >= 4, got 2"):
+        LossEstimator(chunks=2)
+    with pytest.raises(ValidationError, match="false_alert_rate must be within"):
+        LossEstimator(false_alert_rate=1.0)
     assert set(LOSSES) == {"logloss", "squared", "abs", "error"}
 
 
-def test_ordered_calibration_learns_on_the_past_and_counts_daily_cycles_as_healthy() -> None:
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        pytest.param(40, id="stretches"),  # 600-row stretches: a window is one of them
+        pytest.param(240, id="blocks"),  # 100-row stretches: a window joins three
+    ],
+)
+def test_ordered_calibration_counts_daily_cycles_as_healthy(chunks: int) -> None:
     """With a daily cycle in how hard rows are, windows of consecutive rows wander more than
     random rows do; calibrating on stretches keeps healthy consecutive windows quiet."""
     rng = np.random.default_rng(8)
@@ -218,7 +231,7 @@ def test_ordered_calibration_learns_on_the_past_and_counts_daily_cycles_as_healt
     out = 1 / (1 + np.exp(-x / 0.3))  # a model that is sure at every hour
     table = pa.table({"x": x, "hour": hour.astype(float)})
     fitted = {
-        ordered: LossEstimator(ordered=ordered, chunks=40).fit(table, out, y)
+        ordered: LossEstimator(ordered=ordered, chunks=chunks).fit(table, out, y)
         for ordered in (False, True)
     }
     assert fitted[True].ordered and not fitted[False].ordered

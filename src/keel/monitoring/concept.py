@@ -8,9 +8,10 @@ back. It cannot see a change in P(label | inputs) that leaves the inputs and out
 that shows only in the realized loss, once labels arrive.
 
 P-values fire on every tiny shift when windows are large, so the alert level is calibrated
-instead: part of the labelled rows is kept out of training, many windows are drawn from it,
-and the level is set where ``false_alert_rate`` of those healthy windows' estimates would
-pass it. Only a rise in loss alerts.
+instead. The labelled rows are cross-fitted: split into folds, each fold's rows are estimated
+by a loss model that did not learn from them, so every labelled row also calibrates. Many
+healthy windows of the live window's size are drawn from those estimates, and the level is
+set where ``false_alert_rate`` of them would pass it. Only a rise in loss alerts.
 
 Example
 -------
@@ -47,11 +48,12 @@ __all__ = ["LOSSES", "LossEstimator", "PerformanceEstimate", "row_loss"]
 # Probabilities are clipped this far from 0 and 1 so one confident miss costs ~34.5, not inf.
 PROBABILITY_EPS = 1e-15
 DRAWS = 2000
-# Past this many rows a calibration window's spread is measured at this size and rescaled:
-# the level scales as 1/sqrt(rows) either way, and the draws stay cheap.
+# Past this many rows a window's healthy spread is measured at this size and rescaled: the
+# level scales as 1/sqrt(rows) either way, and the draws stay cheap.
 MAX_CALIBRATION_WINDOW = 10_000
 MIN_WINDOW = 10
 MIN_TRAINING_ROWS = 100
+DEFAULT_FOLDS = 5
 DEFAULT_ROUNDS = 200
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "regression",  # L2: the model estimates the conditional mean loss
@@ -149,18 +151,22 @@ class LossEstimator:
     false_alert_rate
         The share of healthy windows allowed to alert.
     chunks
-        The calibration rows are split into this many windows' worth: a calibration window
-        has ``calibration rows // chunks`` rows.
-    calibration_share
-        The share of the labelled rows kept out of training to calibrate the alert level.
+        The labelled rows are split into this many windows' worth: a calibration window has
+        ``labelled rows // chunks`` rows (with ``ordered``, the longest stretch of consecutive
+        rows that healthy windows are built from).
+    folds
+        The labelled rows are cross-fitted in this many folds: each fold's rows are estimated
+        by a loss model trained on the others (the final model learns on all of them).
     params
         LightGBM parameters, merged over the defaults (a round count may be among them).
     seed
-        Seeds the split, LightGBM and the calibration draws.
+        Seeds the folds, LightGBM and the calibration draws.
     ordered
-        The labelled rows are in time order: the loss model learns on the earlier rows, is
-        calibrated on the later ones, and calibration windows are contiguous stretches of
-        them (so what varies within a day counts as healthy spread, as between live windows).
+        The labelled rows are in time order: folds are consecutive stretches of time, and a
+        healthy window is a stretch of consecutive rows (or, when the rows hold fewer than
+        ``chunks`` windows of its size, consecutive stretches of ``labelled rows // chunks``
+        rows at random places, joined), so what varies within a day counts as healthy
+        spread, as it does between live windows.
 
     Attributes
     ----------
@@ -169,12 +175,14 @@ class LossEstimator:
     model_
         The LightGBM booster that estimates a row's loss.
     reference_loss_, reference_estimate_
-        Mean realized and mean estimated loss on the calibration rows.
+        Mean realized and mean (cross-fitted) estimated loss on the labelled rows.
+    calibration_
+        Each labelled row's cross-fitted estimated loss, in the order given.
     baseline_
-        Mean and standard deviation of the estimated loss over healthy calibration windows.
+        Mean and standard deviation of the estimated loss over healthy windows of
+        ``calibration_window_`` rows.
     level_
-        The alert level for a window of ``calibration_window_`` rows, drawn from
-        ``calibration_rows_`` held-out rows.
+        The alert level for a window of ``calibration_window_`` rows.
     """
 
     def __init__(
@@ -183,7 +191,7 @@ class LossEstimator:
         loss: str = "logloss",
         false_alert_rate: float = 0.01,
         chunks: int = 20,
-        calibration_share: float = 0.3,
+        folds: int = DEFAULT_FOLDS,
         params: dict[str, Any] | None = None,
         seed: int = 0,
         ordered: bool = False,
@@ -192,21 +200,24 @@ class LossEstimator:
             raise ValidationError(
                 f"unknown loss {loss!r}{did_you_mean(loss, LOSSES)} (expected one of {LOSSES})"
             )
-        if chunks < 4 or not 0 < false_alert_rate < 1 or not 0 < calibration_share < 1:
-            raise ValidationError(
-                "chunks >= 4, 0 < false_alert_rate < 1 and 0 < calibration_share < 1"
-            )
+        if not isinstance(chunks, int) or chunks < 4:
+            raise ValidationError(f"chunks must be an integer >= 4, got {chunks!r}")
+        if not isinstance(folds, int) or folds < 2:
+            raise ValidationError(f"folds must be an integer >= 2, got {folds!r}")
+        if not 0 < false_alert_rate < 1:
+            raise ValidationError(f"false_alert_rate must be within (0, 1), got {false_alert_rate}")
         self.loss = loss
         self.false_alert_rate = false_alert_rate
         self.chunks = chunks
-        self.calibration_share = calibration_share
+        self.folds = folds
         self.params = params
         self.seed = seed
         self.ordered = ordered
 
     # -- learning from labelled rows ----------------------------------------------------------
     def fit(self, features: Any, outputs: Any, labels: Any) -> LossEstimator:
-        """Train the loss model on part of the labelled rows and calibrate on the rest.
+        """Train the loss model on the labelled rows and calibrate on its cross-fitted
+        estimates of them.
 
         ``features`` are the production model's numeric inputs as served (an Arrow table or
         a DataFrame; missing values are allowed), ``outputs`` its scores (the positive
@@ -217,8 +228,9 @@ class LossEstimator:
         needed = self.rows_needed()
         if rows < needed:
             raise ValidationError(
-                f"the labelled rows number {rows}: training and calibrating {self.chunks} "
-                f"chunks with calibration_share={self.calibration_share} needs at least {needed}"
+                f"the labelled rows number {rows}: {self.chunks} calibration windows of at "
+                f"least {MIN_WINDOW} rows, cross-fitted in {self.folds} folds, need at least "
+                f"{needed}"
             )
         x = _matrix(table, table.column_names, "labelled rows")
         out = _vector(outputs, "outputs", rows)
@@ -227,14 +239,9 @@ class LossEstimator:
         inputs = np.column_stack([x, out])
 
         rng = np.random.default_rng(self.seed)
-        n_cal = round(rows * self.calibration_share)
-        if self.ordered:  # learn on the past, calibrate on what followed
-            order = np.arange(rows)
-            train, cal = order[: rows - n_cal], order[rows - n_cal :]
-        else:
-            order = rng.permutation(rows)
-            cal, train = order[:n_cal], order[n_cal:]
-
+        fold = np.arange(rows) * self.folds // rows  # consecutive stretches of time
+        if not self.ordered:
+            fold = rng.permutation(fold)
         given = dict(self.params or {})
         rounds = DEFAULT_ROUNDS
         for alias in _ROUND_ALIASES:
@@ -242,31 +249,33 @@ class LossEstimator:
                 rounds = int(given.pop(alias))
         params = {**DEFAULT_PARAMS, **given, "seed": self.seed}
         lgb = _lightgbm()
-        data = lgb.Dataset(inputs[train], label=target[train], params={"verbose": -1})
-        self.features_: list[str] = list(table.column_names)
-        self.model_ = lgb.train(params, data, num_boost_round=rounds)
 
-        estimated = self._predict(inputs[cal])
-        self.reference_loss_ = float(target[cal].mean())
+        def train(picked: np.ndarray) -> Any:
+            data = lgb.Dataset(inputs[picked], label=target[picked], params={"verbose": -1})
+            return lgb.train(params, data, num_boost_round=rounds)
+
+        estimated = np.empty(rows)
+        for k in range(self.folds):
+            held = fold == k
+            estimated[held] = np.clip(train(~held).predict(inputs[held]), 0.0, None)
+        self.features_: list[str] = list(table.column_names)
+        self.model_ = train(np.ones(rows, bool))
+        self.calibration_ = estimated
+        self.reference_loss_ = float(target.mean())
         self.reference_estimate_ = float(estimated.mean())
-        window = min(n_cal // self.chunks, MAX_CALIBRATION_WINDOW)
-        means = (
-            _stretch_means(estimated, window, rng)
-            if self.ordered
-            else _window_means(estimated, window, rng)
-        )
-        self.calibration_window_ = window
-        self.calibration_rows_ = n_cal
+        self.calibration_rows_ = rows
+        self.calibration_window_ = rows // self.chunks
+        self._levels: dict[int, float] = {}
+        means = self._healthy_means(self.calibration_window_)
         self.baseline_ = (float(means.mean()), float(means.std()))
-        self.level_ = float(np.quantile(means, 1 - self.false_alert_rate))
+        self.level_ = self._level(self.calibration_window_)
         return self
 
     def rows_needed(self) -> int:
         """The fewest labelled rows ``fit`` accepts: enough for ``chunks`` calibration windows
-        of at least 10 rows, and 100 training rows."""
+        of at least 10 rows, and 100 training rows outside each fold."""
         return max(
-            math.ceil(self.chunks * MIN_WINDOW / self.calibration_share),
-            math.ceil(MIN_TRAINING_ROWS / (1 - self.calibration_share)),
+            self.chunks * MIN_WINDOW, math.ceil(MIN_TRAINING_ROWS * self.folds / (self.folds - 1))
         )
 
     # -- production windows -------------------------------------------------------------------
@@ -277,21 +286,36 @@ class LossEstimator:
     def threshold(self, rows: int) -> float:
         """The alert level for a window of ``rows`` rows.
 
-        A window's mean wanders from the healthy mean with variance proportional to
-        ``1/rows``, and the healthy mean, measured on the calibration rows, is itself off by
-        a variance proportional to ``1/calibration_rows_``; the level calibrated on windows
-        of ``calibration_window_`` rows is rescaled around the healthy mean by both. Rows in
-        time order are not independent (a day has its hours), so with ``ordered`` a longer
-        window keeps the calibrated level instead of narrowing it.
+        Healthy windows of that size are drawn from the cross-fitted estimates (past
+        ``MAX_CALIBRATION_WINDOW`` rows, of that size, their spread rescaled by
+        ``1/sqrt(rows)``); the level is their ``1 - false_alert_rate`` quantile. The healthy
+        mean they wander around is itself measured on ``calibration_rows_`` rows, so the
+        level's distance from it is widened by that uncertainty too.
         """
         self._check_fitted()
         if rows < 1:
             raise ValidationError(f"a window needs at least one row, not {rows}")
-        centre = self.baseline_[0]
-        scale = math.sqrt(self.calibration_window_ * (1 / rows + 1 / self.calibration_rows_))
-        if self.ordered:
-            scale = max(scale, 1.0)
-        return centre + (self.level_ - centre) * scale
+        size = min(rows, MAX_CALIBRATION_WINDOW)
+        centre = self.reference_estimate_
+        scale = math.sqrt(size * (1 / rows + 1 / self.calibration_rows_))
+        return centre + (self._level(size) - centre) * scale
+
+    def _level(self, size: int) -> float:
+        if size not in self._levels:
+            means = self._healthy_means(size)
+            self._levels[size] = float(np.quantile(means, 1 - self.false_alert_rate))
+        return self._levels[size]
+
+    def _healthy_means(self, size: int) -> np.ndarray:
+        """Mean estimated loss of ``DRAWS`` healthy windows of ``size`` rows (the same draws
+        for a size whenever asked)."""
+        rng = np.random.default_rng([self.seed, size])
+        estimated = self.calibration_
+        if not self.ordered:
+            return _window_means(estimated, size, rng)
+        if size * self.chunks <= len(estimated):
+            return _stretch_means(estimated, size, rng)
+        return _block_means(estimated, size, self.calibration_window_, rng)
 
     def estimate(self, features: Any, outputs: Any, labels: Any = None) -> PerformanceEstimate:
         """The window's estimated mean loss and its alert level; with ``labels`` (once they
@@ -343,6 +367,20 @@ def _stretch_means(estimated: np.ndarray, window: int, rng: np.random.Generator)
     total = np.concatenate([[0.0], np.cumsum(estimated)])
     starts = rng.integers(0, len(estimated) - window + 1, DRAWS)
     return (total[starts + window] - total[starts]) / window
+
+
+def _block_means(
+    estimated: np.ndarray, window: int, block: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Means of ``DRAWS`` windows of ``window`` rows, each joined from contiguous stretches of
+    ``block`` rows at random offsets (a moving-block bootstrap: what depends on its
+    neighbours within a stretch stays together)."""
+    blocks = -(-window // block)
+    lengths = np.full(blocks, block)
+    lengths[-1] = window - block * (blocks - 1)
+    total = np.concatenate([[0.0], np.cumsum(estimated)])
+    starts = rng.integers(0, len(estimated) - block + 1, (DRAWS, blocks))
+    return (total[starts + lengths] - total[starts]).sum(axis=1) / window
 
 
 def _lightgbm() -> Any:
