@@ -217,6 +217,8 @@ def test_the_candidate_runs_in_its_own_process_and_stops_with_the_server(world, 
     world.registry.register("fraud", twin, training_set=train)
     server = make(world, ManualClock(0.0), shadow=ShadowConfig(model="fraud@2", min_samples=1))
     runner = server.routes["fraud"].shadow_runner
+    # Started with the shadow, before any request: the first copies find it ready.
+    assert runner.isolated and runner.candidate_pid not in (None, os.getpid())
     with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
         predict_all(client, world.rows[:10])
         drain(server)

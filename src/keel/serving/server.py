@@ -328,11 +328,12 @@ class InferenceServer:
         if shadow_dep is None:
             route.shadow, route.shadow_state = None, None
             return
-        route.shadow = shadow_dep
         if route.shadow_runner is None:
             route.shadow_runner = ShadowRunner(
                 route, self.features, self.snapshot, log=self.log, registry=self.registry
             )
+        route.shadow_runner.prepare(shadow_dep)
+        route.shadow = shadow_dep
         state = route.shadow_state
         if state is None or state.candidate != shadow_dep.version:
             route.shadow_state = self._restore(

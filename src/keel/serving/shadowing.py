@@ -83,10 +83,28 @@ class ShadowRunner:
         self._runs_on: tuple[Deployed, Deployed] | None = None
         self._started_at = -RESTART_S
         self._local_only: set[str] = set()  # versions whose process could not build them
+        self._prepare: Deployed | None = None
+        self._prepared = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"keel-shadow-{route.name}", daemon=True
         )
         self._thread.start()
+
+    def prepare(self, candidate: Deployed, timeout: float = 60.0) -> None:
+        """Start what runs ``candidate`` (its own process, when isolated) before any copy
+        arrives, so the comparison runs at full pace from its first request instead of
+        waiting on a process start. The runner's thread does it: only that thread talks to
+        the process."""
+        self._prepared.clear()
+        self._prepare = candidate
+        self._wake.set()
+        if not self._prepared.wait(timeout):
+            log.warning(
+                "route %s: candidate %s not ready after %g s; copies queue until it is",
+                self.route.name,
+                candidate.version,
+                timeout,
+            )
 
     def offer(
         self,
@@ -132,6 +150,14 @@ class ShadowRunner:
     def _run(self) -> None:
         limit = max(self.route.config.max_batch_size, 1)
         while not self._stop.is_set():
+            candidate, self._prepare = self._prepare, None
+            if candidate is not None:
+                try:
+                    self._runner_for(candidate)
+                except Exception:
+                    log.exception("route %s: the shadow candidate did not start", self.route.name)
+                finally:
+                    self._prepared.set()
             self._join_labels()
             if not self._queue:
                 self._wake.clear()
