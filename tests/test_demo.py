@@ -37,6 +37,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # The drift injected half way is flagged, and the report is written.
     assert result.monitor_windows >= 4 and result.drift_window is not None
     assert result.drifted_after
+    # The events that stopped arriving are named among the drifted features, and the
+    # estimated loss crossed its level before the labels came in; they confirm it.
+    assert {"user_activity__events_1h", "user_activity__carts_1d"} <= set(result.drifted_after)
+    assert result.performance_alert_after
+    assert result.realized_before is not None and result.realized_after is not None
+    assert result.realized_after > 5 * result.realized_before
     assert Path(result.report).exists()
     for step in (
         "1. Project",

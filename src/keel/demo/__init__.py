@@ -201,10 +201,12 @@ def _summary(console: Console, project: Project, result: DemoResult) -> None:
         table.add_row("", f"keel -c {cfg} registry lineage fraud@champion")
         table.add_row("", f"keel -c {cfg} registry reproduce fraud@champion")
     if result.report:
-        drifted = ", ".join(f.split("__")[-1] for f in result.drifted_after[:6])
+        drifted = ", ".join(f.split("__")[-1] for f in result.drifted_after[:5])
+        more = len(result.drifted_after) - 5
         table.add_row(
             "monitor",
             f"{result.monitor_windows} windows; after the drift: {drifted or 'nothing'}"
+            + (f" and {more} more" if more > 0 else "")
             + ("; performance alert" if result.performance_alert_after else ""),
         )
         table.add_row("", f"report {result.report}")
