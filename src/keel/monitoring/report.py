@@ -369,6 +369,7 @@ def _performance_plot(windows: list[Any], history: list[dict]) -> _Plot | None:
         return None
     metric = perf[-1][1].get("metric") or "loss"
     fig, (ax,) = _figure(7.0, 2.8)
+    plotted: list[float] = []
     for key, style in (
         ("estimated", {"color": LINE_COLOR, "marker": "o", "ms": 3}),
         ("realized", {"color": CUR_COLOR, "marker": "s", "ms": 3}),
@@ -378,6 +379,10 @@ def _performance_plot(windows: list[Any], history: list[dict]) -> _Plot | None:
         xy = [(w, p[key]) for w, p in perf if _finite(p.get(key))]
         if xy:
             ax.plot(*zip(*xy, strict=True), lw=1.2, label=key, **style)
+            plotted += [v for _, v in xy]
+    # A window of missed frauds or a broken feed can cost 100x the healthy loss: on a log
+    # scale the estimate crossing its threshold stays visible beside it.
+    _log_if_wide(ax, plotted)
     hot = [(w, p["estimated"]) for w, p in perf if p.get("alert") and _finite(p.get("estimated"))]
     if hot:
         ax.scatter(*zip(*hot, strict=True), color=ALERT_COLOR, s=24, zorder=3, label="alert")
