@@ -230,3 +230,23 @@ def test_monitor_commands(project_dir: Path) -> None:
     assert "<html" in (project_dir / "r.html").read_text()[:500].lower()
     typo = keel(project_dir, "monitor", "status", "frod")
     assert typo.exit_code == 1 and "did you mean 'fraud'" in typo.output
+
+
+def test_monitor_status_names_the_furthest_drifted_features_first() -> None:
+    from keel.cli.monitor import drift_cell
+
+    def check(name: str, value: float | None, threshold: float = 0.1) -> dict:
+        drifted = value is None or value > threshold
+        return {"feature": name, "value": value, "threshold": threshold, "drifted": drifted}
+
+    features = [
+        check("user__events_1h", 0.5),
+        check("card__amount", 0.05),
+        check("card__new_devices_1d", 2.0),
+        check("user__carts_1d", None),
+        check("user__spend_7d", 0.3),
+    ]
+    assert drift_cell(features, most=2) == (
+        "[red]4/5[/]: carts_1d\u00a0missing, new_devices_1d\u00a020.0×, +2"
+    )
+    assert drift_cell(features[1:2]) == "0/1"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from keel.cli._common import console, friendly, project
@@ -143,25 +145,53 @@ def status(
     windows = history(proj.log, route)[-last:]
     if not windows:
         raise NotFoundError(f"route {route!r} has no monitored windows yet: run `keel monitor`")
-    table = Table(title=f"{route}: the last {len(windows)} monitored windows")
-    for col in ("window", "end", "rows", "drifted", "prediction", "estimated", "realized"):
-        table.add_column(col, justify="right" if col != "drifted" else "left")
+    table = Table(
+        title=f"{route}: the last {len(windows)} monitored windows",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    for col in ("window", "end (UTC)", "rows", "output", "estimated", "realized"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("drifted features (times their level)", ratio=1)
     for w in windows:
         perf = w["performance"] or {}
-        drifted = [f["feature"] for f in w["features"] if f["drifted"]]
         pred = w["prediction"]
         table.add_row(
             str(w["window"]),
-            w["end"][:19],
+            w["end"][5:16].replace("T", " "),
             f"{w['rows']:,}",
-            ", ".join(drifted) or "—",
             "—" if pred is None else ("[red]drifted[/]" if pred["drifted"] else "ok"),
             "—"
             if not perf
-            else f"{perf['estimated']:.3f}" + (" [red]alert[/]" if perf["alert"] else ""),
-            "—" if perf.get("realized") is None else f"{perf['realized']:.3f}",
+            else ("[red]" if perf["alert"] else "")
+            + f"{perf['estimated']:.4f}"
+            + (" alert[/]" if perf["alert"] else ""),
+            "—" if perf.get("realized") is None else f"{perf['realized']:.4f}",
+            drift_cell(w["features"]),
         )
     console.print(table)
+
+
+def drift_cell(features: list[dict], most: int = 3) -> str:
+    """How many features drifted, and the furthest over their level (short names, how many
+    times their level; a feature missing from the window counts as furthest)."""
+    drifted = [f for f in features if f["drifted"]]
+    if not drifted:
+        return f"0/{len(features)}"
+
+    def ratio(f: dict) -> float:
+        return math.inf if f["value"] is None else f["value"] / f["threshold"]
+
+    top = sorted(drifted, key=ratio, reverse=True)[:most]
+    # A name and its ratio never part at a line break (a no-break space between them).
+    named = ", ".join(
+        f"{f['feature'].split('__')[-1]}\u00a0"
+        + ("missing" if f["value"] is None else f"{ratio(f):.1f}×")
+        for f in top
+    )
+    more = f", +{len(drifted) - most}" if len(drifted) > most else ""
+    return f"[red]{len(drifted)}/{len(features)}[/]: {named}{more}"
 
 
 @app.command("report")
