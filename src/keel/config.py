@@ -130,7 +130,9 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
         ``id`` names the request field that outcomes join on; ``labels`` is the topic they
         arrive on. ``holdout`` is the last share (by time) of the training set that the model
-        did not learn from: the concept-drift estimator learns the model's ``loss`` there. A served
+        did not learn from: the concept-drift estimator learns the model's ``loss`` there, and
+        alerts when a window's estimate passes its calibrated level and is at least
+        ``min_loss_rise`` (a share) above the healthy estimate. A served
     feature whose p99 staleness in a window exceeds ``max_staleness_s`` raises an alert.
 
     The reference is the model's training set, rebuilt from its lineage; with
@@ -145,6 +147,7 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     loss: str = "logloss"
     false_alert_rate: float = 0.01
     holdout: float = 0.3
+    min_loss_rise: float = 0.1
     max_staleness_s: float | None = None
     reference_rows: int = 0
     labels: LabelsConfig | None = None
@@ -167,6 +170,8 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValidationError(f"monitor reference_rows must be >= 0, got {self.reference_rows}")
         if not 0 < self.holdout < 1:
             raise ValidationError(f"monitor holdout must be within (0, 1), got {self.holdout}")
+        if not self.min_loss_rise >= 0:  # NaN too
+            raise ValidationError(f"monitor min_loss_rise must be >= 0, got {self.min_loss_rise}")
 
 
 class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -84,6 +84,26 @@ def test_healthy_windows_rarely_alert(setup: Setup) -> None:
     assert alerts <= 3 * setup.estimator.false_alert_rate * windows
 
 
+def test_a_sure_but_small_rise_does_not_alert() -> None:
+    """Labelled rows that nearly all cost the same: the loss model is sure of tiny moves,
+    which alert only once they pass min_rise."""
+    rng = np.random.default_rng(10)
+    n = 3000
+    x = rng.normal(0, 1, n)
+    table = pa.table({"x": x})
+    out = np.where(x > 0, 0.011, 0.010)  # two nearly alike scores, every label 0
+    levels = {
+        rise: LossEstimator(min_rise=rise).fit(table, out, np.zeros(n)).threshold(200)
+        for rise in (0.0, 0.1)
+    }
+    centre = float(np.mean(-np.log1p(-out)))
+    assert levels[0.0] < centre * 1.01 < centre * 1.1 == pytest.approx(levels[0.1])
+    est = LossEstimator().fit(table, out, np.zeros(n))
+    shifted = pa.table({"x": np.abs(rng.normal(0, 1, 200))})  # every row on the costlier side
+    estimate = est.estimate(shifted, np.full(200, 0.011))
+    assert estimate.estimated > levels[0.0] and not estimate.alert
+
+
 def test_threshold_narrows_with_window_size_towards_the_healthy_mean(setup: Setup) -> None:
     est = setup.estimator
     levels = [est.threshold(rows) for rows in (50, 300, 1000, 10_000, 10**9)]
@@ -242,3 +262,21 @@ def test_ordered_calibration_counts_daily_cycles_as_healthy(chunks: int) -> None
         for ordered, est in fitted.items()
     }
     assert alerts[True] <= 3 < alerts[False]
+
+
+def test_a_loss_that_never_varies_is_said_and_never_alerts(caplog) -> None:
+    """All labelled rows alike (a held-out stretch without a single fraud, say): the loss
+    model learns one constant, says so, and its estimates never alert on rounding."""
+    with pytest.raises(ValidationError, match="min_rise must be >= 0"):
+        LossEstimator(min_rise=-0.1)
+    rng = np.random.default_rng(9)
+    table, _ = draw(rng, 600, 0.0)
+    scores = np.full(600, 0.01)
+    with caplog.at_level("WARNING", logger="keel.monitoring.concept"):
+        est = LossEstimator().fit(table, scores, np.zeros(600))
+    assert "estimates every labelled row alike" in caplog.text
+    # Means of a constant over windows of many sizes differ from it in the last bits.
+    for rows in range(10, 400, 7):
+        window, _ = draw(np.random.default_rng(rows), rows, 3.0)
+        estimate = est.estimate(window, np.full(rows, 0.01))
+        assert not estimate.alert and estimate.estimated == pytest.approx(-np.log(0.99))

@@ -113,3 +113,5 @@ def test_bad_monitor_settings_are_refused() -> None:
         MonitorConfig(loss="loglos")
     with pytest.raises(ValidationError, match="window_rows"):
         MonitorConfig(window_rows=3)
+    with pytest.raises(ValidationError, match="min_loss_rise must be >= 0, got nan"):
+        MonitorConfig(min_loss_rise=float("nan"))

@@ -31,6 +31,7 @@ False
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,8 @@ from keel.monitoring.drift import as_table as _table
 
 __all__ = ["LOSSES", "LossEstimator", "PerformanceEstimate", "row_loss"]
 
+log = logging.getLogger(__name__)
+
 
 # Probabilities are clipped this far from 0 and 1 so one confident miss costs ~34.5, not inf.
 PROBABILITY_EPS = 1e-15
@@ -54,6 +57,8 @@ MAX_CALIBRATION_WINDOW = 10_000
 MIN_WINDOW = 10
 MIN_TRAINING_ROWS = 100
 DEFAULT_FOLDS = 5
+# Estimates that differ by less than this share of their mean are one constant.
+NOISE = 1e-9
 DEFAULT_ROUNDS = 200
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "regression",  # L2: the model estimates the conditional mean loss
@@ -157,6 +162,10 @@ class LossEstimator:
     folds
         The labelled rows are cross-fitted in this many folds: each fold's rows are estimated
         by a loss model trained on the others (the final model learns on all of them).
+    min_rise
+        The least rise over the healthy mean estimate that alerts, as a share of it: a loss
+        model that learned little (labelled rows that nearly all cost the same) is sure of
+        tiny moves, and a 1% rise in loss is rarely worth a retrain however sure it is.
     params
         LightGBM parameters, merged over the defaults (a round count may be among them).
     seed
@@ -192,6 +201,7 @@ class LossEstimator:
         false_alert_rate: float = 0.01,
         chunks: int = 20,
         folds: int = DEFAULT_FOLDS,
+        min_rise: float = 0.1,
         params: dict[str, Any] | None = None,
         seed: int = 0,
         ordered: bool = False,
@@ -204,12 +214,15 @@ class LossEstimator:
             raise ValidationError(f"chunks must be an integer >= 4, got {chunks!r}")
         if not isinstance(folds, int) or folds < 2:
             raise ValidationError(f"folds must be an integer >= 2, got {folds!r}")
+        if not min_rise >= 0:  # NaN too
+            raise ValidationError(f"min_rise must be >= 0, got {min_rise}")
         if not 0 < false_alert_rate < 1:
             raise ValidationError(f"false_alert_rate must be within (0, 1), got {false_alert_rate}")
         self.loss = loss
         self.false_alert_rate = false_alert_rate
         self.chunks = chunks
         self.folds = folds
+        self.min_rise = min_rise
         self.params = params
         self.seed = seed
         self.ordered = ordered
@@ -261,6 +274,14 @@ class LossEstimator:
         self.features_: list[str] = list(table.column_names)
         self.model_ = train(np.ones(rows, bool))
         self.calibration_ = estimated
+        if np.ptp(estimated) <= NOISE * max(abs(float(estimated.mean())), 1e-300):
+            log.warning(
+                "the loss model estimates every labelled row alike (%d rows, mean loss %.4g): "
+                "their loss varies in no way it could learn from the inputs (all labels alike, "
+                "say), so its estimate will not move",
+                rows,
+                float(target.mean()),
+            )
         self.reference_loss_ = float(target.mean())
         self.reference_estimate_ = float(estimated.mean())
         self.calibration_rows_ = rows
@@ -290,7 +311,8 @@ class LossEstimator:
         ``MAX_CALIBRATION_WINDOW`` rows, of that size, their spread rescaled by
         ``1/sqrt(rows)``); the level is their ``1 - false_alert_rate`` quantile. The healthy
         mean they wander around is itself measured on ``calibration_rows_`` rows, so the
-        level's distance from it is widened by that uncertainty too.
+        level's distance from it is widened by that uncertainty too. It is at least
+        ``min_rise`` above the healthy mean.
         """
         self._check_fitted()
         if rows < 1:
@@ -298,7 +320,8 @@ class LossEstimator:
         size = min(rows, MAX_CALIBRATION_WINDOW)
         centre = self.reference_estimate_
         scale = math.sqrt(size * (1 / rows + 1 / self.calibration_rows_))
-        return centre + (self._level(size) - centre) * scale
+        level = centre + (self._level(size) - centre) * scale
+        return max(level, centre * (1 + self.min_rise))
 
     def _level(self, size: int) -> float:
         if size not in self._levels:

@@ -228,7 +228,10 @@ class Monitor:
         start = int(len(y) * (1 - self.config.holdout))
         held = table.slice(start)
         estimator = LossEstimator(
-            loss=self.config.loss, false_alert_rate=self.config.false_alert_rate, ordered=True
+            loss=self.config.loss,
+            false_alert_rate=self.config.false_alert_rate,
+            min_rise=self.config.min_loss_rise,
+            ordered=True,
         )
         if held.num_rows < estimator.rows_needed():
             log.warning(
