@@ -15,7 +15,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     console = Console(record=True, width=120)
     result = run_demo(
         days=14,
-        users=1500,
+        users=3000,
         items=200,
         live_seconds=1.0,
         live_rate=500,
