@@ -336,9 +336,9 @@ class LossEstimator:
         estimated = self.calibration_
         if not self.ordered:
             return _window_means(estimated, size, rng)
-        if size * self.chunks <= len(estimated):
-            return _stretch_means(estimated, size, rng)
-        return _block_means(estimated, size, self.calibration_window_, rng)
+        # One stretch of the window's size while the rows hold ``chunks`` of them.
+        whole = size * self.chunks <= len(estimated)
+        return _block_means(estimated, size, size if whole else self.calibration_window_, rng)
 
     def estimate(self, features: Any, outputs: Any, labels: Any = None) -> PerformanceEstimate:
         """The window's estimated mean loss and its alert level; with ``labels`` (once they
@@ -383,13 +383,6 @@ def _window_means(estimated: np.ndarray, window: int, rng: np.random.Generator) 
         picks = rng.integers(0, len(estimated), (stop - start, window))
         means[start:stop] = estimated[picks].mean(axis=1)
     return means
-
-
-def _stretch_means(estimated: np.ndarray, window: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of ``DRAWS`` contiguous stretches of ``window`` rows at random offsets."""
-    total = np.concatenate([[0.0], np.cumsum(estimated)])
-    starts = rng.integers(0, len(estimated) - window + 1, DRAWS)
-    return (total[starts + window] - total[starts]) / window
 
 
 def _block_means(
