@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -176,18 +175,16 @@ def status(
 def drift_cell(features: list[dict], most: int = 3) -> str:
     """How many features drifted, and the furthest over their level (short names, how many
     times their level; a feature missing from the window counts as furthest)."""
+    from keel.monitoring import times_level
+
     drifted = [f for f in features if f["drifted"]]
     if not drifted:
         return f"0/{len(features)}"
-
-    def ratio(f: dict) -> float:
-        return math.inf if f["value"] is None else f["value"] / f["threshold"]
-
-    top = sorted(drifted, key=ratio, reverse=True)[:most]
+    top = sorted(drifted, key=times_level, reverse=True)[:most]
     # A name and its ratio never part at a line break (a no-break space between them).
     named = ", ".join(
         f"{f['feature'].split('__')[-1]}\u00a0"
-        + ("missing" if f["value"] is None else f"{ratio(f):.1f}×")
+        + ("missing" if f["value"] is None else f"{times_level(f):.1f}×")
         for f in top
     )
     more = f", +{len(drifted) - most}" if len(drifted) > most else ""

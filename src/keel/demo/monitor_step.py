@@ -4,7 +4,6 @@ HTML report."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -41,7 +40,7 @@ def show_monitoring(
     quick: bool,
 ) -> None:
 
-    from keel.monitoring import Monitor, history
+    from keel.monitoring import Monitor, history, times_level
     from keel.serving import InferenceServer
     from keel.serving.client import call
 
@@ -144,8 +143,7 @@ def show_monitoring(
     result.alerts_before = sum(bool(r["alerts"]) for r in before)
     worst: dict[str, float] = {}  # each drifted feature's furthest excursion over its level
     for f in (f for r in after for f in r["features"] if f["drifted"]):
-        ratio = math.inf if f["value"] is None else f["value"] / f["threshold"]
-        worst[f["feature"]] = max(worst.get(f["feature"], 0.0), ratio)
+        worst[f["feature"]] = max(worst.get(f["feature"], 0.0), times_level(f))
     result.drifted_after = sorted(worst, key=lambda name: -worst[name])
     result.performance_alert_after = any(
         r["performance"] is not None and r["performance"]["alert"] for r in after
@@ -189,11 +187,13 @@ def _realized(records: list[dict[str, Any]]) -> float | None:
 
 def _checks(records: list[dict[str, Any]]) -> str:
     """How many feature checks of these windows went over their level, and how far."""
+    from keel.monitoring import times_level
+
     checks = [f for r in records for f in r["features"]]
     over = [f for f in checks if f["drifted"]]
     if not over:
         return f"[green]0 of {len(checks)} feature checks over their level[/]"
-    worst = max((f["value"] / f["threshold"] for f in over if f["value"] is not None), default=0.0)
+    worst = max((times_level(f) for f in over if f["value"] is not None), default=0.0)
     colour = "red" if worst >= 2 else "yellow"
     return (
         f"[{colour}]{len(over)} of {len(checks)} feature checks over their level, by up to "
@@ -202,6 +202,8 @@ def _checks(records: list[dict[str, Any]]) -> str:
 
 
 def _table(console: Console, records: list[dict[str, Any]], drift_window: int | None) -> None:
+    from keel.monitoring import times_level
+
     perf0 = next((r["performance"] for r in records if r["performance"]), None)
     level = "" if perf0 is None else f"; estimated logloss alerts above {perf0['threshold']:.4f}"
     table = Table(
@@ -223,14 +225,11 @@ def _table(console: Console, records: list[dict[str, Any]], drift_window: int | 
     ):
         table.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis", min_width=width)
     for r in records:
-        top = max(
-            r["features"],
-            key=lambda f: float("inf") if f["value"] is None else f["value"] / f["threshold"],
-        )
+        top = max(r["features"], key=times_level)
         n_drift = sum(f["drifted"] for f in r["features"])
         pred, perf = r["prediction"], r["performance"]
         realized = None if perf is None else perf.get("realized")
-        ratio = "missing" if top["value"] is None else f"{top['value'] / top['threshold']:.1f}×"
+        ratio = "missing" if top["value"] is None else f"{times_level(top):.1f}×"
         table.add_row(
             f"{'→' if r['window'] == drift_window else ''}{r['window']}",
             r["end"][5:16].replace("T", " "),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from keel.monitoring.concept import LOSSES, LossEstimator, PerformanceEstimate, row_loss
 from keel.monitoring.drift import DriftDetector, DriftReport, FeatureDrift
+from keel.monitoring.events import times_level
 from keel.monitoring.monitor import MONITOR, Monitor, events, history
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "events",
     "history",
     "row_loss",
+    "times_level",
 ]

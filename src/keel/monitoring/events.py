@@ -4,12 +4,13 @@ performance, per route, and reading them back."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from keel.errors import TopicNotFoundError
 from keel.log import OFFSET, Topic
 
-__all__ = ["MONITOR", "events", "has_topic", "history"]
+__all__ = ["MONITOR", "events", "has_topic", "history", "times_level"]
 
 #: Monitored windows, alerts, retrain requests and realized performance, per route.
 MONITOR = Topic(
@@ -59,3 +60,9 @@ def has_topic(log_: Any, name: str) -> bool:
     except TopicNotFoundError:
         return False
     return True
+
+
+def times_level(check: dict[str, Any]) -> float:
+    """How many times its alert level one feature check of a window record came to (a
+    feature missing from the window counts as infinitely far over)."""
+    return math.inf if check["value"] is None else check["value"] / check["threshold"]
