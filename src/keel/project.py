@@ -18,10 +18,11 @@ from typing import Any
 import msgspec
 
 from keel.config import CONFIG_FILE, Settings
-from keel.errors import ConfigError, ConflictError, ValidationError, did_you_mean
+from keel.errors import ConfigError, ConflictError, NotFoundError, ValidationError, did_you_mean
 from keel.features import FeatureStore, FeatureView
 from keel.log import Log, Topic, open_log
 from keel.registry import Registry
+from keel.training import Model, TrainResult, check_model, train_model
 
 __all__ = ["Project", "init_project"]
 
@@ -69,6 +70,38 @@ class Project:
     def declared_views(self) -> list[FeatureView]:
         return self._declared("feature_views", FeatureView)
 
+    def declared_models(self) -> list[Model]:
+        return self._declared("models", Model)
+
+    def model(self, name: str) -> Model:
+        """The declared model ``name``."""
+        models = {m.name: m for m in self.declared_models()}
+        if name not in models:
+            raise NotFoundError(
+                f"no model {name!r} is declared in {self.settings.definitions}"
+                f"{did_you_mean(name, models)}; declared: {', '.join(models) or 'none'}"
+            )
+        return models[name]
+
+    def train(self, name: str, **options: Any) -> TrainResult:
+        """Train the declared model ``name`` and register it (see
+        :func:`keel.training.train_model` for ``options``)."""
+        model = self.model(name)
+        parent_alias = None
+        route = next((r for r in self.settings.routes if r.name == model.route), None)
+        if route is not None and "@" in route.model:
+            parent_alias = route.model.split("@", 1)[1]
+        return train_model(
+            model,
+            log=self.log,
+            features=self.features,
+            registry=self.registry,
+            checkpoint_dir=Path(self.settings.data_dir) / "checkpoints",
+            code_dir=str(self.settings.project_dir),
+            parent_alias=parent_alias,
+            **options,
+        )
+
     def _declared(self, attr: str, kind: type) -> list[Any]:
         found = getattr(self._module(), attr, [])
         bad = [x for x in found if not isinstance(x, kind)]
@@ -107,12 +140,13 @@ class Project:
         return msgspec.json.decode(path.read_bytes())
 
     def apply(self) -> list[tuple[str, str, str]]:
-        """Create declared topics and validate and record declared feature views.
+        """Create declared topics, validate and record declared feature views, and check
+        declared models (views and features, label topic and column, trainer parameters).
 
         Returns ``(kind, name, status)`` rows, status being ``created``, ``changed`` or
-        ``unchanged``. Everything is checked before anything is written: a declared topic
-        whose definition differs from the stored one, or an invalid view, is an error naming
-        it, and nothing is created.
+        ``unchanged`` (``valid`` for a model). A declared topic whose definition differs
+        from the stored one, or an invalid view, is an error naming it, and nothing is
+        created; an invalid model is an error naming what is wrong, and no view is recorded.
         """
         declared = self.declared_topics()
         views = self.declared_views()
@@ -128,6 +162,18 @@ class Project:
                     f"{existing[t.name]!r}; declared: {t!r}. Topics are append-only: "
                     "declare a new topic name instead"
                 )
+        models = self.declared_models()
+        model_names = [m.name for m in models]
+        twice = {n for n in model_names if model_names.count(n) > 1}
+        if twice:
+            raise ValidationError(f"model {sorted(twice)[0]!r} is declared more than once")
+        route_names = [r.name for r in self.settings.routes]
+        for m in models:
+            if m.route is not None and m.route not in route_names:
+                raise ValidationError(
+                    f"model {m.name!r} feeds route {m.route!r}, which {CONFIG_FILE} does not "
+                    f"declare{did_you_mean(m.route, route_names)}"
+                )
         known = set(existing) | set(names)
         for v in views:
             if v.source.topic not in known:
@@ -141,6 +187,8 @@ class Project:
             self.log.create_topic(t, exist_ok=True)
             out.append(("topic", t.name, status))
         fingerprints = self.features.validate()
+        for m in models:
+            check_model(m, self.log, self.features)
         before = self.applied_views()
         record = {}
         for name, fp in fingerprints.items():
@@ -154,6 +202,7 @@ class Project:
             applied_at = old["applied_at"] if status == "unchanged" else time.time()
             record[name] = {"fingerprint": fp, "applied_at": applied_at, "previous": previous}
             out.append(("feature view", name, status))
+        out.extend(("model", m.name, "valid") for m in models)
         path = Path(self.settings.data_dir) / VIEWS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

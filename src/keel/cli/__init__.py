@@ -13,6 +13,7 @@ from keel.cli import monitor as monitor_cli
 from keel.cli import registry as registry_cli
 from keel.cli import serve as serve_cli
 from keel.cli import traffic as traffic_cli
+from keel.cli import train as train_cli
 from keel.cli._common import console, friendly, project
 from keel.config import Settings
 from keel.project import init_project
@@ -31,6 +32,7 @@ app.add_typer(registry_cli.app, name="registry")
 serve_cli.register(app)
 traffic_cli.register(app)
 monitor_cli.register(app)
+train_cli.register(app)
 
 
 @app.callback()
@@ -61,7 +63,7 @@ def init(
 def apply(ctx: typer.Context) -> None:
     """Create the declared topics; validate the feature views and record their fingerprints."""
     proj = project(ctx)
-    colours = {"created": "green", "changed": "yellow", "unchanged": "dim"}
+    colours = {"created": "green", "changed": "yellow", "unchanged": "dim", "valid": "green"}
     for kind, name, status in proj.apply():
         console.print(f"[{colours[status]}]{status:9s}[/] {kind} {name}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -100,11 +101,18 @@ def _short(value: object) -> str:
 @app.command("reproduce")
 @friendly
 def reproduce(
-    ctx: typer.Context, ref: str = typer.Argument(..., help="NAME[@VERSION|ALIAS]")
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="NAME[@VERSION|ALIAS]"),
+    model: bool = typer.Option(
+        False, "--model", help="also retrain the model from its lineage and compare the bytes"
+    ),
 ) -> None:
-    """Rebuild a version's training set and check its hash."""
+    """Rebuild a version's training set and check its hash (with --model, the model too)."""
     proj = project(ctx)
     name, version = _split(ref)
+    if model:
+        _reproduce_model(proj, name, version)
+        return
     report = proj.registry.reproduce(name, version, proj.features)
     for view, (old, new) in report.changed_views.items():
         console.print(
@@ -155,3 +163,33 @@ def alias(
             h.reason,
         )
     console.print(table)
+
+
+def _reproduce_model(proj: Any, name: str, version: str) -> None:
+    from keel.training import reproduce_model
+
+    with console.status(f"retraining {name}@{version} from its lineage…"):
+        rep = reproduce_model(proj.registry, proj.features, name, version)
+    for view, (old, new) in rep.changed_views.items():
+        console.print(
+            f"[yellow]view {view} changed since training:[/] fingerprint {old[:12]} → {new[:12]}"
+        )
+    if rep.code_changed:
+        console.print(
+            f"[yellow]the trainer's code changed since training:[/] fingerprint "
+            f"{rep.recorded_fingerprint[:12]} → {rep.current_fingerprint[:12]}"
+        )
+    data = "[green]matches[/]" if rep.data_matches else "[red]differs[/]"
+    console.print(f"training set: {rep.rows:,} rows rebuilt, sha256 {data}")
+    if rep.identical:
+        console.print(
+            f"[green]byte-identical[/] {name}@{rep.version}: the retrained artifact's sha256 "
+            f"{rep.rebuilt_artifact} is the registered one"
+        )
+        return
+    console.print(
+        f"[yellow]not byte-identical[/] {name}@{rep.version}: sha256 "
+        f"{rep.rebuilt_artifact[:16]}…, registered {rep.recorded_artifact[:16]}…; largest "
+        f"prediction difference on the training set {rep.max_prediction_diff:.3g}"
+    )
+    raise typer.Exit(1)

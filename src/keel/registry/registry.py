@@ -149,13 +149,16 @@ class Registry:
         init_kwargs: dict[str, Any] | None = None,
         trusted: bool = False,
         code_dir: str | None = None,
+        training: dict[str, Any] | None = None,
     ) -> ModelVersion:
         """Store ``model`` as the next version of ``name`` with its lineage.
 
         The lineage records, automatically, the training set's views and fingerprints, its
         content hash, row count, time range and log offsets (when it came from
         ``FeatureStore.training_set``), the code commit and dirty flag, the environment,
-        ``params``, ``metrics`` and the ``parent`` version (for fine-tunes).
+        ``params``, ``metrics`` and the ``parent`` version (for fine-tunes). ``training``
+        records how a trainer produced it (trainer, seeds, code fingerprint, split), which
+        ``keel.training.reproduce_model`` retrains from.
         """
         _check_name(name)
         serialized = serialize(
@@ -172,6 +175,8 @@ class Registry:
                 pq.write_table(labels, buf)
                 info["labels_artifact"] = self.artifacts.put(buf.getvalue())
             lineage["training_set"] = info
+        if training is not None:
+            lineage["training"] = _jsonable(training, "training")
         params = _jsonable(params or {}, "params")
         metrics = _jsonable(metrics or {}, "metrics")
         now = datetime.now(UTC)

@@ -1,6 +1,6 @@
-"""Definitions of this Keel project: its topics and feature views (and, as the project grows,
-its models and routes). `keel apply` reads this module, creates the topics, and validates and
-fingerprints the feature views.
+"""Definitions of this Keel project: its topics, feature views and models. `keel apply` reads
+this module, creates the topics, validates and fingerprints the feature views, and checks the
+models; `keel train MODEL` trains one and registers it with its lineage.
 """
 
 from datetime import timedelta
@@ -13,6 +13,7 @@ from keel.features import Aggregate, Entity, FeatureView, Last, Source
 from keel.features.transforms import TextEmbeddingLookup
 from keel.log import Topic
 from keel.shop import TOPICS as SHOP_TOPICS
+from keel.training import Label, LightGBM, Model, TimeSplit
 
 # -- topics -------------------------------------------------------------------------------
 # The demo shop's streams: items, users, events (views, carts, purchases), payments and the
@@ -124,3 +125,38 @@ card_payments = FeatureView(
 )
 
 feature_views = [user_activity, user_taste, card_payments]
+
+# -- models -------------------------------------------------------------------------------
+# Card fraud, scored per payment by the "fraud" route. Each payment is graded by its label on
+# shop.fraud_labels (joined by payment_id); a legitimate payment is confirmed a day or more
+# later, so payments younger than 3 days are left out: their label may not be known yet.
+# Trained on the past, evaluated on the last day: never a random split across time.
+fraud = Model(
+    "fraud",
+    features=["card_payments", "user_activity"],
+    inputs=["amount"],  # a field of the request itself
+    label=Label(
+        "shop.fraud_labels",
+        "is_fraud",
+        id="payment_id",
+        examples="shop.payments",
+        settle=timedelta(days=3),
+    ),
+    trainer=LightGBM(
+        # Regularized, so its scores say how sure it is (what estimating its loss relies on).
+        params={
+            "num_iterations": 150,
+            "learning_rate": 0.05,
+            "num_leaves": 7,
+            "min_data_in_leaf": 40,
+            "lambda_l2": 10.0,
+        },
+        seed=7,
+    ),
+    split=TimeSplit(holdout=timedelta(days=1), warmup=timedelta(days=7)),
+    metrics=["auc", "logloss", "recall@50"],
+    route="fraud",
+    description="card fraud on card and user features",
+)
+
+models = [fraud]

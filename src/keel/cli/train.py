@@ -1,0 +1,129 @@
+"""``keel train``: train a declared model, evaluate it on later data, register it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from keel.cli._common import console, friendly, project
+from keel.errors import ValidationError
+from keel.training import PHASES, TrainResult
+
+__all__ = ["progress_bars", "register", "summary_table"]
+
+
+def _when(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationError(
+            f"--until {text!r} is not a time; give an ISO time such as 2026-11-20T12:00Z"
+        ) from None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+class progress_bars:
+    """One bar per training phase, fed by ``train_model``'s ``progress(phase, done, total)``."""
+
+    def __init__(self, out: Console) -> None:
+        self.progress = Progress(
+            TextColumn("   [progress.description]{task.description:13s}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=out,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> progress_bars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(phase, total=total)
+        self.progress.update(self.tasks[phase], completed=done, total=total)
+
+
+def summary_table(result: TrainResult) -> Table:
+    """What a training run produced, for the terminal."""
+    data, v = result.data, result.version
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row(
+        "version",
+        f"{v.ref} ({v.format}, {v.artifact_size:,} bytes, sha256 "
+        f"{v.artifact[:12]}…), parent {v.parent_version or '—'}",
+    )
+    rng = data.time_range(data.train)
+    hold = data.time_range(data.holdout)
+    table.add_row(
+        "training set",
+        f"{data.table.num_rows:,} rows as of {data.until:%Y-%m-%d %H:%M} UTC; "
+        f"{len(data.names)} features",
+    )
+    table.add_row(
+        "split",
+        f"train {int(data.train.sum()):,} rows {rng[0][:16]} → {rng[1][:16]}; holdout "
+        f"{int(data.holdout.sum()):,} rows {hold[0][:16]} → {hold[1][:16]}",
+    )
+    table.add_row(
+        "holdout",
+        ", ".join(f"{k} {val:.4f}" for k, val in result.metrics.items()),
+    )
+    table.add_row(
+        "time",
+        ", ".join(f"{k} {s:.2f} s" for k, s in result.seconds.items())
+        + (f"; resumed from step {result.resumed_from}" if result.resumed_from else ""),
+    )
+    if result.shadow_alias:
+        table.add_row("alias", f"{v.model}@{result.shadow_alias} → {v.version}")
+    return table
+
+
+@friendly
+def train(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="a model declared in the definitions"),
+    until: str | None = typer.Option(None, help="train as of this earlier time (ISO)"),
+    shadow: bool = typer.Option(
+        False, help="make the new version the route's shadow candidate (MODEL@challenger)"
+    ),
+    alias: str | None = typer.Option(None, help="move this alias to the new version"),
+) -> None:
+    """Build the point-in-time set, fit, evaluate on the later holdout, register."""
+    if shadow and alias:
+        raise typer.BadParameter("give --shadow or --alias, not both")
+    proj = project(ctx)
+    console.print(f"[bold]keel train {model}[/] — phases: {', '.join(PHASES)}")
+    with progress_bars(console) as report:
+        result = proj.train(model, until=_when(until), shadow=shadow, alias=alias, progress=report)
+    console.print(summary_table(result))
+    if shadow:
+        route = result.model.route or model
+        console.print(
+            f"a server whose route {route!r} shadows {model}@challenger picks it up; or: "
+            f"keel traffic set {route} --shadow {model}@challenger"
+        )
+
+
+def register(root: typer.Typer) -> None:
+    root.command("train")(train)
