@@ -137,14 +137,16 @@ def build_training_data(
         )
     y = _labels(model, table)
     ts = micros(table, TS)
-    cut = int(ts.max()) - int(model.split.holdout.total_seconds() * US)
+    horizon = int(until.timestamp() * US) - int(model.label.settle.total_seconds() * US)
+    cut = horizon - int(model.split.holdout.total_seconds() * US)
     data = TrainingData(table, names, x, y, ts, cut, until)
     for part, mask in (("training part", data.train), ("holdout", data.holdout)):
         if not mask.any():
             raise ValidationError(
                 f"model {model.name!r}: the {part} has no rows — the {table.num_rows:,} settled "
-                f"rows span {_span(ts)}, the holdout is the last "
-                f"{model.split.holdout}; shorten the holdout or train later"
+                f"rows span {_span(ts)}, the holdout is {_iso(cut)[:16]} → "
+                f"{_iso(horizon)[:16]} (the last {model.split.holdout} before the settle "
+                "horizon); change the holdout or train as of another time"
             )
     if model.trainer.binary:
         for part, mask in (("training part", data.train), ("holdout", data.holdout)):
@@ -186,7 +188,8 @@ def _labelled(model: Model, log: Log, until: datetime, keys: list[str]) -> pa.Ta
         latest = labels.select([label.id, label_time, label.column]).sort_by(
             [(label.id, "ascending"), (label_time, "descending")]
         )
-        first = np.r_[True, np.diff(latest.column(label.id).to_numpy()) != 0]
+        ids = latest.column(label.id).to_numpy()
+        first = np.r_[True, ids[1:] != ids[:-1]][: len(ids)]
         latest = latest.filter(pa.array(first)).select([label.id, label.column])
         rows = examples.join(latest, label.id, join_type="inner")
         ts_col = example_time

@@ -79,8 +79,9 @@ class Label:
 
 @dataclass(frozen=True)
 class TimeSplit:
-    """Train on the rows up to ``T - holdout``, evaluate on the later ones (``T`` being the
-    newest settled row); never a random split across time. ``warmup`` leaves out the rows of
+    """Train on the rows before ``T - holdout``, evaluate on the later ones up to ``T``, the
+    settle horizon (training time minus the label's settle time); never a random split
+    across time. ``warmup`` leaves out the rows of
     the history's first stretch, whose long windows are not yet full."""
 
     holdout: timedelta = timedelta(days=2)
