@@ -30,7 +30,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     same, total = result.consistent
     assert total > 0 and same == total
     assert (tmp_path / "demo" / "keel.toml").exists()
-    assert result.model_ref == "fraud@1" and result.reproduced
+    # Trained by `keel train`, and retrained from its lineage to the very same bytes.
+    assert result.model_ref == "fraud@1" and result.reproduced and result.model_identical
     assert result.swapped_to == "fraud@2" and result.swap_errors == 0
     assert result.bench_peak > 0
     assert result.promoted_to == "fraud@3" and result.traffic_errors == 0
@@ -51,7 +52,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "4. Live stream",
         "5. Read back",
         "6. Online lookups",
-        "7. Training set",
+        "7. Training",
+        "keel train fraud",
+        "8. Registry",
         "11. Monitoring",
     ):
         assert step in text

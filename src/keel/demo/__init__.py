@@ -23,10 +23,9 @@ from keel.demo.data_steps import (
     progress_bar,
     show_features,
     show_lookups,
-    show_training_set,
     time_ordered_chunks,
 )
-from keel.demo.model_steps import show_registry, show_serving
+from keel.demo.model_steps import show_registry, show_serving, show_training
 from keel.demo.monitor_step import show_monitoring
 from keel.demo.result import DemoResult
 from keel.project import Project, init_project
@@ -173,9 +172,9 @@ def _run(
     )
     console.print(stats_table(log))
     show_lookups(console, features, result)
-    train = show_training_set(console, features, result, start=now - timedelta(days=days), now=now)
-    show_registry(console, project, train, result)
-    show_serving(console, project, train, result, quick=quick)
+    trained = show_training(console, project, result)
+    show_registry(console, project, trained, result)
+    show_serving(console, project, result, quick=quick)
     show_monitoring(console, project, shop, result, days=days, quick=quick)
     _summary(console, project, result)
     return result
@@ -195,13 +194,16 @@ def _summary(console: Console, project: Project, result: DemoResult) -> None:
     if result.model_ref:
         table.add_row(
             "model",
-            f"{result.model_ref} reproducible: {'yes' if result.reproduced else 'no'}; "
+            f"{result.model_ref}: holdout AUC {result.holdout_auc:.3f}; training set "
+            f"reproducible: {'yes' if result.reproduced else 'no'}; model byte-identical: "
+            f"{'yes' if result.model_identical else 'no'}; "
             f"champion now {result.promoted_to or result.swapped_to or result.model_ref}",
         )
         table.add_row("serve", f"keel -c {cfg} serve   (routes embed, fraud; /metrics)")
         table.add_row("", f"keel -c {cfg} bench fraud")
         table.add_row("", f"keel -c {cfg} registry lineage fraud@champion")
-        table.add_row("", f"keel -c {cfg} registry reproduce fraud@champion")
+        table.add_row("", f"keel -c {cfg} train fraud --shadow")
+        table.add_row("", f"keel -c {cfg} registry reproduce fraud@1 --model")
     if result.report:
         drifted = ", ".join(f.split("__")[-1] for f in result.drifted_after[:5])
         more = len(result.drifted_after) - 5

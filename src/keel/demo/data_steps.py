@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from keel.demo.result import DemoResult
 from keel.features import FeatureStore
 from keel.features.definitions import format_duration
 from keel.project import Project
-from keel.shop import EVENTS, LABELS, PAYMENTS
+from keel.shop import EVENTS, PAYMENTS
 
 BATCH = 10_000
 
@@ -156,72 +156,11 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h old"
 
 
-def show_training_set(
-    console: Console, features: FeatureStore, result: DemoResult, *, start: datetime, now: datetime
-) -> pa.Table:
-    """Payments between a warm-up (their longest windows full of history) and a settling time
-    (their labels in: a legitimate payment is confirmed a day or more later), so the training
-    set looks like the traffic the model will score."""
-    days = (now - start) / timedelta(days=1)
-    warmup = timedelta(days=min(7.0, days / 2))
-    settle = timedelta(hours=round(min(72.0, days * 24 / 5)))
-    console.print(
-        "[bold]7. Training set[/], point in time: every labelled payment with its "
-        "card's and user's features as they were at the payment"
-    )
-    log = features.log
-    labels = _read_all(log, LABELS.name).select(["payment_id", "is_fraud"])
-    pays = _read_all(log, PAYMENTS.name).select(
-        ["payment_id", "ts", "card_id", "user_id", "amount"]
-    )
-    ts_type = pays.schema.field("ts").type
-    pays = pays.filter(
-        pc.and_(
-            pc.greater_equal(pays["ts"], pa.scalar(start + warmup, ts_type)),
-            pc.less(pays["ts"], pa.scalar(now - settle, ts_type)),
-        )
-    )
-    console.print(
-        f"   payments from {format_duration(warmup)} after the history starts (the 7-day "
-        f"windows are full) to {format_duration(settle)} ago (their labels are in)"
-    )
-    rows = pays.join(labels, "payment_id", join_type="inner").sort_by("ts")
-    start = time.perf_counter()
-    train = features.training_set(rows, ["card_payments", "user_activity"])
-    result.training_seconds = time.perf_counter() - start
-    result.training_rows = train.num_rows
-    fraud = pc.sum(train["is_fraud"].cast(pa.int64())).as_py() if train.num_rows else 0
-    console.print(
-        f"   {train.num_rows:,} rows × {train.num_columns} columns ({fraud:,} fraud) "
-        f"in {result.training_seconds:.2f} s, computed by DuckDB"
-    )
-    show = [
-        "ts",
-        "amount",
-        "is_fraud",
-        "card_payments__payments_1h",
-        "card_payments__max_amount_1d",
-        "card_payments__new_devices_1d",
-        "user_activity__events_1d",
-    ]
-    sample = train.filter(train["is_fraud"]).slice(0, 3) if fraud else train.slice(0, 3)
-    table = Table(title="a few training rows")
-    for col in show:
-        table.add_column(col.split("__")[-1])
-    for r in sample.select(show).to_pylist():
-        table.add_row(
-            *[
-                f"{v:%m-%d %H:%M}"
-                if hasattr(v, "strftime")
-                else f"{v:,.2f}"
-                if isinstance(v, float)
-                else str(v)
-                for v in r.values()
-            ]
-        )
-    console.print(table)
-    # Same definitions, same numbers: online now equals offline "as of now".
-    cards = rows["card_id"].to_pylist()[-50:]
+def show_consistency(
+    console: Console, features: FeatureStore, train: pa.Table, result: DemoResult
+) -> None:
+    """Same definitions, same numbers: online now equals offline "as of now"."""
+    cards = train["card_id"].to_pylist()[-50:]
     at = datetime.now(UTC)
     online = features.get_online(["card_payments"], cards, at=at)
     offline = features.training_set(
@@ -240,7 +179,36 @@ def show_training_set(
     console.print(
         f"   online == offline for [{colour}]{same}/{len(cards)}[/] cards at the same instant"
     )
-    return train
+
+
+def training_rows_table(train: pa.Table) -> Table:
+    """A few fraudulent rows of a training set, as the model saw them."""
+    show = [
+        "ts",
+        "amount",
+        "is_fraud",
+        "card_payments__payments_1h",
+        "card_payments__max_amount_1d",
+        "card_payments__new_devices_1d",
+        "user_activity__events_1d",
+    ]
+    fraud = train.filter(train["is_fraud"])
+    sample = fraud.slice(0, 3) if fraud.num_rows else train.slice(0, 3)
+    table = Table(title="a few training rows")
+    for col in show:
+        table.add_column(col.split("__")[-1])
+    for r in sample.select(show).to_pylist():
+        table.add_row(
+            *[
+                f"{v:%m-%d %H:%M}"
+                if hasattr(v, "strftime")
+                else f"{v:,.2f}"
+                if isinstance(v, float)
+                else str(v)
+                for v in r.values()
+            ]
+        )
+    return table
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -249,8 +217,3 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float | np.floating):
         return b is not None and abs(a - b) <= 1e-9 * max(1.0, abs(b))
     return a == b
-
-
-def _read_all(log: Any, topic: str) -> pa.Table:
-    t = log.topic(topic)
-    return pa.concat_tables([log.read(topic, p, 0, 10**9) for p in range(t.partitions)])

@@ -2,69 +2,70 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
 from keel.clock import FastClock
 from keel.demo.http import serving
 from keel.demo.result import DemoResult
+from keel.features.definitions import format_duration
 from keel.project import Project
+from keel.training import TrainResult
 
 
-def show_registry(console: Console, project: Project, train: pa.Table, result: DemoResult) -> None:
-    """Train a real fraud model on the point-in-time set, register it, show its lineage,
-    and rebuild its training set to check the hash."""
-    import lightgbm
-    from sklearn.metrics import roc_auc_score
+def show_training(console: Console, project: Project, result: DemoResult) -> TrainResult:
+    """`keel train fraud`: the declared model's point-in-time set, fitted on the past,
+    evaluated on the later holdout, registered with its lineage."""
+    from keel.cli.train import progress_bars
+    from keel.demo.data_steps import show_consistency, training_rows_table
 
+    model = project.model("fraud")
     console.print(
-        "[bold]8. Registry[/]: a LightGBM fraud model trained on that set, "
-        "registered with its lineage"
+        "[bold]7. Training[/]: [cyan]keel train fraud[/] — the model declared in "
+        "definitions.py, on a point-in-time set, evaluated on later payments"
     )
-    columns = [
-        c
-        for c in train.column_names
-        if ("__" in c and pa.types.is_integer(train.schema.field(c).type))
-        or ("__" in c and pa.types.is_floating(train.schema.field(c).type))
-    ]
-    columns.append("amount")
-    x = np.column_stack(
-        [train[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in columns]
+    settle, split = model.label.settle, model.split
+    console.print(
+        f"   each payment joined with its label on {model.label.topic} by "
+        f"{model.label.id}; payments younger than {format_duration(settle)} left out (their "
+        f"label may not be in), and the first {format_duration(split.warmup)} (windows not "
+        f"yet full); holdout: the last {format_duration(split.holdout)}"
     )
-    y = train["is_fraud"].to_numpy(zero_copy_only=False).astype(int)
-    cut = int(len(y) * 0.7)  # the set is sorted by time: train on the past, test on the rest
-    params = {
-        # Regularized, so its scores say how sure it is (what estimating its loss relies on).
-        "n_estimators": 150,
-        "learning_rate": 0.05,
-        "num_leaves": 7,
-        "min_child_samples": 40,
-        "reg_lambda": 10.0,
-        "verbose": -1,
-        "random_state": 7,
-    }
-    model = lightgbm.LGBMClassifier(**params).fit(x[:cut], y[:cut], feature_name=columns)
-    auc = (
-        float(roc_auc_score(y[cut:], model.booster_.predict(x[cut:])))
-        if 0 < y[cut:].sum() < len(y[cut:])
-        else float("nan")
+    with progress_bars(console) as report:
+        trained = project.train("fraud", alias="champion", progress=report)
+    data = trained.data
+    result.training_seconds = trained.seconds["training set"]
+    result.training_rows = data.table.num_rows
+    result.holdout_auc = trained.metrics["auc"]
+    fraud = int(data.y.sum())
+    console.print(
+        f"   {data.table.num_rows:,} rows × {len(data.names)} features ({fraud:,} fraud) in "
+        f"{trained.seconds['training set']:.2f} s, computed by DuckDB"
     )
+    console.print(training_rows_table(data.table))
+    show_consistency(console, project.features, data.table, result)
+    console.print(
+        f"   fit {int(data.train.sum()):,} payments in {trained.seconds['fit']:.2f} s; "
+        f"holdout ({int(data.holdout.sum()):,} later payments): "
+        + ", ".join(f"{k} [bold]{v:.3f}[/]" for k, v in trained.metrics.items())
+    )
+    return trained
+
+
+def show_registry(
+    console: Console, project: Project, trained: TrainResult, result: DemoResult
+) -> None:
+    """The version's lineage, and both reproductions: its data and the model itself."""
+    from keel.training import reproduce_model
+
+    console.print("[bold]8. Registry[/]: the version with its lineage, and reproduced from it")
+    version = trained.version
     registry = project.registry
-    version = registry.register(
-        "fraud",
-        model,
-        training_set=train,
-        params=params,
-        metrics={"test_auc": auc, "train_rows": cut, "test_rows": len(y) - cut},
-        description="card fraud on card and user features",
-        code_dir=str(project.settings.project_dir),
-    )
-    registry.set_alias("fraud", "champion", version.version, reason="first model")
     result.model_ref = version.ref
     lin = registry.lineage("fraud", version.version)
     ts = lin["training_set"]
@@ -76,7 +77,21 @@ def show_registry(console: Console, project: Project, train: pa.Table, result: D
         f"{version.ref} ({version.format}, {version.artifact_size:,} bytes, "
         f"sha256 {version.artifact[:12]}…) ← champion",
     )
-    table.add_row("metrics", f"test AUC {auc:.3f} on {len(y) - cut:,} later payments")
+    training = lin["training"]
+    table.add_row(
+        "trainer",
+        f"{training['trainer']['kind']}, seed {training['seed']}, code fingerprint "
+        f"{training['code_fingerprint'][:12]}; {len(version.params)} hyperparameters read back "
+        f"from the model (num_trees {version.params.get('num_trees')}, num_leaves "
+        f"{version.params.get('num_leaves')}, min_data_in_leaf "
+        f"{version.params.get('min_data_in_leaf')})",
+    )
+    hold = training["split"]["holdout_range"]
+    table.add_row(
+        "metrics",
+        f"holdout AUC {trained.metrics['auc']:.3f} on {version.metrics['holdout_rows']:,} "
+        f"payments {hold[0][:16]} → {hold[1][:16]}",
+    )
     for view, info in ts["views"].items():
         table.add_row(
             "features",
@@ -107,18 +122,20 @@ def show_registry(console: Console, project: Project, train: pa.Table, result: D
     )
     console.print(table)
     start = time.perf_counter()
-    report = registry.reproduce("fraud", version.version, project.features)
-    result.reproduced = report.matches
-    verdict = "[green]matches[/]" if report.matches else "[red]DOES NOT MATCH[/]"
+    with console.status("   keel registry reproduce fraud@1 --model: retraining from lineage…"):
+        rep = reproduce_model(registry, project.features, "fraud", version.version)
+    result.reproduced = rep.data_matches
+    result.model_identical = rep.identical
+    data = "[green]matches[/]" if rep.data_matches else "[red]DOES NOT MATCH[/]"
+    same = "[green]byte-identical[/]" if rep.identical else "[red]DIFFERENT[/]"
     console.print(
-        f"   reproduce: rebuilt {report.rows:,} rows from the offline store in "
-        f"{time.perf_counter() - start:.2f} s — sha256 {verdict} the recorded one"
+        f"   reproduce: rebuilt {rep.rows:,} rows from the offline store — sha256 {data} the "
+        f"recorded one; retrained the model from its lineage — artifact {same} "
+        f"({time.perf_counter() - start:.2f} s)"
     )
 
 
-def show_serving(
-    console: Console, project: Project, train: pa.Table, result: DemoResult, *, quick: bool
-) -> None:
+def show_serving(console: Console, project: Project, result: DemoResult, *, quick: bool) -> None:
     """Bench the MiniLM route against one-request-per-pass serving, then serve the fraud
     route with joined features and hot-swap a retrained version under load."""
     import threading
@@ -138,6 +155,9 @@ def show_serving(
     result.bench_peak = max(r.rps for r in bench["batched"].values())
 
     # The clock runs 14,400 times faster: the shadow's 24-hour window passes in 6 seconds.
+    # A routine retrain with more rounds, trained and registered before the load starts;
+    # moving the alias under load is the hot swap.
+    v2 = _retrain(project, 200).version
     server = build_server(project, ["fraud"], clock=FastClock(14_400))
     with serving(server) as port:
         cfg = next(r for r in project.settings.routes if r.name == "fraud")
@@ -151,19 +171,7 @@ def show_serving(
         )
         loader.start()
         time.sleep(load_s / 3)
-        # Retrain with more trees on the same point-in-time set, register, promote.
-        model = _fit_fraud(
-            train, server.routes["fraud"].current.runtime.feature_names, random_state=8
-        )
         registry = project.registry
-        v2 = registry.register(
-            "fraud",
-            model,
-            training_set=train,
-            parent=1,
-            params=model.get_params(),
-            description="retrained, 200 trees",
-        )
         registry.set_alias("fraud", "champion", v2.version, reason="retrained")
         deadline = time.monotonic() + 30
         while server.routes["fraud"].current.version != v2.ref and time.monotonic() < deadline:
@@ -179,7 +187,7 @@ def show_serving(
             f"{load.pct(99):.1f} ms; hot swap fraud@1 → {result.swapped_to} under load with "
             f"[{colour}]{load.errors} failed requests[/]"
         )
-        _traffic(console, project, server, port, path, bodies, train, result, quick=quick)
+        _traffic(console, project, server, port, path, bodies, result, quick=quick)
 
 
 def _traffic(
@@ -189,7 +197,6 @@ def _traffic(
     port: int,
     path: str,
     bodies: list[bytes],
-    train: pa.Table,
     result: DemoResult,
     *,
     quick: bool,
@@ -207,24 +214,10 @@ def _traffic(
         "requests; the controller promotes it when the comparison converges"
     )
     registry = project.registry
-    # The champion's recipe with a few more boosting rounds, as a routine retrain is: close
-    # to the champion (identical when the extra rounds find nothing to split). A re-sampled
-    # retrain on so few frauds can land far away, and then the controller rightly rejects it.
-    model = _fit_fraud(
-        train,
-        server.routes["fraud"].current.runtime.feature_names,
-        n_estimators=205,
-        random_state=8,
-    )
-    candidate = registry.register(
-        "fraud",
-        model,
-        training_set=train,
-        parent=int(server.routes["fraud"].current.version.split("@")[1]),
-        params=model.get_params(),
-        description="retrain with 205 rounds",
-    )
-    registry.set_alias("fraud", "challenger", candidate.version, reason="candidate")
+    # keel train fraud --shadow: the champion's recipe with a few more boosting rounds, as a
+    # routine retrain is — close to the champion (the first 200 trees are the same ones). It
+    # lands on fraud@challenger, which the route's shadow follows.
+    candidate = _retrain(project, 205, shadow=True).version
     server.set_traffic(
         "fraud",
         shadow=ShadowConfig(
@@ -288,20 +281,30 @@ def _traffic(
     )
 
 
-def _fit_fraud(train: pa.Table, columns: list[str], **params: Any) -> Any:
-    """A LightGBM fraud model retrained on the whole point-in-time set."""
-    import lightgbm
+def _retrain(project: Project, rounds: int, *, shadow: bool = False) -> TrainResult:
+    """The declared fraud model with ``rounds`` boosting rounds, trained by Keel as of the
+    champion's training time (the same rows: retrains differ by their rounds alone)."""
+    from datetime import datetime
 
-    x = np.column_stack(
-        [train[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in columns]
+    from keel.training import LightGBM, train_model
+
+    model = project.model("fraud")
+    until = datetime.fromisoformat(
+        project.registry.lineage("fraud", "champion")["training"]["until"]
     )
-    y = train["is_fraud"].to_numpy(zero_copy_only=False).astype(int)
-    base = {
-        "n_estimators": 200,
-        "learning_rate": 0.05,
-        "num_leaves": 7,
-        "min_child_samples": 40,
-        "reg_lambda": 10.0,
-        "verbose": -1,
-    }
-    return lightgbm.LGBMClassifier(**{**base, **params}).fit(x, y, feature_name=columns)
+    params = {**model.trainer.record()["params"], "num_iterations": rounds}
+    trainer = LightGBM(params=params, seed=model.trainer.seed)
+    variant = dataclasses.replace(
+        model, trainer=trainer, description=f"retrain with {rounds} rounds"
+    )
+    return train_model(
+        variant,
+        log=project.log,
+        features=project.features,
+        registry=project.registry,
+        until=until,
+        shadow=shadow,
+        checkpoint_dir=Path(project.settings.data_dir) / "checkpoints",
+        code_dir=str(project.settings.project_dir),
+        parent_alias="champion",
+    )

@@ -22,6 +22,8 @@ class DemoResult:
     consistent: tuple[int, int] = (0, 0)
     model_ref: str = ""
     reproduced: bool = False
+    model_identical: bool = False
+    holdout_auc: float | None = None
     bench_peak: float = 0.0
     swap_errors: int = -1
     swapped_to: str = ""
