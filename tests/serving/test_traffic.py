@@ -432,3 +432,22 @@ def test_a_candidate_worse_on_labels_is_rejected() -> None:
     assert decision.action == "reject" and "labelled requests" in decision.reason
     st.label_delta = Running().update_many(np.random.default_rng(1).normal(0, 0.01, 50))
     assert decide_shadow(cfg, st.summary(cfg, 11)).action == "promote"
+
+
+def test_moving_the_shadow_alias_swaps_the_candidate(world, running) -> None:
+    """`keel train --shadow` moves MODEL@challenger; a serving route that shadows that alias
+    loads the new candidate and compares it from then on."""
+    for seed in (1, 2):
+        model, train = world.train(seed=seed)
+        world.registry.register("fraud", model, training_set=train)
+    world.registry.set_alias("fraud", "challenger", 2)
+    server = make(world, ManualClock(1_000_000.0), shadow=ShadowConfig(model="fraud@challenger"))
+    with running(create_app(server)):
+        assert server.routes["fraud"].shadow.version == "fraud@2"
+        world.registry.set_alias("fraud", "challenger", 3, reason="keel train fraud --shadow")
+        deadline = time.monotonic() + 20
+        while server.routes["fraud"].shadow.version != "fraud@3":
+            assert time.monotonic() < deadline, "the shadow never followed its alias"
+            time.sleep(0.05)
+        assert server.routes["fraud"].shadow_state.candidate == "fraud@3"
+        assert server.routes["fraud"].current.version == "fraud@1"

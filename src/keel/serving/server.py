@@ -518,7 +518,8 @@ class InferenceServer:
             return {"route": name, "swapped": True, "from": before, "serving": fresh.version}
 
     def _watch(self) -> None:
-        """Follow the registry's events; reload routes whose alias moved."""
+        """Follow the registry's events; reload routes whose alias moved, and the shadow
+        candidate of routes whose shadow alias moved."""
         from keel.registry import EVENTS_TOPIC
 
         consumer = self.log.consumer(f"keel-serve-{id(self)}", EVENTS_TOPIC, reset="latest")
@@ -535,7 +536,18 @@ class InferenceServer:
             for event in batch.to_pylist():
                 if event["event"] != "alias_moved":
                     continue
+                moved = f"{event['model']}@{event['alias']}"
                 for route in list(self.routes.values()):
-                    model, _, ref = route.config.model.partition("@")
-                    if model == event["model"] and ref == event["alias"]:
+                    if route.config.model == moved:
                         self.reload(route.name)
+                    shadow = route.config.shadow
+                    if shadow is not None and shadow.model == moved:
+                        self._follow_shadow(route.name, shadow)
+
+    def _follow_shadow(self, name: str, shadow: ShadowConfig) -> None:
+        """The alias a route shadows moved (``keel train --shadow``): load the new candidate
+        beside the old one; the old keeps the shadow if the new one fails to load."""
+        try:
+            self.set_traffic(name, shadow=shadow)
+        except Exception:
+            log.exception("route %s: the shadow's new candidate %s failed", name, shadow.model)
