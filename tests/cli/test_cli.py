@@ -250,3 +250,69 @@ def test_monitor_status_names_the_furthest_drifted_features_first() -> None:
         "[red]4/5[/]: carts_1d\u00a0missing, new_devices_1d\u00a020.0×, +2"
     )
     assert drift_cell(features[1:2]) == "0/1"
+
+
+@pytest.fixture
+def shop_project(project_dir: Path) -> Path:
+    """The example project with two weeks of a small, fraud-heavy shop in its log."""
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from keel.shop import Shift, Shop
+
+    assert keel(project_dir, "apply").exit_code == 0
+    project = Project.load(project_dir / "keel.toml")
+    now = datetime.now(UTC)
+    shop = Shop(
+        seed=4,
+        n_users=600,
+        n_items=60,
+        start=now - timedelta(days=14),
+        shift=Shift(fraud_rate=0.05),
+    )
+    for name, table in shop.catalog().items():
+        project.log.append(name, table)
+    for name, table in shop.history(days=14).items():
+        known = pc.less_equal(table["ts"], pa.scalar(now, table.schema.field("ts").type))
+        project.log.append(name, table.filter(known))
+    return project_dir
+
+
+def test_train_shadow_and_reproduce_the_model(shop_project: Path) -> None:
+    first = keel(shop_project, "train", "fraud")
+    assert first.exit_code == 0, first.output
+    for phase in ("training set", "fit", "evaluate", "register"):
+        assert phase in first.output
+    assert "fraud@1" in first.output and "auc" in first.output and "holdout" in first.output
+    shadow = keel(shop_project, "train", "fraud", "--shadow")
+    assert shadow.exit_code == 0, shadow.output
+    assert "fraud@challenger → 2" in shadow.output and "parent 1" in shadow.output
+    project = Project.load(shop_project / "keel.toml")
+    assert project.registry.aliases("fraud") == {"challenger": 2}
+    assert project.registry.get("fraud", 2).parent_version == 1
+    again = keel(shop_project, "registry", "reproduce", "fraud@1", "--model")
+    assert again.exit_code == 0, again.output
+    assert "byte-identical" in again.output and "sha256 matches" in again.output
+    # Bad input: a clear error, exit 1, and nothing registered.
+    early = keel(shop_project, "train", "fraud", "--until", "2000-01-01T00:00Z")
+    assert early.exit_code == 1 and "no labelled rows" in early.output
+    unknown = keel(shop_project, "train", "fruad")
+    assert unknown.exit_code == 1 and "did you mean 'fraud'" in unknown.output
+    bad_time = keel(shop_project, "train", "fraud", "--until", "yesterday")
+    assert bad_time.exit_code == 1 and "is not a time" in bad_time.output
+    assert [v.version for v in project.registry.versions("fraud")] == [1, 2]
+
+
+def test_apply_names_what_is_wrong_with_a_model(project_dir: Path) -> None:
+    defs = project_dir / "definitions.py"
+    defs.write_text(
+        defs.read_text().replace(
+            'features=["card_payments", "user_activity"]',
+            'features=["card_payments", "user_activty"]',
+        )
+    )
+    result = keel(project_dir, "apply")
+    assert result.exit_code == 1
+    assert "model 'fraud'" in result.output and "did you mean 'user_activity'" in result.output
