@@ -19,7 +19,7 @@ from rich.table import Table
 
 from keel.cli._common import console, friendly, project
 from keel.errors import ValidationError
-from keel.training import PHASES, TrainResult
+from keel.training import PHASES, Preempted, TrainResult
 
 __all__ = ["progress_bars", "register", "summary_table"]
 
@@ -113,9 +113,19 @@ def train(
     if shadow and alias:
         raise typer.BadParameter("give --shadow or --alias, not both")
     proj = project(ctx)
+    # A fixed as-of time: a preempted run resumes only on the very same training set.
+    as_of = _when(until) or datetime.now(UTC)
     console.print(f"[bold]keel train {model}[/] — phases: {', '.join(PHASES)}")
-    with progress_bars(console) as report:
-        result = proj.train(model, until=_when(until), shadow=shadow, alias=alias, progress=report)
+    try:
+        with progress_bars(console) as report:
+            result = proj.train(model, until=as_of, shadow=shadow, alias=alias, progress=report)
+    except Preempted as stop:
+        again = f"keel train {model} --until {as_of.isoformat()}" + (" --shadow" if shadow else "")
+        console.print(
+            f"[yellow]preempted[/] at step {stop.step}: checkpoint saved; to resume, run\n"
+            f"   {again}"
+        )
+        raise typer.Exit(143) from None
     console.print(summary_table(result))
     if shadow:
         route = result.model.route or model

@@ -268,7 +268,6 @@ class LightGBM(_Booster):
         "num_rounds",
         "nrounds",
     )
-    _fixed: ClassVar[tuple[str, ...]] = ("deterministic", "num_threads", "seed", "verbosity")
 
     def validate(self) -> None:
         import lightgbm.basic

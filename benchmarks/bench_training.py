@@ -1,0 +1,193 @@
+"""Training: `keel train fraud` on the demo shop, phase by phase; the torch trainer's
+checkpoint cost; and how long a preempted run takes to get back to training.
+
+Run: ``make bench`` or ``.venv/bin/python benchmarks/bench_training.py [--users 5000]
+[--days 14] [--repeat 3]``. The shop is the demo's (seed 7, the demo's shift); the torch
+figures use a 1.6M-parameter MLP on synthetic rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from keel.config import CONFIG_FILE
+from keel.demo.data_steps import time_ordered_chunks
+from keel.project import Project, init_project
+from keel.shop import Shift, Shop
+from keel.training import CheckpointStore, Preempted, RunContext, Torch
+
+TORCH_JOB = dict(module_kwargs={"hidden": [1024, 1024, 512]}, batch_size=256, seed=3)
+
+
+def shop_project(root: Path, users: int, days: float) -> Project:
+    init_project(root, name="bench", force=True)
+    project = Project.load(root / CONFIG_FILE)
+    project.apply()
+    now = datetime.now(UTC).replace(microsecond=0)
+    shop = Shop(
+        seed=7,
+        n_users=users,
+        n_items=2_000,
+        start=now - timedelta(days=days),
+        shift=Shift(fraud_browse_share=0.3, fraud_rate=0.03),
+    )
+    for name, table in shop.catalog().items():
+        project.log.append(name, table)
+    history = {
+        name: t.filter(pc.less_equal(t["ts"], pa.scalar(now, t.schema.field("ts").type)))
+        for name, t in shop.history(days=days).items()
+    }
+    for chunk in time_ordered_chunks(history):
+        for name, table in chunk.items():
+            project.log.append(name, table)
+    project.features.land()
+    return project
+
+
+def bench_train(users: int, days: float, repeat: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        project = shop_project(Path(tmp), users, days)
+        print(
+            f"demo shop: {users:,} users, {days:g} days, "
+            f"built in {time.perf_counter() - start:.1f} s"
+        )
+        runs: dict[str, list[float]] = {}
+        for _ in range(repeat):
+            result = project.train("fraud")
+            for phase, s in result.seconds.items():
+                runs.setdefault(phase, []).append(s)
+        data = result.data
+        print(
+            f"keel train fraud: {data.table.num_rows:,} rows × {len(data.names)} features, "
+            f"{int(data.train.sum()):,} to fit, {int(data.holdout.sum()):,} held out; "
+            f"holdout AUC {result.metrics['auc']:.3f}"
+        )
+        total = [sum(v) for v in zip(*runs.values(), strict=True)]
+        for phase, values in [*runs.items(), ("total", total)]:
+            print(f"  {phase:13s} median {statistics.median(values):7.3f} s  (of {repeat})")
+
+
+def synthetic(rows: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 64))
+    return x, (x[:, 0] + x[:, 1] * x[:, 2] + rng.normal(size=rows) > 0.5).astype(float)
+
+
+def bench_checkpoints(rows: int, epochs: int) -> None:
+    x, y = synthetic(rows)
+    names = [f"f{i}" for i in range(x.shape[1])]
+    plain = Torch(epochs=epochs, checkpoint_every_s=None, **TORCH_JOB)
+    start = time.perf_counter()
+    plain.fit(x, y, names, RunContext())
+    base_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CheckpointStore(tmp, keep=2)
+        every = max(base_s / 8, 0.5)  # several checkpoints in one run, to time each
+        saving = Torch(epochs=epochs, checkpoint_every_s=every, **TORCH_JOB)
+        ctx = RunContext(checkpoints=store, data_sha256="bench")
+        start = time.perf_counter()
+        saving.fit(x, y, names, ctx)
+        with_s = time.perf_counter() - start
+        size = max(p.stat().st_size for p in Path(tmp).glob("*.ckpt"))
+    per = ctx.checkpoint_s / max(ctx.checkpoints_written, 1)
+    print(
+        f"torch MLP (1.6M parameters), {rows:,} rows × {epochs} epochs: {base_s:.1f} s without "
+        f"checkpoints, {with_s:.1f} s with one every {every:.1f} s"
+    )
+    print(
+        f"  {ctx.checkpoints_written} checkpoints of {size / 1e6:.1f} MB, {per * 1000:.0f} ms "
+        f"each (weights, Adam state, RNG, position; fsync + rename)"
+    )
+    print(
+        f"  cost at one every 30 s: {per / 30 * 100:.2f}% of training time; measured here at "
+        f"one every {every:.1f} s: {ctx.checkpoint_s / with_s * 100:.1f}%"
+    )
+
+
+RESUME = """
+import sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {bench!r})
+from bench_training import TORCH_JOB, synthetic
+from keel.training import CheckpointStore, Preempted, RunContext, Torch
+x, y = synthetic({rows})
+names = [f"f{{i}}" for i in range(64)]
+ctx = RunContext(checkpoints=CheckpointStore({root!r}), data_sha256="bench")
+done = []
+def stop(step, total):
+    if not done:
+        done.append(time.perf_counter() - t0)
+        ctx.preemption.request()
+ctx.progress = stop
+try:
+    Torch(epochs=1, checkpoint_every_s=None, **TORCH_JOB).fit(x, y, names, ctx)
+except Preempted:
+    pass
+print(done[0], ctx.first_step_s, ctx.resumed_from)
+"""
+
+
+def bench_resume(rows: int) -> None:
+    """A run preempted mid-epoch, then restarted as a new process: seconds from the
+    process's start (and from the start of `fit`) to its first new step."""
+    x, y = synthetic(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = RunContext(checkpoints=CheckpointStore(tmp), data_sha256="bench")
+
+        def halfway(step: int, total: int) -> None:
+            if step == total // 2:
+                ctx.preemption.request()
+
+        ctx.progress = halfway
+        try:
+            Torch(epochs=1, checkpoint_every_s=None, **TORCH_JOB).fit(
+                x, y, [f"f{i}" for i in range(64)], ctx
+            )
+        except Preempted as stop:
+            print(f"torch run preempted at step {stop.step} (a checkpoint written on the request)")
+        script = RESUME.format(bench=str(Path(__file__).parent), rows=rows, root=tmp)
+        figures = []
+        for _ in range(3):
+            # The same checkpoint each time: the restarted process stops after one step.
+            out = subprocess.run(
+                [sys.executable, "-c", script], capture_output=True, text=True, check=True
+            ).stdout.split()
+            figures.append((float(out[0]), float(out[1]), out[2]))
+            for p in sorted(Path(tmp).glob("*.ckpt"))[1:]:
+                p.unlink()  # keep the preemption's checkpoint as the newest
+        proc = statistics.median(f[0] for f in figures)
+        fit = statistics.median(f[1] for f in figures)
+        print(
+            f"  resume from step {figures[0][2]}: first new step {proc:.2f} s after the process "
+            f"starts (imports, data, checkpoint load), {fit * 1000:.0f} ms after fit() begins "
+            f"(median of 3)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--users", type=int, default=5_000)
+    parser.add_argument("--days", type=float, default=14.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=40_000)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    bench_train(args.users, args.days, args.repeat)
+    bench_checkpoints(args.rows, args.epochs)
+    bench_resume(args.rows)
+
+
+if __name__ == "__main__":
+    main()
