@@ -28,10 +28,13 @@ from keel.demo.data_steps import (
 from keel.demo.model_steps import show_registry, show_serving, show_training
 from keel.demo.monitor_step import show_monitoring
 from keel.demo.result import DemoResult
+from keel.errors import ValidationError
 from keel.project import Project, init_project
 from keel.shop import EVENTS, Shift, Shop
 
 __all__ = ["DemoResult", "run_demo"]
+
+MIN_DAYS = 12.0
 
 
 def run_demo(
@@ -49,6 +52,12 @@ def run_demo(
     """Create an example project and run everything Keel does on it, end to end: the log,
     features online and offline, the registry, and serving. ``quick`` shortens the
     load tests (for the test suite)."""
+    if days < MIN_DAYS:
+        raise ValidationError(
+            f"the demo needs at least {MIN_DAYS:g} days of history (got {days:g}): the fraud "
+            "model's windows warm up for 7 days, its labels settle for 3 and it is evaluated "
+            "on the day before"
+        )
     console = console or Console()
     with ExitStack() as stack:
         if keep is None:
