@@ -12,10 +12,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from keel.errors import ValidationError
-from keel.training import CheckpointStore, Preemption, RunContext
+from keel.training import (
+    CheckpointStore,
+    LightGBM,
+    Preempted,
+    Preemption,
+    RunContext,
+    Torch,
+    XGBoost,
+)
 
 SCRIPT = Path(__file__).with_name("preemptible.py")
 KILLS = 10
@@ -144,3 +153,72 @@ def test_sigterm_sets_the_flag_and_the_handler_is_restored() -> None:
             time.sleep(0.01)
         assert stop.requested
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(
+            lambda: Torch(
+                module_kwargs={"hidden": [16]},
+                epochs=3,
+                batch_size=50,
+                seed=1,
+                checkpoint_every_steps=7,
+                scheduler="step",
+            ),
+            id="torch",
+        ),
+        pytest.param(
+            lambda: LightGBM(params={"num_iterations": 40}, seed=1, checkpoint_rounds=6),
+            id="lightgbm",
+        ),
+        pytest.param(
+            lambda: XGBoost(
+                params={"n_estimators": 30, "max_depth": 3}, seed=1, checkpoint_rounds=4
+            ),
+            id="xgboost",
+        ),
+        pytest.param(
+            lambda: XGBoost(
+                params={"n_estimators": 30, "subsample": 0.7}, seed=1, checkpoint_rounds=4
+            ),
+            id="xgboost-subsample",
+        ),
+    ],
+)
+def test_stopped_at_every_few_steps_and_resumed_gives_the_same_model(tmp_path: Path, make) -> None:
+    """In-process: ask the run to stop (as SIGTERM does) at several steps, resume each time."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(600, 5))
+    y = (x[:, 0] + rng.normal(size=600) > 0.3).astype(float)
+    names = [f"f{i}" for i in range(5)]
+    reference = make().fit(x, y, names, RunContext())
+    store = CheckpointStore(tmp_path)
+    stops, resumed = [3, 9, 16, 22], []
+    while True:
+        ctx = RunContext(checkpoints=store, data_sha256="d")
+
+        def progress(done: int, total: int, ctx: RunContext = ctx) -> None:
+            if stops and done >= stops[0]:
+                stops.pop(0)
+                ctx.preemption.request()
+
+        ctx.progress = progress
+        try:
+            model = make().fit(x, y, names, ctx)
+            break
+        except Preempted:
+            resumed.append(store.latest().step)
+    assert len(resumed) >= 3 and resumed == sorted(resumed)
+    assert _bytes(model) == _bytes(reference)
+
+
+def _bytes(model) -> bytes:
+    if hasattr(model, "state_dict"):
+        from safetensors.torch import save
+
+        return save({k: v.contiguous() for k, v in model.state_dict().items()})
+    if hasattr(model, "model_to_string"):
+        return model.model_to_string(num_iteration=-1).encode()
+    return bytes(model.save_raw("json"))
