@@ -40,9 +40,14 @@ STAY = 0.7  # share of a session's views in its focus category
 CART_P, BUY_P = 0.08, 0.4  # a view is carted, a cart is bought
 EVENTS_PER_SESSION = VIEWS * (1 + CART_P + CART_P * BUY_P)
 PURCHASES_PER_SESSION = VIEWS * CART_P * BUY_P
-TRAVEL, NEW_DEVICE = 0.02, 0.02  # legitimate payments from abroad, from a new device
-BURST = 4.5  # mean payments per fraud burst (2 + Poisson)
+TRAVEL, NEW_DEVICE = 0.03, 0.02  # legitimate payments from abroad, from a new device
+POSE_SHARE = 0.15  # fraudulent payments made posing as the victim
+ABROAD = 0.5  # fraud bursts paid from abroad
+FRIENDLY = 0.001  # legitimate payments disputed by their own customer
+BURST = 1.8  # mean payments per fraud burst (1 + Poisson)
+MODEST = 0.4  # fraud bursts that keep to amounts like an ordinary basket's
 BURST_GAP = 60 * US
+POSE = 1.25  # mean payments per visit of a fraudster posing as the victim (1 or 2)
 ROUND_AMOUNTS = np.array([100.0, 200.0, 250.0, 300.0, 500.0, 1000.0])
 LOOKBACK = 20 * 60 * US  # a carted view is bought within this long, but for 1 in 15,000
 FRESH = 1 << 40  # device codes from here on are new devices: platform << 32 | serial
@@ -98,12 +103,22 @@ class Shift:
     buy_share
         Share of carted items that are bought (each paid separately, moments apart).
     fraud_browse_share
-        Share of fraud bursts whose fraudster first browses and buys in the victim's account,
-        so the account looks active as a real shopper's does.
+        Share of fraud bursts whose fraudster first browses, carts and buys in the victim's
+        account, so the account looks active as a real shopper's does.
+    fraud_pose_share
+        Share of fraudulent payments made by fraudsters posing as the victim rather than in
+        bursts: in an account that is in use, from the victim's own phone or browser, at home
+        and at ordinary hours, they browse like the victim and buy one or two things the
+        victim might have bought, paid one by one.
+    fraud_abroad_share
+        Share of fraud bursts paid from abroad (a foreign country, not the victim's home).
+    friendly_fraud_share
+        Share of legitimate payments that their own customer later disputes: the label says
+        fraud though the payment looks like any other.
     untracked_share
-        Share of sessions whose views, carts and purchases never reach the event stream (a
-        tracking outage, such as an app release that stops sending them); their payments
-        still do.
+        Share of sessions whose views, carts and purchases never reach the event stream
+        (declined tracking consent, an ad blocker, or an outage such as an app release that
+        stops sending them); their payments still do.
 
     Example
     -------
@@ -124,9 +139,12 @@ class Shift:
     fraud_amount_scale: float = 1.0
     travel_share: float = TRAVEL
     new_device_share: float = NEW_DEVICE
-    fraud_takeover_share: float = 0.15
+    fraud_takeover_share: float = 0.3
     buy_share: float = BUY_P
     fraud_browse_share: float = 0.0
+    fraud_pose_share: float = POSE_SHARE
+    fraud_abroad_share: float = ABROAD
+    friendly_fraud_share: float = FRIENDLY
     untracked_share: float = 0.0
 
     def __post_init__(self) -> None:
@@ -135,8 +153,9 @@ class Shift:
         check_number("shift popularity_exponent", self.popularity_exponent, low=0.0)
         check_number("shift fraud_rate", self.fraud_rate, low=0.0, high=0.5)
         shares = ("night_share", "mobile_share", "travel_share", "new_device_share")
-        more = ("fraud_takeover_share", "buy_share", "fraud_browse_share", "untracked_share")
-        for name in (*shares, *more):
+        more = ("fraud_takeover_share", "buy_share", "fraud_browse_share", "fraud_pose_share")
+        rest = ("fraud_abroad_share", "friendly_fraud_share", "untracked_share")
+        for name in (*shares, *more, *rest):
             check_number(f"shift {name}", getattr(self, name), low=0.0, high=1.0)
         known = [c.name for c in CATEGORIES]
         weights = dict(self.category_weights or {})
@@ -186,9 +205,10 @@ class Behaviour:
         if ``daily``) and the fraud bursts alongside: their events, payments and labels, and
         the number of sessions. Sessions and payments are numbered from 0, payments by time."""
         starts = arrivals(rng, lo, hi, session_rate, self.profile if daily else None)
-        bursts = self._burst_rate(session_rate)
+        bursts, poses = self._fraud_rates(session_rate)
         begins = arrivals(rng, lo, hi, bursts, FRAUD_HOURLY if daily else None)
-        return self._sessions(rng, starts, begins)
+        posing = arrivals(rng, lo, hi, poses, self.profile if daily else None)
+        return self._sessions(rng, starts, begins, posing)
 
     def under_way(
         self, rng: np.random.Generator, at: int, session_rate: float, daily: bool
@@ -204,49 +224,123 @@ class Behaviour:
         carted = np.sort(at - rng.integers(1, LOOKBACK + 1, earlier))
         running = rng.poisson(session_rate * level * (VIEWS - 1) * VIEW_GAP)
         starts = np.sort(at + rng.exponential(VIEW_GAP, running).astype(np.int64))
-        bursts = self._burst_rate(session_rate) * (FRAUD_HOURLY[hour] if daily else 1.0)
+        bursts, poses = self._fraud_rates(session_rate)
+        bursts *= FRAUD_HOURLY[hour] if daily else 1.0
         nb = rng.poisson(bursts * (BURST - 1) * BURST_GAP)
         begins = np.sort(at + rng.exponential(BURST_GAP, nb).astype(np.int64))
-        events, payments, labels, n = self._sessions(rng, np.r_[carted, starts], begins, earlier)
+        # A posing fraudster's visit is a session: under way as sessions are.
+        nv = rng.poisson(poses * level * (VIEWS - 1) * VIEW_GAP)
+        posing = np.sort(at + rng.exponential(VIEW_GAP, nv).astype(np.int64))
+        events, payments, labels, n = self._sessions(
+            rng, np.r_[carted, starts], begins, posing, earlier
+        )
         events = select(events, events["ts"] >= at)
         later = payments["ts"] >= at
         payments, labels = select(payments, later), select(labels, later)
         payments["payment"] = labels["payment"] = np.arange(later.sum(), dtype=np.int64)
         return events, payments, labels, n
 
-    def _burst_rate(self, session_rate: float) -> float:
-        f = self.shift.fraud_rate
-        return f / (1 - f) * session_rate * PURCHASES_PER_SESSION / BURST
+    def _fraud_rates(self, session_rate: float) -> tuple[float, float]:
+        """Fraud bursts, and visits of fraudsters posing as their victim, per µs."""
+        f, pose = self.shift.fraud_rate, self.shift.fraud_pose_share
+        paid = f / (1 - f) * session_rate * PURCHASES_PER_SESSION
+        return paid * (1 - pose) / BURST, paid * pose / POSE
 
     def _sessions(
-        self, rng: np.random.Generator, start: np.ndarray, begins: np.ndarray, carted_views: int = 0
+        self,
+        rng: np.random.Generator,
+        start: np.ndarray,
+        begins: np.ndarray,
+        posing: np.ndarray,
+        carted_views: int = 0,
     ) -> tuple[Frame, Frame, Frame, int]:
-        """Sessions from ``start`` (the first ``carted_views`` of them one carted view each)
-        and fraud bursts from ``begins``."""
-        us, n_users = self.users, len(self.users.activity)
-        # Views: several per session, spaced by exponential gaps.
+        """Sessions from ``start`` (the first ``carted_views`` of them one carted view each),
+        fraud bursts from ``begins`` and posing fraudsters' visits from ``posing``."""
         views = rng.geometric(1 / VIEWS, len(start))
         views[:carted_views] = 1
-        sess = np.repeat(np.arange(len(start)), views)
+        n = len(views)
+        user = _search(self._activity, rng.random(n), len(self.users.activity))
+        events, bought = self._visits(rng, start, user, views, carted_views=carted_views)
+        nb, buyer = len(bought["ts"]), bought["user"]
+        abroad = rng.random(nb) < self.shift.travel_share
+        new = rng.random(nb) < self.shift.new_device_share
+        n_countries = len(COUNTRIES) + len(FOREIGN)
+        legit = frame(
+            PAYMENT_COLUMNS,
+            ts=bought["ts"],
+            payment=np.zeros(nb),
+            user=buyer,
+            card=_card(rng, self.users, buyer),
+            amount=bought["amount"],
+            country=np.where(abroad, rng.integers(0, n_countries, nb), self.users.country[buyer]),
+            device=np.where(new, _fresh_devices(rng, nb, [0.4, 0.4, 0.2]), bought["device"]),
+            category=bought["category"],
+            new_device=new,
+            fraud=np.zeros(nb, bool),
+        )
+        fraud, browsing = self._fraud(rng, begins)
+        posed, visits = self._posing(rng, posing)
+        payments = concat([legit, fraud, posed])
+        payments = select(payments, np.argsort(payments["ts"], kind="stable"))
+        payments["payment"] = np.arange(len(payments["ts"]), dtype=np.int64)
+        labels = _labels(rng, payments, self.shift.friendly_fraud_share)
+        # Posing fraudsters use the victim's own app or browser, tracked as the victim is.
+        visits["session"] += n
+        events = concat([events, visits])
+        n += len(posing)
+        if self.shift.untracked_share > 0:  # drawn last: the other draws stay as they were
+            lost = rng.random(n) < self.shift.untracked_share
+            events = select(events, ~lost[events["session"]])
+        if browsing is not None:
+            browsing["session"] += n
+            events = concat([events, browsing])
+            n += len(np.unique(browsing["session"]))
+        return events, payments, labels, n
+
+    def _visits(
+        self,
+        rng: np.random.Generator,
+        start: np.ndarray,
+        user: np.ndarray,
+        views: np.ndarray,
+        *,
+        carted_views: int = 0,
+        buys: np.ndarray | None = None,
+        focus: np.ndarray | None = None,
+    ) -> tuple[Frame, Frame]:
+        """Sessions of ``user`` from ``start`` with ``views`` views each: their events, and
+        what they bought, one row each (``ts`` when it is paid, ``user``, ``amount``,
+        ``device``, ``category``). Views are carted and carts bought at random, but for the
+        first ``carted_views`` sessions, whose view is carted; with ``buys``, the last
+        ``buys`` views of each session are carted and bought, and nothing else is. Each
+        session keeps mostly to its ``focus`` category, by default one the user likes."""
+        us = self.users
+        n = len(views)
+        # Views: several per session, spaced by exponential gaps.
+        sess = np.repeat(np.arange(n), views)
         first = np.cumsum(views) - views
         gaps = rng.exponential(VIEW_GAP, len(sess)).astype(np.int64)
         gaps[first] = 0
         offset = np.cumsum(gaps)
         vts = start[sess] + offset - offset[first][sess]
-        n, m = len(views), len(sess)
-        user = _search(self._activity, rng.random(n), n_users)
+        m = len(sess)
         want_phone = rng.random(n) < self.shift.mobile_share
         phone = (want_phone & (us.mobile[user] >= 0)) | (us.web[user] < 0)
         device = np.where(phone, us.mobile[user], us.web[user])
         # Each session has a focus category drawn from the user's taste; most views stay in it.
         vuser = user[sess]
-        focus = self._category(user, rng.random(n))[sess]
+        liked = self._category(user, rng.random(n))
+        focus = (liked if focus is None else focus)[sess]
         cat = np.where(rng.random(m) < STAY, focus, self._category(vuser, rng.random(m)))
         item = self._ranked[_search(self._popular, cat + rng.random(m), len(self._ranked))]
         # Some views are carted, some carts bought; each purchase is paid a moment later.
         carted = rng.random(m) < CART_P
         carted[:carted_views] = True
-        bought = carted & (rng.random(m) < self.shift.buy_share)
+        if buys is None:
+            bought = carted & (rng.random(m) < self.shift.buy_share)
+        else:
+            bought = (first + views)[sess] - np.arange(m) <= buys[sess]
+            carted |= bought
         cts = vts + 1 + rng.exponential(30 * US, m).astype(np.int64)
         bts = cts + 1 + rng.exponential(120 * US, m).astype(np.int64)
         rows = np.concatenate([np.arange(m), np.flatnonzero(carted), np.flatnonzero(bought)])
@@ -263,68 +357,81 @@ class Behaviour:
             device=vdevice[rows],
         )
         b = np.flatnonzero(bought)
-        nb, buyer = len(b), vuser[b]
-        abroad = rng.random(nb) < self.shift.travel_share
-        new = rng.random(nb) < self.shift.new_device_share
-        n_countries = len(COUNTRIES) + len(FOREIGN)
-        legit = frame(
+        purchases = {
+            "ts": bts[b] + 1 + rng.exponential(5 * US, len(b)).astype(np.int64),
+            "user": vuser[b],
+            "amount": np.round(self.price[item[b]] * rng.geometric(0.8, len(b)), 2),
+            "device": vdevice[b],
+            "category": cat[b],
+        }
+        return events, purchases
+
+    def _posing(self, rng: np.random.Generator, start: np.ndarray) -> tuple[Frame, Frame]:
+        """Fraudsters posing as their victims, a visit from each of ``start``: a session like
+        the victim's own (their phone or browser, their categories, a few views) whose last
+        one or two views are carted and bought, paid at home as the victim pays, but fraud.
+        Their payments, and their events (one session each, numbered from 0)."""
+        k, us = len(start), self.users
+        # Accounts in use are the ones whose logins leak, and whose habits are worth copying.
+        victim = _search(self._activity, rng.random(k), len(us.activity))
+        buys = 1 + (rng.random(k) < POSE - 1)
+        views = buys + rng.geometric(1 / VIEWS, k) - 1
+        # Half of them cannot help going for what resells, in the victim's style otherwise.
+        resells = rng.random(k) < 0.5
+        loot = rng.choice(len(CATEGORIES), k, p=FRAUD_CATEGORY)
+        focus = np.where(resells, loot, self._category(victim, rng.random(k)))
+        events, bought = self._visits(rng, start, victim, views, buys=buys, focus=focus)
+        m, who = len(bought["ts"]), bought["user"]
+        payments = frame(
             PAYMENT_COLUMNS,
-            ts=bts[b] + 1 + rng.exponential(5 * US, nb).astype(np.int64),
-            payment=np.zeros(nb),
-            user=buyer,
-            card=_card(rng, us, buyer),
-            amount=np.round(self.price[item[b]] * rng.geometric(0.8, nb), 2),
-            country=np.where(abroad, rng.integers(0, n_countries, nb), us.country[buyer]),
-            device=np.where(new, _fresh_devices(rng, nb, [0.4, 0.4, 0.2]), vdevice[b]),
-            category=cat[b],
-            new_device=new,
-            fraud=np.zeros(nb, bool),
+            ts=bought["ts"],
+            payment=np.zeros(m),
+            user=who,
+            card=_card(rng, us, victim)[np.repeat(np.arange(k), buys)],
+            amount=np.round(bought["amount"] * self.shift.fraud_amount_scale, 2),
+            country=us.country[who],
+            device=bought["device"],
+            category=bought["category"],
+            new_device=np.zeros(m, bool),
+            fraud=np.ones(m, bool),
         )
-        fraud, browsing = self._fraud(rng, begins)
-        payments = concat([legit, fraud])
-        payments = select(payments, np.argsort(payments["ts"], kind="stable"))
-        payments["payment"] = np.arange(len(payments["ts"]), dtype=np.int64)
-        labels = _labels(rng, payments)
-        if self.shift.untracked_share > 0:  # drawn last: the other draws stay as they were
-            lost = rng.random(n) < self.shift.untracked_share
-            events = select(events, ~lost[events["session"]])
-        if browsing is not None:
-            browsing["session"] += n
-            events = concat([events, browsing])
-            n += len(np.unique(browsing["session"]))
-        return events, payments, labels, n
+        return payments, events
 
     def _category(self, user: np.ndarray, r: np.ndarray) -> np.ndarray:
         picked = _search(self._taste, user + r, len(self._taste))
         return np.clip(picked - user * len(CATEGORIES), 0, len(CATEGORIES) - 1)
 
     def _fraud(self, rng: np.random.Generator, begin: np.ndarray) -> tuple[Frame, Frame | None]:
-        """Bursts on compromised cards: a few payments minutes apart, often a small test
-        charge first, then round or high amounts, from a new device, mostly from abroad; and
-        the events of fraudsters who browse the victim's account first (when any do)."""
+        """Bursts on compromised cards: one payment or a few minutes apart, often a small
+        test charge first, then round or high amounts, mostly from a new device, some from
+        abroad; and the events of fraudsters who browse the victim's account first (when any
+        do). Victims are drawn as shoppers are: the cards that get stolen are those in use."""
         us = self.users
         nb = len(begin)
-        size = 2 + rng.poisson(BURST - 2, nb)
+        size = 1 + rng.poisson(BURST - 1, nb)
         burst = np.repeat(np.arange(nb), size)
         m = len(burst)
         first = np.cumsum(size) - size
         gaps = rng.exponential(BURST_GAP, m).astype(np.int64)
         gaps[first] = 0
         offset = np.cumsum(gaps)
-        victim = rng.integers(0, len(us.activity), nb)
+        victim = _search(self._activity, rng.random(nb), len(us.activity))
         # Some take over the victim's own phone or browser; most pay from a device never seen.
         takeover = rng.random(nb) < self.shift.fraud_takeover_share
         device = np.where(takeover, victim, _fresh_devices(rng, nb, [0.2, 0.4, 0.4]))
-        abroad = rng.random(nb) < 0.7
+        abroad = rng.random(nb) < self.shift.fraud_abroad_share
         home = us.country[victim]
         country = np.where(abroad, len(COUNTRIES) + rng.integers(0, len(FOREIGN), nb), home)
         amount = np.where(
-            rng.random(m) < 0.4,
+            rng.random(m) < 0.3,
             rng.choice(ROUND_AMOUNTS, m),
-            rng.lognormal(np.log(220.0), 0.8, m),
+            rng.lognormal(np.log(150.0), 0.9, m),
         )
+        # Careful ones stay under the radar with amounts like an ordinary basket's.
+        careful = (rng.random(nb) < MODEST)[burst]
+        amount = np.where(careful, rng.lognormal(np.log(40.0), 0.8, m), amount)
         test = np.zeros(m, bool)
-        test[first] = rng.random(nb) < 0.5
+        test[first] = (size > 1) & (rng.random(nb) < 0.5)
         amount = np.where(test, rng.uniform(1.0, 5.0, m), amount)
         payments = frame(
             PAYMENT_COLUMNS,
@@ -344,36 +451,43 @@ class Behaviour:
     def _browsing(
         self, rng: np.random.Generator, begin: np.ndarray, victim: np.ndarray
     ) -> Frame | None:
-        """A few views and a purchase in the victim's account, from its own (hijacked)
-        session, in the minutes before the bursts that ``fraud_browse_share`` picks (one
-        session each, numbered from 0)."""
+        """A few views, a cart and a purchase in the victim's account, from its own
+        (hijacked) session, in the minutes before the bursts that ``fraud_browse_share`` picks
+        (one session each, numbered from 0)."""
         share = self.shift.fraud_browse_share
         if share <= 0 or not len(begin):
             return None  # draws nothing: the shop's other draws stay as they were
         picked = np.flatnonzero(rng.random(len(begin)) < share)
         k, us, who = len(picked), self.users, victim[picked]
-        per = 4  # three views, then a purchase
+        per = 5  # three views, then the last one viewed is carted and bought
         sess = np.repeat(np.arange(k), per)
         before = rng.exponential(120 * US, (k, per)).astype(np.int64)
         before = np.cumsum(before[:, ::-1], axis=1)[:, ::-1] + 1  # the purchase comes last
-        cat = rng.choice(len(CATEGORIES), k * per, p=FRAUD_CATEGORY)
+        cat = rng.choice(len(CATEGORIES), (k, per), p=FRAUD_CATEGORY)
+        cat[:, 3:] = cat[:, 2:3]
+        cat = cat.ravel()
         item = self._ranked[_search(self._popular, cat + rng.random(k * per), len(self._ranked))]
+        item = item.reshape(k, per)
+        item[:, 3:] = item[:, 2:3]
+        item = item.ravel()
         return frame(
             EVENT_COLUMNS,
             ts=(begin[picked][:, None] - before).ravel(),
             user=who[sess],
             session=sess,
             item=item,
-            kind=np.tile(np.array([0, 0, 0, 2], dtype=np.int8), k),
+            kind=np.tile(np.array([0, 0, 0, 1, 2], dtype=np.int8), k),
             category=cat,
             price=self.price[item],
             device=np.where(us.mobile[who] >= 0, us.mobile[who], us.web[who])[sess],
         )
 
 
-def _labels(rng: np.random.Generator, payments: Frame) -> Frame:
+def _labels(rng: np.random.Generator, payments: Frame, friendly: float) -> Frame:
     # Chargebacks are known within hours; legitimate payments settle after a day or more.
     n, fraud = len(payments["ts"]), payments["fraud"]
+    if friendly > 0:  # drawn only then: without disputes the other draws stay as they were
+        fraud = fraud | (rng.random(n) < friendly)
     delay = np.where(fraud, HOUR + rng.exponential(10 * HOUR, n), DAY + rng.exponential(DAY, n))
     return frame(
         LABEL_COLUMNS,
