@@ -40,7 +40,7 @@ def shop_project(root: Path, users: int, days: float) -> Project:
         n_users=users,
         n_items=2_000,
         start=now - timedelta(days=days),
-        shift=Shift(fraud_browse_share=0.3, fraud_rate=0.03),
+        shift=Shift(fraud_browse_share=0.3, fraud_rate=0.05),
     )
     for name, table in shop.catalog().items():
         project.log.append(name, table)

@@ -30,8 +30,10 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     same, total = result.consistent
     assert total > 0 and same == total
     assert (tmp_path / "demo" / "keel.toml").exists()
-    # Trained by `keel train`, and retrained from its lineage to the very same bytes.
+    # Trained by `keel train`, and retrained from its lineage to the very same bytes; the
+    # shop's fraud is hard enough that the model ranks it well, not perfectly.
     assert result.model_ref == "fraud@1" and result.reproduced and result.model_identical
+    assert result.holdout_auc is not None and 0.85 <= result.holdout_auc <= 0.97
     assert result.swapped_to == "fraud@2" and result.swap_errors == 0
     assert result.bench_peak > 0
     assert result.promoted_to == "fraud@3" and result.traffic_errors == 0

@@ -95,15 +95,15 @@ def _run(
 
     now = datetime.now(UTC).replace(microsecond=0)
     # Some fraud rings browse and buy in the victim's account first, so an active account
-    # alone does not tell a real shopper. A high-risk shop (3% of payments fraud): a small
-    # shop's few days still hold enough fraud bursts for the model, and for the monitor's
-    # loss estimator, to learn from.
+    # alone does not tell a real shopper, and some fraud poses as the victim. A high-risk shop
+    # (5% of payments fraud): a small shop's few days still hold enough fraud for the model,
+    # its two-day holdout, and the monitor's loss estimator to learn from and be judged on.
     shop = Shop(
         seed=seed,
         n_users=users,
         n_items=items,
         start=now - timedelta(days=days),
-        shift=Shift(fraud_browse_share=0.3, fraud_rate=0.03),
+        shift=Shift(fraud_browse_share=0.3, fraud_rate=0.05),
     )
     for name, table in shop.catalog().items():
         log.append(name, table)

@@ -153,8 +153,8 @@ fraud = Model(
         },
         seed=7,
     ),
-    split=TimeSplit(holdout=timedelta(days=1), warmup=timedelta(days=7)),
-    metrics=["auc", "logloss", "recall@50"],
+    split=TimeSplit(holdout=timedelta(days=2), warmup=timedelta(days=7)),
+    metrics=["auc", "logloss", "recall@100"],
     route="fraud",
     description="card fraud on card and user features",
 )
