@@ -16,7 +16,14 @@ from typing import Any
 
 from keel.errors import KeelError, ValidationError
 
-__all__ = ["FORMATS", "Serialized", "deserialize", "detect_format", "serialize"]
+__all__ = [
+    "FORMATS",
+    "Serialized",
+    "deserialize",
+    "detect_format",
+    "import_object",
+    "serialize",
+]
 
 FORMATS = ("torch", "lightgbm", "xgboost", "onnx", "sklearn", "pickle")
 
@@ -138,17 +145,23 @@ def deserialize(fmt: str, data: bytes, loader: dict[str, Any], *, trusted: bool 
     raise ValidationError(f"unknown stored format {fmt!r}")
 
 
-def _resolve(target: str) -> Any:
+def import_object(target: str, what: str = "factory", hint: str = "") -> Any:
+    """The object at ``"package.module:Name"`` (dotted attributes allowed)."""
     module_name, _, attr = target.partition(":")
     if not attr:
-        raise ValidationError(f"factory {target!r} must look like 'package.module:callable'")
+        raise ValidationError(f"{what} {target!r} must look like 'package.module:callable'")
     try:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
-        raise ValidationError(
-            f"factory {target!r} cannot be imported ({exc}); torch modules are rebuilt by "
-            "calling it, so it must be importable wherever the model is loaded"
-        ) from None
+        raise ValidationError(f"{what} {target!r} cannot be imported ({exc}){hint}") from None
     return obj
+
+
+def _resolve(target: str) -> Any:
+    return import_object(
+        target,
+        hint="; torch modules are rebuilt by calling it, so it must be importable wherever "
+        "the model is loaded",
+    )

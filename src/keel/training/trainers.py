@@ -11,7 +11,6 @@ the same bytes an uninterrupted run produces.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import time
 from abc import ABC, abstractmethod
@@ -22,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from keel.errors import ValidationError, did_you_mean
+from keel.registry.formats import import_object
 from keel.training.checkpoint import Checkpoint, CheckpointStore, Preempted, Preemption
 
 __all__ = [
@@ -172,9 +172,12 @@ class _Booster(Trainer):
             "checkpoint_rounds": self.checkpoint_rounds,
         }
 
+    def _round_names(self) -> tuple[str, ...]:
+        return self._round_keys
+
     @property
     def rounds(self) -> int:
-        for key in self._round_keys:
+        for key in self._round_names():
             if key in self.params:
                 return int(self.params[key])
         return 100
@@ -256,18 +259,11 @@ class LightGBM(_Booster):
 
     kind = "lightgbm"
     format = "lightgbm"
-    _round_keys = (
-        "num_iterations",
-        "n_estimators",
-        "num_boost_round",
-        "num_iteration",
-        "n_iter",
-        "num_tree",
-        "num_trees",
-        "num_round",
-        "num_rounds",
-        "nrounds",
-    )
+    def _round_names(self) -> tuple[str, ...]:
+        import lightgbm.basic
+
+        # Every name LightGBM accepts for the number of rounds, from its own alias table.
+        return tuple(sorted(lightgbm.basic._ConfigAliases.get("num_iterations")))
 
     def validate(self) -> None:
         import lightgbm.basic
@@ -303,7 +299,7 @@ class LightGBM(_Booster):
         return str(self.params.get("objective", "binary")) == "binary"
 
     def _base(self) -> dict[str, Any]:
-        p = {k: v for k, v in self.params.items() if k not in self._round_keys}
+        p = {k: v for k, v in self.params.items() if k not in self._round_names()}
         p.setdefault("objective", "binary")
         p.update(
             deterministic=True,
@@ -610,16 +606,7 @@ class Sklearn(Trainer):
 
 
 def _import(target: str, what: str) -> Any:
-    module_name, _, attr = target.partition(":")
-    if not attr:
-        raise ValidationError(f"{what}: {target!r} must look like 'package.module:Name'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ValidationError(f"{what}: cannot import {target!r} ({exc})") from None
-    return obj
+    return import_object(target, what)
 
 
 def _number(value: str) -> Any:
