@@ -312,3 +312,25 @@ def test_metrics_rank_within_groups() -> None:
         if yg.sum():
             recall.append(yg[np.argsort(-sg)[:3]].sum() / yg.sum())
     assert got["recall@3"] == pytest.approx(np.mean(recall))
+
+
+def test_a_preempted_training_run_resumes_from_its_checkpoint(world: Payments) -> None:
+    """SIGTERM during `keel train` leaves a checkpoint; the same command (same as-of time)
+    resumes from it and registers what an uninterrupted run registers."""
+    from keel.training import Preempted, Preemption
+
+    model = world.model(
+        trainer=LightGBM(params={"num_iterations": 30}, seed=3, checkpoint_rounds=10)
+    )
+    stop = Preemption()
+    stop.request()  # as the SIGTERM handler does
+    ckpt = world.tmp / "checkpoints"
+    with pytest.raises(Preempted) as preempted:
+        train(world, model, checkpoint_dir=ckpt, preemption=stop)
+    assert preempted.value.step == 1 and world.registry.models() == []
+    resumed = train(world, model, checkpoint_dir=ckpt)
+    assert resumed.resumed_from == 1
+    assert not list(ckpt.rglob("*.ckpt"))  # cleared once registered
+    fresh = train(world, model)
+    assert fresh.resumed_from is None
+    assert resumed.version.artifact == fresh.version.artifact
