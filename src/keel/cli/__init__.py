@@ -22,7 +22,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="keel",
-    help="Keel: an AI-native model platform — log, features, registry, serving, monitoring.",
+    help="Keel: an AI-native model platform — log, features, training, registry, serving, monitoring.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
