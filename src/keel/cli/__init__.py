@@ -22,7 +22,8 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="keel",
-    help="Keel: an AI-native model platform — log, features, training, registry, serving, monitoring.",
+    help="Keel: an AI-native model platform — log, features, training, registry, serving,"
+    " monitoring.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
