@@ -5,6 +5,7 @@ in time into a training part and a later holdout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -114,16 +115,26 @@ def build_training_data(
     features: FeatureStore,
     *,
     until: datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TrainingData:
-    """The model's training set as of ``until`` (default: now)."""
+    """The model's training set as of ``until`` (default: now); ``progress(done, 4)``
+    after each step: labels joined, log landed, features joined, checked."""
+
+    def step(done: int) -> None:
+        if progress is not None:
+            progress(done, 4)
+
     check_model(model, log, features)
     until = (until or datetime.now(UTC)).astimezone(UTC)
     keys = list(dict.fromkeys(v.entity.join_key for v, _ in features.resolve(model.features)))
     rows = _labelled(model, log, until, keys)
+    step(1)
     features.land()
+    step(2)
     table = features.training_set(rows, model.features, timestamp=TS, land=False)
+    step(3)
     names = _feature_columns(model, table)
-    x = np.column_stack([_float(table.column(c)) for c in names] or [np.zeros((table.num_rows, 0))])
+    x = matrix(table, names) if names else np.zeros((table.num_rows, 0))
     missing = [n for j, n in enumerate(names) if np.isnan(x[:, j]).all()]
     if missing and len(missing) == len(names):
         raise ValidationError(
@@ -157,6 +168,7 @@ def build_training_data(
                     f"({model.label.column} = {classes[0]:g} in all {int(mask.sum()):,} rows); "
                     "a two-class model needs both — train over a longer range"
                 )
+    step(4)
     return data
 
 

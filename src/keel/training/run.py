@@ -106,10 +106,15 @@ def train_model(
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    report("training set", 0, 1)
-    data = build_training_data(model, log, features, until=until)
+    report("training set", 0, 4)
+    data = build_training_data(
+        model,
+        log,
+        features,
+        until=until,
+        progress=lambda done, total: report("training set", done, total),
+    )
     seconds["training set"] = time.perf_counter() - start
-    report("training set", 1, 1)
 
     store = None
     if checkpoint_dir is not None:

@@ -259,6 +259,7 @@ class LightGBM(_Booster):
 
     kind = "lightgbm"
     format = "lightgbm"
+
     def _round_names(self) -> tuple[str, ...]:
         import lightgbm.basic
 
