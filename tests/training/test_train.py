@@ -334,3 +334,37 @@ def test_a_preempted_training_run_resumes_from_its_checkpoint(world: Payments) -
     fresh = train(world, model)
     assert fresh.resumed_from is None
     assert resumed.version.artifact == fresh.version.artifact
+
+
+def test_a_trained_torch_model_serves_on_its_feature_route(world: Payments, running) -> None:
+    """The torch trainer records the columns its module reads, so the route joins the same
+    features and request fields by name, and scores as the trainer does."""
+    import httpx
+
+    from keel.config import RouteConfig
+    from keel.serving import InferenceServer, create_app
+
+    trainer = Torch(module_kwargs={"hidden": [8]}, epochs=1, batch_size=256, seed=2)
+    result = train(world, world.model(trainer=trainer), alias="champion")
+    assert world.registry.load("fraud", 1).feature_names == result.data.names
+    world.features.materialize()
+    server = InferenceServer(
+        [RouteConfig(name="fraud", model="fraud@champion", features=["card"], max_wait_ms=1)],
+        registry=world.registry,
+        features=world.features,
+        log_=world.log,
+    )
+    server.load_all()
+    rows = [{"card_id": c, "amount": a} for c, a in [(3, 25.0), (17, 900.0), (4242, 60.0)]]
+    with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
+        body = client.post("/v1/routes/fraud/predict", json={"rows": rows}).json()
+    assert body["version"] == "fraud@1"
+    scores = np.array(body["predictions"]["score"])
+    online = world.features.get_online(["card"], [r["card_id"] for r in rows])
+    x = np.column_stack(
+        [np.asarray(online.values[n], dtype=float) for n in result.data.names[:-1]]
+        + [[r["amount"] for r in rows]]
+    )
+    model = world.registry.load("fraud", 1)
+    assert np.allclose(scores, trainer.predict(model, x), atol=1e-6)
+    assert ((scores > 0) & (scores < 1)).all()

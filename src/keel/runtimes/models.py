@@ -43,7 +43,12 @@ class TextEmbeddingRuntime(Runtime):
 
 
 class TorchRuntime(Runtime):
-    """A torch module on ``device``; one input tensor ``input`` of its declared width."""
+    """A torch module on ``device``; one input tensor ``input`` of its declared width.
+
+    A module that names its ``feature_names`` (as Keel's trainer records them) is served
+    like the tabular runtimes: a ``features`` row of those columns in, a ``score`` out (its
+    ``score`` method when it has one, such as a probability from a classifier's logits).
+    """
 
     platform = "pytorch"
 
@@ -56,14 +61,22 @@ class TorchRuntime(Runtime):
         width = width or getattr(module, "in_features", None)
         if width is None:
             raise ValidationError("a torch route needs the input width (in_features)")
+        self.feature_names = list(getattr(module, "feature_names", None) or [])
+        if self.feature_names:
+            self.inputs = [TensorSpec("features", "FP64", (-1, len(self.feature_names)))]
+            self.outputs = [TensorSpec("score", "FP64", (-1,))]
+            return
         out = self.module(torch.zeros(1, width, device=device)).shape[-1]
         self.inputs = [TensorSpec("input", "FP32", (-1, int(width)))]
         self.outputs = [TensorSpec("output", "FP32", (-1, int(out)))]
-        self.feature_names = []
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self.torch
         with torch.inference_mode():
+            if self.feature_names:
+                x = torch.as_tensor(inputs["features"], dtype=torch.float32, device=self.device)
+                score = getattr(self.module, "score", self.module)(x).reshape(-1)
+                return {"score": score.double().cpu().numpy()}
             x = torch.as_tensor(inputs["input"], dtype=torch.float32, device=self.device)
             return {"output": self.module(x).float().cpu().numpy()}
 

@@ -20,10 +20,16 @@ class MLP(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, hidden: list[int] | None = None, dropout: float = 0.1
+        self,
+        in_features: int,
+        hidden: list[int] | None = None,
+        dropout: float = 0.1,
+        feature_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.in_features = in_features
+        #: The columns it reads, in order: a route joins them by name.
+        self.feature_names = list(feature_names or [])
         sizes = [in_features, *(hidden or [32, 16])]
         layers: list[nn.Module] = []
         for a, b in itertools.pairwise(sizes):
@@ -44,6 +50,10 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = torch.nan_to_num((x - self.mean) / self.scale, nan=0.0)
         return self.body(z).squeeze(-1)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """The probability of the positive class."""
+        return torch.sigmoid(self(x))
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Any:
         return nn.functional.binary_cross_entropy_with_logits(self(x), y)

@@ -135,14 +135,18 @@ class Torch(Trainer):
     def code_files(self) -> list[str]:
         return [*super().code_files(), inspect.getfile(_import(self.module, "torch trainer"))]
 
-    def build(self, width: int) -> Any:
-        return _import(self.module, "torch trainer")(in_features=width, **self.module_kwargs)
+    def build(self, width: int, names: list[str] | None = None) -> Any:
+        cls = _import(self.module, "torch trainer")
+        kwargs: dict[str, Any] = {"in_features": width, **self.module_kwargs}
+        if names and "feature_names" in inspect.signature(cls).parameters:
+            kwargs["feature_names"] = list(names)  # so a route can join them by name
+        return cls(**kwargs)
 
     def register_options(self, model: Any) -> dict[str, Any]:
-        return {
-            "factory": self.module,
-            "init_kwargs": {"in_features": int(model.in_features), **self.module_kwargs},
-        }
+        kwargs: dict[str, Any] = {"in_features": int(model.in_features), **self.module_kwargs}
+        if getattr(model, "feature_names", None):
+            kwargs["feature_names"] = list(model.feature_names)
+        return {"factory": self.module, "init_kwargs": kwargs}
 
     def fit(self, x: np.ndarray, y: np.ndarray, names: list[str], ctx: RunContext) -> Any:
         import torch
@@ -158,7 +162,7 @@ class Torch(Trainer):
         torch.manual_seed(self._seed)
         random.seed(self._seed)
         np.random.seed(self._seed % 2**32)
-        model = self.build(x.shape[1])
+        model = self.build(x.shape[1], names)
         if hasattr(model, "fit_normalization"):
             with torch.no_grad():
                 model.fit_normalization(xt)
