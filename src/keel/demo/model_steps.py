@@ -122,7 +122,7 @@ def show_registry(
     )
     console.print(table)
     start = time.perf_counter()
-    with console.status("   keel registry reproduce fraud@1 --model: retraining from lineage…"):
+    with console.status(f"   keel registry reproduce {version.ref} --model: retraining…"):
         rep = reproduce_model(registry, project.features, "fraud", version.version)
     result.reproduced = rep.data_matches
     result.model_identical = rep.identical
