@@ -56,13 +56,11 @@ class TrainingData:
         return [_iso(int(ts.min())), _iso(int(ts.max()))] if len(ts) else []
 
 
-def read_topic(log: Log, topic: str) -> tuple[pa.Table, dict[int, int]]:
-    """Every record of ``topic`` now in the log, and the offsets read up to."""
-    t = log.topic(topic)
+def read_topic(log: Log, topic: str) -> pa.Table:
+    """Every record of ``topic`` now in the log."""
     ends = log.end_offsets(topic)
     parts = [log.read(topic, p, 0, max(end, 1)) for p, end in enumerate(ends)]
-    table = pa.concat_tables(parts) if parts else t.schema.empty_table()
-    return table, {p: int(e) for p, e in enumerate(ends) if t.partitions}
+    return pa.concat_tables(parts) if parts else log.topic(topic).schema.empty_table()
 
 
 def check_model(model: Model, log: Log, features: FeatureStore) -> None:
@@ -186,14 +184,17 @@ def _labelled(model: Model, log: Log, until: datetime, keys: list[str]) -> pa.Ta
     """Example rows with their label, known by ``until`` and settled."""
     label = model.label
     until_us = int(until.timestamp() * US)
-    labels, _ = read_topic(log, label.topic)
+    labels = read_topic(log, label.topic)
     label_time = log.topic(label.topic).event_time
     total = labels.num_rows
+    # Where the history starts, for the warm-up: the first example the log holds.
+    history, history_time = labels, label_time
     labels = labels.filter(pc.less_equal(_micros(labels, label_time), until_us))
     horizon = until_us - int(label.settle.total_seconds() * US)
     if label.id is not None and label.examples is not None:
-        examples, _ = read_topic(log, label.examples)
+        examples = read_topic(log, label.examples)
         example_time = label.time or log.topic(label.examples).event_time
+        history, history_time = examples, example_time
         keep = [label.id, *keys, *model.inputs]
         examples = examples.select(list(dict.fromkeys([example_time, *keep])))
         # A label sent twice grades once: the latest known by ``until`` wins.
@@ -210,7 +211,7 @@ def _labelled(model: Model, log: Log, until: datetime, keys: list[str]) -> pa.Ta
         ts_col = label_time
     rows = rows.filter(pc.less_equal(_micros(rows, ts_col), horizon))
     if model.split.warmup.total_seconds() > 0 and rows.num_rows:
-        first_event = _first_event_us(model, log)
+        first_event = pc.min(_micros(history, history_time)).as_py()
         start = first_event + int(model.split.warmup.total_seconds() * US)
         rows = rows.filter(pc.greater_equal(_micros(rows, ts_col), start))
     if ts_col != TS:
@@ -279,16 +280,6 @@ def _feature_columns(model: Model, table: pa.Table) -> list[str]:
                 f"model {model.name!r}: input {name!r} has type {dtype}; inputs must be numbers"
             )
     return [*features, *model.inputs]
-
-
-def _first_event_us(model: Model, log: Log) -> int:
-    firsts = []
-    for topic in {model.label.examples or model.label.topic}:
-        for p in range(log.topic(topic).partitions):
-            head = log.read(topic, p, 0, 1)
-            if head.num_rows:
-                firsts.append(_micros(head, log.topic(topic).event_time)[0].as_py())
-    return int(min(firsts)) if firsts else 0
 
 
 def _micros(table: pa.Table, column: str) -> pa.ChunkedArray:

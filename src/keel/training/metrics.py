@@ -73,9 +73,9 @@ def evaluate(
     y = np.asarray(y, dtype=np.float64)
     score = np.asarray(score, dtype=np.float64)
     out: dict[str, float] = {}
+    two_classes = len(np.unique(y)) == 2
     for text in metrics:
         spec = parse_metric(text)
-        two_classes = len(np.unique(y)) == 2
         if spec.name == "auc":
             value = float(skm.roc_auc_score(y, score)) if two_classes else float("nan")
         elif spec.name == "logloss":
