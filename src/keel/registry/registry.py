@@ -105,6 +105,8 @@ class ReproduceReport:
     rebuilt_sha256: str
     rows: int
     changed_views: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: The rebuilt training set, for whoever goes on to retrain from it.
+    table: pa.Table | None = field(default=None, repr=False)
 
 
 class Registry:
@@ -493,6 +495,7 @@ class Registry:
             digest,
             rebuilt.num_rows,
             changed,
+            rebuilt,
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +16,7 @@ import pyarrow.compute as pc
 
 from keel.errors import NotFoundError, ValidationError, did_you_mean
 from keel.features import FeatureStore
+from keel.features.training import table_sha256
 from keel.log import Log
 from keel.training.definitions import Model
 
@@ -42,6 +44,11 @@ class TrainingData:
     ts_us: np.ndarray
     cut_us: int
     until: datetime
+
+    @cached_property
+    def sha256(self) -> str:
+        """The training set's content hash (what its checkpoints are tied to)."""
+        return table_sha256(self.table)
 
     @property
     def train(self) -> np.ndarray:

@@ -10,7 +10,6 @@ import numpy as np
 
 from keel.errors import ValidationError
 from keel.features import FeatureStore
-from keel.features.training import table_sha256
 from keel.registry import Registry
 from keel.registry.artifacts import sha256
 from keel.registry.formats import serialize
@@ -50,7 +49,7 @@ def reproduce_model(
             "`keel train` can be retrained — `keel registry reproduce` still checks its data"
         )
     data = registry.reproduce(name, v.version, features)
-    table = registry.training_set(name, v.version, features)
+    table = data.table
     names = list(info["feature_names"])
     x = matrix(table, names)
     y = matrix(table, [info["label"]["column"]])[:, 0]
@@ -58,7 +57,7 @@ def reproduce_model(
     train = ts < int(info["split"]["cut_us"])
     trainer = trainer_from_record(info["trainer"])
     current = trainer.fingerprint()
-    ctx = RunContext(preemption=Preemption(), data_sha256=table_sha256(table))
+    ctx = RunContext(preemption=Preemption(), data_sha256=data.rebuilt_sha256)
     fitted = trainer.fit(x[train], y[train], names, ctx)
     rebuilt = serialize(fitted, trainer.format, **trainer.register_options(fitted))
     digest = sha256(rebuilt.data)

@@ -64,13 +64,11 @@ def fit(
 ) -> tuple[Any, RunContext]:
     """Fit ``model``'s trainer on the training part of ``data`` (resuming from the newest
     good checkpoint in ``checkpoints``)."""
-    from keel.features.training import table_sha256
-
     train = data.train
     ctx = RunContext(
         checkpoints=checkpoints,
         preemption=preemption or Preemption(),
-        data_sha256=table_sha256(data.table),
+        data_sha256=data.sha256,
         progress=progress,
     )
     fitted = model.trainer.fit(data.x[train], data.y[train], data.names, ctx)
@@ -118,9 +116,7 @@ def train_model(
 
     store = None
     if checkpoint_dir is not None:
-        from keel.features.training import table_sha256
-
-        store = CheckpointStore(Path(checkpoint_dir) / model.name / table_sha256(data.table)[:16])
+        store = CheckpointStore(Path(checkpoint_dir) / model.name / data.sha256[:16])
     start = time.perf_counter()
     fitted, ctx = fit(
         model,
