@@ -83,10 +83,12 @@ class Project:
             )
         return models[name]
 
-    def train(self, name: str, **options: Any) -> TrainResult:
-        """Train the declared model ``name`` and register it (see
+    def train(self, model: str | Model, **options: Any) -> TrainResult:
+        """Train the declared model ``model`` (or a variant of one, such as a declared
+        model with other hyperparameters) and register it (see
         :func:`keel.training.train_model` for ``options``)."""
-        model = self.model(name)
+        if isinstance(model, str):
+            model = self.model(model)
         parent_alias = None
         route = next((r for r in self.settings.routes if r.name == model.route), None)
         if route is not None and "@" in route.model:

@@ -114,10 +114,7 @@ def reproduce(
         _reproduce_model(proj, name, version)
         return
     report = proj.registry.reproduce(name, version, proj.features)
-    for view, (old, new) in report.changed_views.items():
-        console.print(
-            f"[yellow]view {view} changed since training:[/] fingerprint {old[:12]} → {new[:12]}"
-        )
+    _changed_views(report.changed_views)
     if report.matches:
         console.print(
             f"[green]reproduced[/] {name}@{report.version}: {report.rows:,} rows, "
@@ -165,15 +162,19 @@ def alias(
     console.print(table)
 
 
+def _changed_views(changed: dict[str, tuple[str, str]]) -> None:
+    for view, (old, new) in changed.items():
+        console.print(
+            f"[yellow]view {view} changed since training:[/] fingerprint {old[:12]} → {new[:12]}"
+        )
+
+
 def _reproduce_model(proj: Any, name: str, version: str) -> None:
     from keel.training import reproduce_model
 
     with console.status(f"retraining {name}@{version} from its lineage…"):
         rep = reproduce_model(proj.registry, proj.features, name, version)
-    for view, (old, new) in rep.changed_views.items():
-        console.print(
-            f"[yellow]view {view} changed since training:[/] fingerprint {old[:12]} → {new[:12]}"
-        )
+    _changed_views(rep.changed_views)
     if rep.code_changed:
         console.print(
             f"[yellow]the trainer's code changed since training:[/] fingerprint "

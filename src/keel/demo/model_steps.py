@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -286,7 +285,7 @@ def _retrain(project: Project, rounds: int, *, shadow: bool = False) -> TrainRes
     champion's training time (the same rows: retrains differ by their rounds alone)."""
     from datetime import datetime
 
-    from keel.training import LightGBM, train_model
+    from keel.training import LightGBM
 
     model = project.model("fraud")
     until = datetime.fromisoformat(
@@ -297,14 +296,4 @@ def _retrain(project: Project, rounds: int, *, shadow: bool = False) -> TrainRes
     variant = dataclasses.replace(
         model, trainer=trainer, description=f"retrain with {rounds} rounds"
     )
-    return train_model(
-        variant,
-        log=project.log,
-        features=project.features,
-        registry=project.registry,
-        until=until,
-        shadow=shadow,
-        checkpoint_dir=Path(project.settings.data_dir) / "checkpoints",
-        code_dir=str(project.settings.project_dir),
-        parent_alias="champion",
-    )
+    return project.train(variant, until=until, shadow=shadow)
