@@ -448,7 +448,7 @@ class XGBoost(_Booster):
         )
 
     def _base(self, chunk: int, stochastic: bool) -> dict[str, Any]:
-        p = {k: v for k, v in self.params.items() if k not in self._round_keys}
+        p = {k: v for k, v in self.params.items() if k not in self._round_names()}
         aliases = {"learning_rate": "eta", "reg_lambda": "lambda", "reg_alpha": "alpha"}
         p = {aliases.get(k, k): v for k, v in p.items()}
         p.setdefault("objective", "binary:logistic")
