@@ -1,4 +1,4 @@
-"""The shop's fixed world: categories with their vocabularies and prices, items, users.
+"""The shop's world: categories with their vocabularies and prices, items, users.
 
 Item texts are built from per-category words so that a sentence embedding of a title or a
 description lands near the other items of its category.
@@ -6,7 +6,7 @@ description lands near the other items of its category.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -20,7 +20,9 @@ __all__ = [
     "Users",
     "build_items",
     "build_users",
+    "concat_items",
     "fresh_device_names",
+    "launch_items",
 ]
 
 DAY_US = 86_400 * 1_000_000
@@ -197,7 +199,7 @@ PLATFORMS: tuple[str, ...] = ("ios", "android", "web")
 class Items:
     """The catalogue, one entry per item (item ``i`` has id ``i + 1``)."""
 
-    listed: np.ndarray  # int64 µs since the epoch, ascending with the id
+    listed: np.ndarray  # int64 µs since the epoch, ascending with the id (launches: their clock)
     category: np.ndarray  # int64 index into CATEGORIES
     title: np.ndarray  # str
     description: np.ndarray  # str
@@ -230,6 +232,29 @@ def build_items(rng: np.random.Generator, n_items: int, start_us: int) -> Items:
     weights = np.array([c.weight for c in CATEGORIES])
     cat = rng.choice(len(CATEGORIES), n_items, p=weights / weights.sum())
     cat[: len(CATEGORIES)] = np.arange(len(CATEGORIES))
+    title, description, price = _describe(rng, cat)
+    listed = np.sort(start_us - rng.integers(1, 730, n_items) * DAY_US)
+    return Items(listed, cat.astype(np.int64), title, description, price)
+
+
+def launch_items(rng: np.random.Generator, n: int, category: int, listed_us: int) -> Items:
+    """Draw ``n`` new items of category ``category`` (an index into CATEGORIES), all listed at
+    ``listed_us``, their words and prices drawn as :func:`build_items` draws them."""
+    cat = np.full(n, category, dtype=np.int64)
+    title, description, price = _describe(rng, cat)
+    return Items(np.full(n, listed_us, dtype=np.int64), cat, title, description, price)
+
+
+def concat_items(*parts: Items) -> Items:
+    """One catalogue of ``parts`` in order, in new arrays (the parts are left as they are)."""
+    columns = [np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Items)]
+    return Items(*columns)
+
+
+def _describe(
+    rng: np.random.Generator, cat: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Titles, descriptions and list prices of items of categories ``cat``."""
     words = {}
     for part in ("brands", "adjectives", "nouns", "uses", "features"):
         flat, index = _pick(rng, cat, [getattr(c, part) for c in CATEGORIES])
@@ -242,9 +267,8 @@ def build_items(rng: np.random.Generator, n_items: int, start_us: int) -> Items:
     median = np.array([c.price_median for c in CATEGORIES])[cat]
     sigma = np.array([c.price_sigma for c in CATEGORIES])[cat]
     # Shop prices end in .99: round the lognormal draw up to the next whole unit, less a cent.
-    price = np.maximum(np.ceil(median * np.exp(sigma * rng.standard_normal(n_items))), 1) - 0.01
-    listed = np.sort(start_us - rng.integers(1, 730, n_items) * DAY_US)
-    return Items(listed, cat.astype(np.int64), title, description, np.round(price, 2))
+    price = np.maximum(np.ceil(median * np.exp(sigma * rng.standard_normal(len(cat)))), 1) - 0.01
+    return title, description, np.round(price, 2)
 
 
 def build_users(rng: np.random.Generator, n_users: int, start_us: int) -> Users:

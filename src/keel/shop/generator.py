@@ -38,9 +38,12 @@ from keel.shop.catalog import (
     CATEGORIES,
     COUNTRIES,
     FOREIGN,
+    Items,
     build_items,
     build_users,
+    concat_items,
     fresh_device_names,
+    launch_items,
 )
 from keel.shop.timeline import Frame, Timeline
 from keel.shop.topics import EVENTS, ITEMS, LABELS, PAYMENTS, USERS
@@ -54,13 +57,15 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KINDS = pa.array(["view", "cart", "purchase"])
 _CATEGORY_NAMES = pa.array([c.name for c in CATEGORIES])
 _COUNTRY_NAMES = pa.array([c for c, _ in COUNTRIES] + list(FOREIGN))
+_PLACES = ("top", "bottom")  # where launched items enter their category's popularity ranking
 
 
 class Shop:
     """A reproducible shop of ``n_users`` users and ``n_items`` items whose time starts at
     ``start``; the same seed and arguments give the same tables.
 
-    Each call to :meth:`history` or :meth:`stream` continues where the last one ended.
+    Each call to :meth:`history` or :meth:`stream` continues where the last one ended;
+    :meth:`launch` adds items to the catalogue on the way.
 
     Parameters
     ----------
@@ -133,7 +138,7 @@ class Shop:
             f"start={self.start!r}, shift={self.knobs!r})"
         )
 
-    # -- the fixed world ----------------------------------------------------------------
+    # -- the world ----------------------------------------------------------------------
     def catalog(self) -> dict[str, pa.Table]:
         """The items, with texts and list prices, and the users, each stamped at creation.
 
@@ -143,18 +148,7 @@ class Shop:
         >>> items.num_rows, items.column_names[:3]
         (20, ['ts', 'item_id', 'category'])
         """
-        it, us = self._items, self._users
-        items = pa.Table.from_arrays(
-            [
-                _ts(it.listed),
-                pa.array(np.arange(1, self.n_items + 1, dtype=np.int64)),
-                pc.take(_CATEGORY_NAMES, it.category),
-                pa.array(it.title),
-                pa.array(it.description),
-                pa.array(it.price),
-            ],
-            schema=ITEMS.schema,
-        )
+        us = self._users
         users = pa.Table.from_arrays(
             [
                 _ts(us.signup),
@@ -164,7 +158,58 @@ class Shop:
             ],
             schema=USERS.schema,
         )
-        return {ITEMS.name: items, USERS.name: users}
+        return {ITEMS.name: _items_table(self._items, first_id=1), USERS.name: users}
+
+    def launch(self, n: int, category: str, *, popularity: str = "top") -> dict[str, pa.Table]:
+        """Add ``n`` new items of ``category`` to the catalogue, listed at :attr:`now`, with
+        ids after the last item's; what the shop draws from then on includes them.
+
+        With ``popularity="top"`` they lead their category's popularity ranking, so users
+        browsing it see them most; with ``"bottom"`` they trail it. Sessions already under way
+        keep what they drew. Forks made before the launch keep the old catalogue.
+
+        Returns the new items alone, as ``{"shop.items": table}``, to append to the log.
+
+        Example
+        -------
+        >>> shop = Shop(seed=1, n_users=100, n_items=50)
+        >>> _ = shop.history(days=1)
+        >>> new = shop.launch(3, "games")["shop.items"]
+        >>> new["item_id"].to_pylist(), set(new["category"].to_pylist())
+        ([51, 52, 53], {'games'})
+        >>> new["ts"][0].as_py() == shop.now, shop.catalog()["shop.items"].num_rows
+        (True, 53)
+        >>> shop.launch(2, "game")
+        Traceback (most recent call last):
+        ...
+        keel.errors.ValidationError: launch: unknown category 'game' — did you mean 'games'?...
+        """
+        check_int("launch n", n, 1)
+        known = [c.name for c in CATEGORIES]
+        if not isinstance(category, str) or category not in known:
+            hint = did_you_mean(category, known) if isinstance(category, str) else ""
+            raise ValidationError(
+                f"launch: unknown category {category!r}{hint} (categories: {', '.join(known)})"
+            )
+        if not isinstance(popularity, str) or popularity not in _PLACES:
+            hint = did_you_mean(popularity, _PLACES) if isinstance(popularity, str) else ""
+            raise ValidationError(
+                f"launch: popularity must be 'top' or 'bottom', got {popularity!r}{hint}"
+            )
+        cat = known.index(category)
+        # Seeded by the catalogue's size too, so two launches at one clock draw apart.
+        rng = _rng(self.seed, 7, self._clock, self.n_items)
+        new = launch_items(rng, int(n), cat, self._clock)
+        first = self.n_items + 1
+        # New arrays throughout: forks made earlier share the old ones and keep using them.
+        ranked = self._items.category[self._popularity]
+        at = np.searchsorted(ranked, cat, side="left" if popularity == "top" else "right")
+        ids = np.arange(self.n_items, self.n_items + int(n), dtype=self._popularity.dtype)
+        self._popularity = np.insert(self._popularity, at, ids)
+        self._items = concat_items(self._items, new)
+        self.n_items += int(n)
+        self._behaviour = Behaviour(self._items, self._users, self._popularity, self.knobs)
+        return {ITEMS.name: _items_table(new, first_id=first)}
 
     def drop_pending(self) -> None:
         """Forget what was drawn but not handed out yet (sessions and fraud bursts under way,
@@ -380,6 +425,20 @@ class Shop:
             ],
             schema=PAYMENTS.schema,
         )
+
+
+def _items_table(items: Items, *, first_id: int) -> pa.Table:
+    return pa.Table.from_arrays(
+        [
+            _ts(items.listed),
+            pa.array(first_id + np.arange(len(items.listed), dtype=np.int64)),
+            pc.take(_CATEGORY_NAMES, items.category),
+            pa.array(items.title),
+            pa.array(items.description),
+            pa.array(items.price),
+        ],
+        schema=ITEMS.schema,
+    )
 
 
 def _labels_table(f: Frame) -> pa.Table:
