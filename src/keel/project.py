@@ -20,9 +20,15 @@ import msgspec
 from keel.config import CONFIG_FILE, Settings
 from keel.errors import ConfigError, ConflictError, NotFoundError, ValidationError, did_you_mean
 from keel.features import FeatureStore, FeatureView
+from keel.index import IndexStore
 from keel.log import Log, Topic, open_log
+from keel.recommend import FineTuneResult, Recommender, RecommenderResult, train_recommender
+from keel.recommend import fine_tune as fine_tune_recommender
+from keel.recommend.data import check_recommender
 from keel.registry import Registry
 from keel.training import Model, TrainResult, check_model, train_model
+
+Declared = Model | Recommender
 
 __all__ = ["Project", "init_project"]
 
@@ -70,11 +76,11 @@ class Project:
     def declared_views(self) -> list[FeatureView]:
         return self._declared("feature_views", FeatureView)
 
-    def declared_models(self) -> list[Model]:
-        return self._declared("models", Model)
+    def declared_models(self) -> list[Declared]:
+        return self._declared("models", (Model, Recommender))
 
-    def model(self, name: str) -> Model:
-        """The declared model ``name``."""
+    def model(self, name: str) -> Declared:
+        """The declared model ``name`` (a model or a recommender)."""
         models = {m.name: m for m in self.declared_models()}
         if name not in models:
             raise NotFoundError(
@@ -83,34 +89,81 @@ class Project:
             )
         return models[name]
 
-    def train(self, model: str | Model, **options: Any) -> TrainResult:
+    def _parent_alias(self, route_name: str | None) -> str | None:
+        """The alias the model's route serves (``fraud@champion`` → ``champion``)."""
+        route = next((r for r in self.settings.routes if r.name == route_name), None)
+        if route is not None and "@" in route.model:
+            return route.model.split("@", 1)[1]
+        return None
+
+    def train(self, model: str | Declared, **options: Any) -> TrainResult | RecommenderResult:
         """Train the declared model ``model`` (or a variant of one, such as a declared
         model with other hyperparameters) and register it (see
-        :func:`keel.training.train_model` for ``options``)."""
+        :func:`keel.training.train_model` and :func:`keel.recommend.train_recommender` for
+        ``options``)."""
         if isinstance(model, str):
             model = self.model(model)
-        parent_alias = None
-        route = next((r for r in self.settings.routes if r.name == model.route), None)
-        if route is not None and "@" in route.model:
-            parent_alias = route.model.split("@", 1)[1]
-        return train_model(
-            model,
+        parent_alias = self._parent_alias(model.route)
+        common = dict(
             log=self.log,
-            features=self.features,
             registry=self.registry,
             checkpoint_dir=Path(self.settings.data_dir) / "checkpoints",
             code_dir=str(self.settings.project_dir),
-            parent_alias=parent_alias,
+        )
+        if isinstance(model, Recommender):
+            parent = None
+            if parent_alias is not None and parent_alias in self._aliases(model.name):
+                parent = self._aliases(model.name)[parent_alias]
+            return train_recommender(
+                model,
+                features=self.features if model.features else None,
+                indexes=self.indexes,
+                parent=parent,
+                **common,
+                **options,
+            )
+        return train_model(
+            model, features=self.features, parent_alias=parent_alias, **common, **options
+        )
+
+    def fine_tune(self, model: str | Recommender, **options: Any) -> FineTuneResult:
+        """Refresh a declared recommender's embedding tables from the interactions logged
+        since the version its route serves (see :func:`keel.recommend.fine_tune`)."""
+        if isinstance(model, str):
+            model = self.model(model)  # type: ignore[assignment]
+        if not isinstance(model, Recommender):
+            raise ValidationError(
+                f"model {model.name!r} is not a recommender: only a recommender's embedding "
+                "tables are fine-tuned; retrain it with keel train"
+            )
+        if "parent" not in options:
+            alias = self._parent_alias(model.route)
+            options["parent"] = alias if alias in self._aliases(model.name) else "latest"
+        return fine_tune_recommender(
+            model,
+            log=self.log,
+            features=self.features if model.features else None,
+            registry=self.registry,
+            indexes=self.indexes,
+            checkpoint_dir=Path(self.settings.data_dir) / "checkpoints",
+            code_dir=str(self.settings.project_dir),
             **options,
         )
 
-    def _declared(self, attr: str, kind: type) -> list[Any]:
+    def _aliases(self, name: str) -> dict[str, int]:
+        try:
+            return self.registry.aliases(name)
+        except NotFoundError:
+            return {}
+
+    def _declared(self, attr: str, kind: type | tuple[type, ...]) -> list[Any]:
         found = getattr(self._module(), attr, [])
         bad = [x for x in found if not isinstance(x, kind)]
         if bad:
+            kinds = kind if isinstance(kind, tuple) else (kind,)
             raise ValidationError(
-                f"{self.settings.definitions}: {attr!r} must hold {kind.__name__} objects, "
-                f"found {type(bad[0]).__name__}"
+                f"{self.settings.definitions}: {attr!r} must hold "
+                f"{' or '.join(k.__name__ for k in kinds)} objects, found {type(bad[0]).__name__}"
             )
         return list(found)
 
@@ -128,6 +181,11 @@ class Project:
             online=self.settings.online_url,
             offline=self.settings.offline_url,
         )
+
+    @cached_property
+    def indexes(self) -> IndexStore:
+        """Each model version's vector index, under the data folder."""
+        return IndexStore(Path(self.settings.data_dir) / "indexes")
 
     @cached_property
     def registry(self) -> Registry:
@@ -190,7 +248,10 @@ class Project:
             out.append(("topic", t.name, status))
         fingerprints = self.features.validate()
         for m in models:
-            check_model(m, self.log, self.features)
+            if isinstance(m, Recommender):
+                check_recommender(m, self.log, self.features)
+            else:
+                check_model(m, self.log, self.features)
         before = self.applied_views()
         record = {}
         for name, fp in fingerprints.items():

@@ -12,6 +12,7 @@ from keel.embeddings import MiniLM
 from keel.features import Aggregate, Entity, FeatureView, Last, Source
 from keel.features.transforms import TextEmbeddingLookup
 from keel.log import Topic
+from keel.recommend import FineTune, Recommender
 from keel.shop import TOPICS as SHOP_TOPICS
 from keel.training import Label, LightGBM, Model, TimeSplit
 
@@ -159,4 +160,25 @@ fraud = Model(
     description="card fraud on card and user features",
 )
 
-models = [fraud]
+# Recommendations for the "recommend" route: a two-tower model over one embedding row per
+# user and item, trained on views, carts and purchases (weighted) with sampled negatives; the
+# user tower also reads the user's recent activity from the feature store. `keel fine-tune
+# recommend` refreshes only the embedding rows that new interactions touch, every 30 minutes
+# under `keel fine-tune recommend --every 30m`; every other layer stays frozen.
+recommend = Recommender(
+    "recommend",
+    interactions="shop.events",
+    weights={"view": 1.0, "cart": 2.0, "purchase": 4.0},
+    features=["user_activity"],
+    window=timedelta(days=7),
+    holdout=timedelta(hours=2),
+    fine_tune=FineTune(
+        every=timedelta(minutes=30),
+        min_count=2,  # an ID gets its own row once seen twice
+        expire_after=timedelta(days=14),  # and loses it after two weeks unseen
+    ),
+    route=None,
+    description="two-tower recommender over user and item embedding tables",
+)
+
+models = [fraud, recommend]
