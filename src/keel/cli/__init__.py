@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from keel.cli import features as features_cli
+from keel.cli import finetune as finetune_cli
 from keel.cli import log as log_cli
 from keel.cli import monitor as monitor_cli
 from keel.cli import registry as registry_cli
@@ -34,6 +35,7 @@ serve_cli.register(app)
 traffic_cli.register(app)
 monitor_cli.register(app)
 train_cli.register(app)
+finetune_cli.register(app)
 
 
 @app.callback()

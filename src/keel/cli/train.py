@@ -126,7 +126,12 @@ def train(
             f"   {again}"
         )
         raise typer.Exit(143) from None
-    console.print(summary_table(result))
+    if isinstance(result, TrainResult):
+        console.print(summary_table(result))
+    else:
+        from keel.cli.finetune import recommender_summary
+
+        console.print(recommender_summary(result))
     if shadow:
         route = result.model.route or model
         console.print(
