@@ -27,6 +27,7 @@ from keel.demo.data_steps import (
 )
 from keel.demo.model_steps import show_registry, show_serving, show_training
 from keel.demo.monitor_step import show_monitoring
+from keel.demo.recommend_step import show_recommendations
 from keel.demo.result import DemoResult
 from keel.errors import ValidationError
 from keel.project import Project, init_project
@@ -185,6 +186,7 @@ def _run(
     show_registry(console, project, trained, result)
     show_serving(console, project, result, quick=quick)
     show_monitoring(console, project, shop, result, days=days, quick=quick)
+    show_recommendations(console, project, shop, result, quick=quick)
     _summary(console, project, result)
     return result
 
@@ -224,4 +226,14 @@ def _summary(console: Console, project: Project, result: DemoResult) -> None:
         )
         table.add_row("", f"report {result.report}")
         table.add_row("", f"keel -c {cfg} monitor status fraud")
+    if result.recommend_quality:
+        q = result.recommend_quality
+        table.add_row(
+            "recommend",
+            f"hit rate@10 on the next hour: frozen {q['frozen']:.3f}, fine-tuned "
+            f"{q['fine-tuned']:.3f}, retrained {q['retrained']:.3f}; decisions "
+            f"{', '.join(result.recommend_decisions) or 'none'}; champion now "
+            f"{result.recommend_champion}",
+        )
+        table.add_row("", f"keel -c {cfg} fine-tune recommend --every 30m")
     console.print(Panel(table, title="Keel so far", expand=False))

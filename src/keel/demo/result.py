@@ -37,3 +37,8 @@ class DemoResult:
     realized_before: float | None = None
     realized_after: float | None = None
     report: str = ""
+    recommend_quality: dict[str, float] = field(default_factory=dict)
+    recommend_decisions: list[str] = field(default_factory=list)
+    recommend_versions: list[str] = field(default_factory=list)
+    recommend_champion: str = ""
+    recommend_compute_ratio: float | None = None

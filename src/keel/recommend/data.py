@@ -22,7 +22,13 @@ from keel.features import FeatureStore
 from keel.log import Log
 from keel.recommend.definitions import Recommender
 
-__all__ = ["Interactions", "check_recommender", "offsets_at", "read_interactions"]
+__all__ = [
+    "Interactions",
+    "check_recommender",
+    "last_features",
+    "offsets_at",
+    "read_interactions",
+]
 
 US = 1_000_000
 UNKNOWN_CATEGORY = "<unknown>"
@@ -209,6 +215,18 @@ def _user_features(
         col = table.column(name)
         out[:, j] = pc.fill_null(col.cast(pa.float64()), float("nan")).to_numpy()
     return out, list(names)
+
+
+def last_features(data: Interactions, users: np.ndarray) -> np.ndarray | None:
+    """Each of ``users``' features at their last interaction in ``data`` (``None`` when the
+    model reads no features)."""
+    if not data.features.shape[1]:
+        return None
+    order = np.lexsort((data.ts, data.users))
+    u = data.users[order]
+    last = np.r_[u[1:] != u[:-1], True]
+    table = dict(zip(u[last].tolist(), data.features[order][last], strict=True))
+    return np.stack([table[int(x)] for x in users])
 
 
 def _iso(us: int) -> str:

@@ -74,6 +74,7 @@ def run_drift(
     trending: str = "games",
     weight: float = 4.0,
     launch: int = 40,
+    min_purchases: int = 20,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> DriftResult:
     """Drift ``shop`` and run the three arms for ``cycles`` refreshes ``every`` apart.
@@ -81,7 +82,8 @@ def run_drift(
     The project's recommender ``model`` must be trained and served (its route's alias set);
     the log must hold the shop's history up to ``shop.now``. ``rate`` is the stream's events
     per second (default: the pace of the shop's users). Retrains are registered under
-    ``<model>-retrained`` so the served line's versions stay the fine-tune's.
+    ``<model>-retrained`` so the served line's versions stay the fine-tune's. A child is
+    judged once ``min_purchases`` purchases followed it.
     """
 
     def report(phase: str, done: int, total: int) -> None:
@@ -103,7 +105,13 @@ def run_drift(
     if rate is None:
         rate = shop.n_users * shop.sessions_per_user_day * 6.7 / 86_400
     clock_now = [shop.now.timestamp()]
-    loop = FineTuneLoop(project, model, clock=lambda: clock_now[0], serving_alias=alias)
+    loop = FineTuneLoop(
+        project,
+        model,
+        clock=lambda: clock_now[0],
+        serving_alias=alias,
+        min_purchases=min_purchases,
+    )
     step_s = every.total_seconds()
     ahead = max(1, round(horizon.total_seconds() / step_s))
     pending: list[tuple[Any, dict[str, TwoTower]]] = []

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from keel.errors import NotFoundError
-from keel.recommend.data import Interactions, read_interactions
+from keel.recommend.data import Interactions, last_features, read_interactions
 from keel.recommend.definitions import Recommender
 from keel.recommend.model import TwoTower
 from keel.recommend.run import FineTuneResult, InconsistentVersion
@@ -49,7 +49,7 @@ def compare_versions(
     users = np.unique(later.users)[:probe] if len(later) else np.zeros(0, np.int64)
     out: dict[str, Any] = {"users": len(users)}
     if len(users):
-        feats = _features_of(later, users)
+        feats = last_features(later, users)
         a_ids, a_scores = top_k(serving, users, feats, k)
         b_ids, _ = top_k(candidate, users, feats, k)
         overlap = [len(set(x) & set(y)) / len(x) for x, y in zip(a_ids, b_ids, strict=True)]
@@ -66,16 +66,6 @@ def compare_versions(
         out[f"serving_{name}"] = serving_q[name]
         out[f"candidate_{name}"] = cand_q[name]
     return out
-
-
-def _features_of(data: Interactions, users: np.ndarray) -> np.ndarray | None:
-    if not data.features.shape[1]:
-        return None
-    order = np.lexsort((data.ts, data.users))
-    u = data.users[order]
-    last = np.r_[u[1:] != u[:-1], True]
-    table = dict(zip(u[last].tolist(), data.features[order][last], strict=True))
-    return np.stack([table[int(x)] for x in users])
 
 
 @dataclass

@@ -27,7 +27,7 @@ from keel.errors import KeelError, ValidationError
 from keel.features import FeatureStore
 from keel.index import IndexStore
 from keel.log import Log
-from keel.recommend.data import Interactions, offsets_at, read_interactions
+from keel.recommend.data import Interactions, last_features, offsets_at, read_interactions
 from keel.recommend.definitions import Recommender
 from keel.recommend.model import TwoTower
 from keel.recommend.train import (
@@ -319,7 +319,7 @@ def fine_tune(
             if probe is not None
             else model.users.ids[model.users.live][:256]
         )
-        feats = _last_features(probe, users) if probe is not None else None
+        feats = last_features(probe, users) if probe is not None else None
         check = precision_check(model, users, feats, ft.precision, k=rec.k)
         if check["max_score_diff"] > ft.tolerance or check["top_k_overlap"] < ft.min_overlap:
             if ctx.checkpoints is not None:
@@ -450,17 +450,6 @@ def _context(
         data_sha256=sha,
         progress=lambda done, total: report("fit", done, total),
     )
-
-
-def _last_features(data: Interactions, users: np.ndarray) -> np.ndarray | None:
-    """Each user's features at their last interaction in ``data``."""
-    if not data.features.shape[1]:
-        return None
-    order = np.lexsort((data.ts, data.users))
-    u = data.users[order]
-    last = np.r_[u[1:] != u[:-1], True]
-    table = dict(zip(u[last].tolist(), data.features[order][last], strict=True))
-    return np.stack([table[int(x)] for x in users])
 
 
 def _now_us(lineage: dict[str, Any]) -> int:

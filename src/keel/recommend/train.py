@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from keel.recommend.data import UNKNOWN_CATEGORY, Interactions
-from keel.recommend.model import SPARSE, TwoTower
+from keel.recommend.model import BOOKKEEPING, SPARSE, TwoTower
 from keel.training.checkpoint import Preempted
 from keel.training.trainers import RunContext
 
@@ -288,23 +288,10 @@ def dense_digest(model: TwoTower) -> dict[str, str]:
     """SHA-256 of every dense tensor's bytes (parameters and normalization buffers)."""
     out = {}
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if name in SPARSE or name.split(".")[0] in _BOOKKEEPING:
+        if name in SPARSE or name.split(".")[0] in BOOKKEEPING:
             continue
         out[name] = hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()
     return out
-
-
-_BOOKKEEPING = {
-    "user_ids",
-    "user_seen",
-    "user_pending",
-    "user_acc",
-    "item_ids",
-    "item_seen",
-    "item_pending",
-    "item_acc",
-    "item_category",
-}
 
 
 def top_k(

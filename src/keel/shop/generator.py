@@ -211,6 +211,25 @@ class Shop:
         self._behaviour = Behaviour(self._items, self._users, self._popularity, self.knobs)
         return {ITEMS.name: _items_table(new, first_id=first)}
 
+    def skip_to(self, when: datetime) -> None:
+        """Move the clock forward to ``when`` without drawing what happens before it, as
+        after a gap in the data: what was pending is dropped (see :meth:`drop_pending`).
+
+        Example
+        -------
+        >>> shop = Shop(seed=1, n_users=10, n_items=20)
+        >>> shop.skip_to(shop.now + timedelta(days=2))
+        >>> str(shop.now.date())
+        '2026-11-03'
+        """
+        to = _micros(when, "when")
+        if to < self._clock:
+            raise ValidationError(
+                f"skip_to: {when.isoformat()} is before the shop's clock ({self.now.isoformat()})"
+            )
+        self._clock = to
+        self.drop_pending()
+
     def drop_pending(self) -> None:
         """Forget what was drawn but not handed out yet (sessions and fraud bursts under way,
         labels not known yet), keeping the catalogue, the users, the clock and the id
