@@ -50,7 +50,10 @@ class FastPathConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     below_ms: float = 10.0
 
 
-COMPARES = ("abs", "rel", "agreement", "topk", "cosine")
+#: How a shadow's outputs are compared with the primary's: scores (abs, rel), classes
+#: (agreement), score vectors (topk, cosine), or recommended item lists (overlap: 1 - the
+#: share of the primary's top k that the candidate also recommends).
+COMPARES = ("abs", "rel", "agreement", "topk", "cosine", "overlap")
 
 
 class CanaryConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -118,6 +121,17 @@ class ShadowConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValidationError(f"shadow model {self.model!r} must be 'name@alias'")
         if self.window_s <= 0 or self.tolerance < 0 or self.min_samples < 1:
             raise ValidationError("shadow window_s, tolerance and min_samples must be positive")
+        if self.compare == "overlap":
+            if self.tolerance >= 1:
+                raise ValidationError(
+                    f"shadow compare 'overlap' measures 1 - top-k overlap, within [0, 1]: a "
+                    f"tolerance of {self.tolerance} would accept any candidate; give one below 1"
+                )
+            if self.labels is not None:
+                raise ValidationError(
+                    "shadow labels grade one score per request; compare 'overlap' compares "
+                    "item lists — drop labels or compare scores"
+                )
 
 
 LOSSES = ("logloss", "squared", "abs", "error")
@@ -175,7 +189,10 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """How one model is served."""
+    """How one model is served.
+
+    A recommender's route answers each row's ``k`` best items: ``default_k`` when the row
+    gives none, at most ``max_k``."""
 
     name: str
     model: str  # "name@alias", "name@3", or "builtin:all-MiniLM-L6-v2"
@@ -191,6 +208,8 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     canary: CanaryConfig | None = None
     shadow: ShadowConfig | None = None
     monitor: MonitorConfig | None = None
+    default_k: int = 10
+    max_k: int = 100
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
@@ -203,6 +222,11 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValidationError(
                 f"route {self.name!r}: model {self.model!r} must be 'name@alias' or "
                 "'name@version' (or builtin:all-MiniLM-L6-v2)"
+            )
+        if not 1 <= self.default_k <= self.max_k:
+            raise ValidationError(
+                f"route {self.name!r}: default_k must be within 1..max_k ({self.max_k}), got "
+                f"{self.default_k}"
             )
 
 

@@ -45,6 +45,8 @@ def build_server(proj: Project, only: list[str] | None = None, *, clock: Any = N
         log_=proj.log if needs_registry or any(r.monitor for r in routes) else None,
         follow_features=needs_features,
         clock=clock,
+        # A recommender's route serves each version with its own published vector index.
+        indexes=proj.indexes if needs_registry else None,
     )
     server.load_all()
     return server
@@ -195,11 +197,23 @@ def _twin(cfg: Any) -> dict[str, Any]:
 
 
 def requests_for(proj: Project, cfg: Any, port: int) -> tuple[str, list[bytes]]:
-    """Request bodies of one example each: rows from the model's recorded training set when
-    the route joins features, else tensors shaped as the served model declares."""
+    """Request bodies of one example each: a known user's top ``default_k`` for a
+    recommender, rows from the model's recorded training set when the route joins features,
+    else tensors shaped as the served model declares."""
     import numpy as np
 
     rng = np.random.default_rng(0)
+    meta = call(f"http://127.0.0.1:{port}", f"/v2/models/{cfg.name}")
+    if [i["name"] for i in meta["inputs"]] == ["user_id", "item_id"]:
+        from keel.runtimes import is_two_tower
+
+        name, _, ref = cfg.model.partition("@")
+        model = proj.registry.load(name, proj.registry.get(name, ref or "latest").version)
+        if is_two_tower(model):
+            users = rng.choice(model.users.ids[model.users.live], 500)
+            return f"/v1/routes/{cfg.name}/predict", [
+                json.dumps({"rows": [{"user_id": int(u)}]}).encode() for u in users
+            ]
     if cfg.features and not cfg.model.startswith("builtin:"):
         import pyarrow.parquet as pq
 
@@ -217,7 +231,6 @@ def requests_for(proj: Project, cfg: Any, port: int) -> tuple[str, list[bytes]]:
             for r in rows
         ]
         return f"/v1/routes/{cfg.name}/predict", bodies
-    meta = call(f"http://127.0.0.1:{port}", f"/v2/models/{cfg.name}")
     bodies = []
     for _ in range(200):
         inputs = []

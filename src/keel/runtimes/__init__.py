@@ -14,17 +14,21 @@ from keel.runtimes.models import (
     TorchRuntime,
     XGBoostRuntime,
 )
+from keel.runtimes.recommend import RecommendRuntime, is_recommender, is_two_tower
 
 __all__ = [
     "DATATYPES",
     "LightGBMRuntime",
     "OnnxRuntime",
+    "RecommendRuntime",
     "Runtime",
     "SklearnRuntime",
     "TensorSpec",
     "TextEmbeddingRuntime",
     "TorchRuntime",
     "XGBoostRuntime",
+    "is_recommender",
+    "is_two_tower",
     "runtime_for",
 ]
 
@@ -32,7 +36,10 @@ BUILTIN_TEXT = "all-MiniLM-L6-v2"
 
 
 def runtime_for(model: Any, fmt: str, *, device: str = "cpu", **options: Any) -> Runtime:
-    """The runtime for a loaded model object of registry format ``fmt``."""
+    """The runtime for a loaded model object of registry format ``fmt``.
+
+    A two-tower recommender (format ``torch``) is served with the vector index given as
+    ``index`` (its version's), or one built from its catalogue."""
     if fmt == "lightgbm":
         return LightGBMRuntime(model)
     if fmt == "xgboost":
@@ -42,5 +49,7 @@ def runtime_for(model: Any, fmt: str, *, device: str = "cpu", **options: Any) ->
     if fmt == "onnx":
         return OnnxRuntime(model, device=device)
     if fmt == "torch":
+        if is_two_tower(model):
+            return RecommendRuntime(model, index=options.get("index"), device=device)
         return TorchRuntime(model, device=device, width=options.get("width"))
     raise ValidationError(f"no runtime serves models stored as {fmt!r}")

@@ -25,6 +25,7 @@ from starlette.routing import Route as HttpRoute
 from keel import __version__
 from keel.config import CanaryConfig, ShadowConfig
 from keel.errors import KeelError, ValidationError
+from keel.runtimes.recommend import RANKING, is_recommender, ranked_lists
 from keel.serving.batcher import Overloaded
 from keel.serving.protocol import HEADER, decode_request, encode_response
 from keel.serving.routes import RouteConfig, Rows
@@ -151,7 +152,7 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
 
     async def predict(request: Request) -> Response:
         name = request.path_params["route"]
-        server.route(name)
+        route = server.route(name)
         body = await _body(request)
         try:
             doc = _decoder.decode(body)
@@ -166,11 +167,15 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
             deadline_ms=_deadline(request),
             priority=int(request.headers.get("x-keel-priority", "0")),
         )
+        if is_recommender(route.current.runtime) and RANKING[0] in outputs:
+            predictions = ranked_lists(outputs)  # each row as long as its own k
+        else:
+            predictions = {k: _plain(v) for k, v in outputs.items()}
         return _json(
             {
                 "route": name,
                 "version": version,
-                "predictions": {k: _plain(v) for k, v in outputs.items()},
+                "predictions": predictions,
                 "staleness_s": stale or {},
             }
         )

@@ -6,7 +6,8 @@ it holds no lock the server needs and the kernel runs the server's threads (and 
 on a shared machine) first: the candidate takes the CPU time left over. The server keeps
 everything else (feature joins, labels, the statistics) and sends stacked input tensors with
 the primary's outputs; the process answers with the discrepancies, its own outputs and how
-long the forward pass took.
+long the forward pass took. A recommender's process opens the same published vector index
+(memory-mapped) as the server, or builds its own from the version's catalogue.
 
 The process is a fresh interpreter (never a fork of the threaded server, and unlike
 multiprocessing's start methods it does not import the server's ``__main__``): it rebuilds the
@@ -25,16 +26,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from keel.errors import KeelError, UnavailableError
 from keel.runtimes import BUILTIN_TEXT, Runtime, runtime_for
+from keel.runtimes.recommend import RANKING, is_recommender, is_two_tower, published_index
 from keel.serving.routes import Deployed, load
-from keel.serving.traffic import discrepancy
+from keel.serving.traffic import compare_rankings, discrepancy
 
-__all__ = ["CandidateProcess", "CandidateSpec", "candidate_spec", "compare_outputs"]
+__all__ = [
+    "CandidateProcess",
+    "CandidateSpec",
+    "Compared",
+    "candidate_spec",
+    "compare_outputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,7 @@ class CandidateSpec:
     fmt: str | None = None
     data: bytes = field(default=b"", repr=False)
     loader: dict[str, Any] = field(default_factory=dict)
+    index_root: str | None = None  # a recommender's IndexStore (its version's index)
 
     @property
     def key(self) -> tuple[str, str, int | None]:
@@ -61,10 +70,15 @@ class CandidateSpec:
 
 
 def candidate_spec(
-    deployed: Deployed, registry: Any, *, device: str = "cpu", threads: int | None = None
+    deployed: Deployed,
+    registry: Any,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    indexes: Any = None,
 ) -> CandidateSpec | None:
     """The spec to rebuild ``deployed`` elsewhere, or None when it only exists here (a
-    version the registry cannot hand out)."""
+    version the registry cannot hand out). A recommender's names the store of its index."""
     if deployed.version == BUILTIN_TEXT:
         return CandidateSpec(
             deployed.version, device, threads, builtin=f"builtin:{deployed.version}"
@@ -80,6 +94,9 @@ def candidate_spec(
         fmt=v.format,
         data=registry.artifacts.get(v.artifact),
         loader=dict(v.loader),
+        index_root=(
+            str(indexes.root) if indexes is not None and is_recommender(deployed.runtime) else None
+        ),
     )
 
 
@@ -143,13 +160,12 @@ class CandidateProcess:
     def compare(
         self,
         inputs: dict[str, np.ndarray],
-        name: str,
-        primary: np.ndarray,
+        primary: dict[str, np.ndarray],
         compare: str,
         top_k: int,
-    ) -> tuple[np.ndarray, np.ndarray, float]:
+    ) -> Compared:
         """:func:`compare_outputs`, run in the process."""
-        return self._call("compare", (inputs, name, primary, compare, top_k))
+        return Compared(*self._call("compare", (inputs, primary, compare, top_k)))
 
     def _call(self, kind: str, body: Any, timeout: float | None = None) -> Any:
         with self._lock:
@@ -190,21 +206,38 @@ class CandidateProcess:
                 continue
 
 
+class Compared(NamedTuple):
+    """A stacked batch compared: the discrepancy per example, the change of score of the
+    items both recommend (recommendations only), the candidate's first compared output, and
+    its forward pass's seconds."""
+
+    diffs: np.ndarray
+    score_diffs: np.ndarray | None
+    candidate: np.ndarray
+    predict_s: float
+
+
 def compare_outputs(
     runtime: Runtime,
     inputs: dict[str, np.ndarray],
-    name: str,
-    primary: np.ndarray,
+    primary: dict[str, np.ndarray],
     compare: str,
     top_k: int,
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Run the candidate on a stacked batch and compare its output ``name`` with the
-    primary's: (discrepancy per example, the candidate's output, forward-pass seconds)."""
+) -> Compared:
+    """Run the candidate on a stacked batch and compare its outputs with the primary's
+    (``primary``: one output, or a recommender's items and scores for ``overlap``)."""
     started = time.perf_counter()
     outputs = runtime.predict(inputs)
     predict_s = time.perf_counter() - started
+    if compare == "overlap":
+        items, scores = RANKING
+        diffs, score_diffs = compare_rankings(
+            primary[items], outputs[items], primary[scores], outputs[scores]
+        )
+        return Compared(diffs, score_diffs, np.asarray(outputs[items]), predict_s)
+    name, values = next(iter(primary.items()))
     candidate = np.asarray(outputs[name])
-    return discrepancy(compare, primary, candidate, top_k), candidate, predict_s
+    return Compared(discrepancy(compare, values, candidate, top_k), None, candidate, predict_s)
 
 
 class RemoteRuntime(Runtime):
@@ -217,6 +250,7 @@ class RemoteRuntime(Runtime):
         self.outputs = local.outputs
         self.platform = local.platform
         self.feature_names = list(getattr(local, "feature_names", []))
+        self.task = getattr(local, "task", None)  # how the server reads its outputs
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._process.predict(inputs)
@@ -225,11 +259,15 @@ class RemoteRuntime(Runtime):
 def _build(spec: CandidateSpec) -> Runtime:
     if spec.builtin is not None:
         return load(spec.builtin, None, device=spec.device, threads=spec.threads).runtime
+    from keel.index import IndexStore
     from keel.registry.formats import deserialize
 
-    runtime = runtime_for(
-        deserialize(spec.fmt, spec.data, spec.loader), spec.fmt, device=spec.device
-    )
+    model = deserialize(spec.fmt, spec.data, spec.loader)
+    index = None
+    if spec.index_root is not None and is_two_tower(model):
+        name, _, number = spec.version.rpartition("@")
+        index = published_index(IndexStore(spec.index_root), name, int(number))
+    runtime = runtime_for(model, spec.fmt, device=spec.device, index=index)
     runtime.warmup()
     return runtime
 
@@ -256,7 +294,7 @@ def main() -> None:
             elif runtime is None:
                 raise UnavailableError("no candidate loaded in the shadow process")
             elif kind == "compare":
-                answer = compare_outputs(runtime, *body)
+                answer = tuple(compare_outputs(runtime, *body))
             else:
                 started = time.perf_counter()
                 outputs = runtime.predict(body)

@@ -18,8 +18,19 @@ import numpy as np
 from keel.config import FastPathConfig, RouteConfig
 from keel.errors import NotFoundError, ValidationError
 from keel.runtimes import BUILTIN_TEXT, Runtime, TextEmbeddingRuntime, runtime_for
+from keel.runtimes.recommend import is_recommender, is_two_tower, published_index
 
-__all__ = ["Deployed", "FastPathConfig", "Route", "RouteConfig", "Rows", "Tensors", "load"]
+__all__ = [
+    "Deployed",
+    "FastPathConfig",
+    "Route",
+    "RouteConfig",
+    "Rows",
+    "Tensors",
+    "load",
+    "lookup",
+    "run_batch",
+]
 
 
 @dataclass(frozen=True)
@@ -44,8 +55,17 @@ class Rows:
     n: int
 
 
-def load(model: str, registry: Any, *, device: str = "cpu", threads: int | None = None) -> Deployed:
-    """Load and warm ``model`` (a registry reference or a builtin)."""
+def load(
+    model: str,
+    registry: Any,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    indexes: Any = None,
+) -> Deployed:
+    """Load and warm ``model`` (a registry reference or a builtin). A recommender comes with
+    its version's vector index from ``indexes`` (an :class:`~keel.index.IndexStore`), or one
+    built from its own catalogue when that version has none published."""
     if model.startswith("builtin:"):
         name = model.split(":", 1)[1]
         if name != BUILTIN_TEXT:
@@ -58,7 +78,8 @@ def load(model: str, registry: Any, *, device: str = "cpu", threads: int | None 
         name, _, ref = model.partition("@")
         v = registry.get(name, ref or "latest")
         obj = registry.load(name, v.version)
-        runtime = runtime_for(obj, v.format, device=device)
+        index = published_index(indexes, name, v.version) if is_two_tower(obj) else None
+        runtime = runtime_for(obj, v.format, device=device, index=index)
         version = v.ref
     sample = runtime.warmup()
     return Deployed(runtime, version, time.time(), sample)
@@ -141,6 +162,10 @@ def run_batch(
     with one batched online lookup). Returns one result per payload."""
     deployed = deployed or route.current  # captured once: the whole batch sees one version
     runtime = deployed.runtime
+    if is_recommender(runtime):
+        from keel.serving.retrieval import run_retrieval_batch  # (it builds on this module)
+
+        return run_retrieval_batch(route, payloads, features, deployed)
     joined: dict[int, tuple[Tensors, dict[str, list[float | None]]]] = {}
     rows = [(i, p) for i, p in enumerate(payloads) if isinstance(p, Rows)]
     if rows:
@@ -188,9 +213,8 @@ def rows_to_tensors(
         return route.check_tensors(arrays, runtime), staleness
     columns: dict[str, np.ndarray] = {}
     if refs:
-        store_views = features.resolve(refs)
         keys = {}
-        for view, _ in store_views:
+        for view, _ in features.resolve(refs):
             jk = view.entity.join_key
             try:
                 keys[jk] = [r[jk] for r in rows]
@@ -198,13 +222,7 @@ def rows_to_tensors(
                 raise ValidationError(
                     f"route {route.name!r}: each row needs the entity key {jk!r}"
                 ) from None
-        at = None if route.features_at is None else route.features_at()
-        got = features.get_online(refs, keys, at=at)
-        for name, values in got.values.items():
-            arr = np.asarray(values)
-            if arr.dtype.kind in "fiub":
-                columns[name] = arr.astype(np.float64)
-            staleness[name] = [None if s != s else float(s) for s in got.staleness_s[name]]
+        columns, staleness = lookup(route, features, refs, keys)
     matrix = np.empty((len(rows), len(names)), dtype=np.float64)
     for j, name in enumerate(names):
         if name in columns:
@@ -222,3 +240,20 @@ def rows_to_tensors(
                 f"route {route.name!r}: field {name!r} must be a number"
             ) from None
     return Tensors({runtime.inputs[0].name: matrix}, len(rows)), staleness
+
+
+def lookup(
+    route: Route, features: Any, refs: list[str], keys: dict[str, list[Any]]
+) -> tuple[dict[str, np.ndarray], dict[str, list[float | None]]]:
+    """One online lookup of the features ``refs`` for ``keys`` (join key → keys), as of the
+    route's feature time: the numeric columns as float64, and every column's staleness."""
+    at = None if route.features_at is None else route.features_at()
+    got = features.get_online(refs, keys, at=at)
+    columns: dict[str, np.ndarray] = {}
+    staleness: dict[str, list[float | None]] = {}
+    for name, values in got.values.items():
+        arr = np.asarray(values)
+        if arr.dtype.kind in "fiub":
+            columns[name] = arr.astype(np.float64)
+        staleness[name] = [None if s != s else float(s) for s in got.staleness_s[name]]
+    return columns, staleness

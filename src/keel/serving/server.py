@@ -24,8 +24,10 @@ from keel.clock import Clock, SystemClock
 from keel.config import CanaryConfig, ShadowConfig
 from keel.errors import NotFoundError, ValidationError, did_you_mean
 from keel.log import Topic
+from keel.runtimes.recommend import RANKING, is_recommender
 from keel.serving.batcher import Batcher
 from keel.serving.predictions import PredictionLog, prediction_columns
+from keel.serving.retrieval import USER, check_route
 from keel.serving.routes import Deployed, Route, RouteConfig, Rows, Tensors, load, run_batch
 from keel.serving.shadowing import ShadowRunner
 from keel.serving.traffic import CanaryStats, ShadowState, bucket, check_compare
@@ -85,7 +87,10 @@ class Metrics:
 
 
 class InferenceServer:
-    """Routes of loaded models, with micro-batching, hot swap and metrics."""
+    """Routes of loaded models, with micro-batching, hot swap and metrics.
+
+    ``indexes`` (an :class:`~keel.index.IndexStore`) holds each recommender version's vector
+    index; a recommender served without one gets an index built from its own catalogue."""
 
     def __init__(
         self,
@@ -97,6 +102,7 @@ class InferenceServer:
         follow_features: bool = False,
         clock: Clock | None = None,
         features_at: Callable[[], float] | None = None,
+        indexes: Any = None,
     ) -> None:
         names = [c.name for c in configs]
         if len(set(names)) != len(names):
@@ -104,6 +110,7 @@ class InferenceServer:
         self.configs = {c.name: c for c in configs}
         self.registry = registry
         self.features = features
+        self.indexes = indexes
         self.log = log_
         self.routes: dict[str, Route] = {}
         self.metrics = Metrics()
@@ -128,16 +135,18 @@ class InferenceServer:
             self.add(cfg)
 
     def add(self, cfg: RouteConfig) -> Route:
-        deployed = load(cfg.model, self.registry, device=cfg.device, threads=cfg.threads)
+        deployed = self._load(cfg, cfg.model)
         fast = None
         if cfg.fast_path is not None:
-            fast = load(cfg.fast_path.model, self.registry, device="cpu")
+            fast = load(cfg.fast_path.model, self.registry, device="cpu", indexes=self.indexes)
         route = Route(cfg, deployed, fast)
         route.features_at = self.features_at
         if cfg.features and self.features is not None:
             route.join_keys = list(
                 dict.fromkeys(v.entity.join_key for v, _ in self.features.resolve(cfg.features))
             )
+        if is_recommender(deployed.runtime) and USER not in route.join_keys:
+            route.join_keys.append(USER)  # a canary split stays sticky per user
         route.batcher = self._batcher(route, lambda: route.current)
         self._apply_traffic(route, cfg.canary, cfg.shadow)
         if cfg.monitor is not None and self.log is not None:
@@ -156,6 +165,15 @@ class InferenceServer:
         if old is not None and old.predictions is not None:
             old.predictions.close()
         return route
+
+    def _load(self, cfg: RouteConfig, model: str) -> Deployed:
+        """Load and warm ``model`` for route ``cfg``, and check that the route can serve it."""
+        deployed = load(
+            model, self.registry, device=cfg.device, threads=cfg.threads, indexes=self.indexes
+        )
+        if is_recommender(deployed.runtime):
+            check_route(cfg, deployed.runtime, self._joined(cfg), self.features)
+        return deployed
 
     def _joined(self, cfg: RouteConfig) -> list[str]:
         """The names of the features a route joins (``view__feature``)."""
@@ -315,9 +333,11 @@ class InferenceServer:
             canary_dep = self._load_same_kind(route, canary.model)
         if shadow is not None:
             shadow_dep = self._load_same_kind(route, shadow.model)
-            sample = route.current.sample_output or {}
-            if sample:
-                check_compare(shadow.compare, next(iter(sample.values())))
+            check_compare(
+                shadow.compare,
+                route.current.sample_output or {},
+                ranking=is_recommender(route.current.runtime),
+            )
         # Everything is loaded and checked: switch.
         if canary_dep is None:
             route.canary, route.canary_stats = None, None
@@ -330,7 +350,12 @@ class InferenceServer:
             return
         if route.shadow_runner is None:
             route.shadow_runner = ShadowRunner(
-                route, self.features, self.snapshot, log=self.log, registry=self.registry
+                route,
+                self.features,
+                self.snapshot,
+                log=self.log,
+                registry=self.registry,
+                indexes=self.indexes,
             )
         route.shadow_runner.prepare(shadow_dep)
         route.shadow = shadow_dep
@@ -341,7 +366,7 @@ class InferenceServer:
             )
 
     def _load_same_kind(self, route: Route, model: str) -> Deployed:
-        dep = load(model, self.registry, device=route.config.device, threads=route.config.threads)
+        dep = self._load(route.config, model)
         want = [(s.name, s.datatype) for s in route.current.runtime.inputs]
         got = [(s.name, s.datatype) for s in dep.runtime.inputs]
         if want != got:
@@ -408,7 +433,9 @@ class InferenceServer:
             or st is None
             or st.status != "comparing"
             or self._rng.random() >= shadow.sample
+            or (shadow.compare == "overlap" and RANKING[0] not in outputs)
         ):
+            # (item lists are compared by their overlap; a pair's score has none)
             return
         # The candidate gets the very input the primary saw when it reads the same features
         # (no second feature lookup); otherwise the request itself, joined for it.
@@ -492,7 +519,7 @@ class InferenceServer:
             cfg = route.config
             before = route.current.version
             try:
-                fresh = load(cfg.model, self.registry, device=cfg.device, threads=cfg.threads)
+                fresh = self._load(cfg, cfg.model)
             except Exception as exc:
                 route.last_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.swaps.labels(name, "failed").inc()

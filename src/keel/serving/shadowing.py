@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from keel.errors import KeelError
+from keel.runtimes.recommend import RANKING
 from keel.serving.isolation import CandidateProcess, candidate_spec, compare_outputs
 from keel.serving.routes import Deployed, Route, Rows, Tensors, run_batch
-from keel.serving.traffic import discrepancy
+from keel.serving.traffic import compare_rankings, discrepancy
 
 __all__ = ["ShadowRunner"]
 
@@ -40,7 +41,12 @@ class ShadowRunner:
     """Compares a route's candidate with its primary on copies of live requests.
 
     With ``isolate`` (and a ``registry`` that can hand the candidate over) the candidate runs
-    in its own process at CPU priority ``nice``; otherwise on the runner's thread."""
+    in its own process at CPU priority ``nice``; otherwise on the runner's thread. A
+    recommender candidate's process opens its version's index from ``indexes``.
+
+    With compare ``overlap`` (recommendations) each copy's discrepancy is 1 - the overlap of
+    the two item lists, and the change of score of the items both hold is gathered beside it.
+    """
 
     def __init__(
         self,
@@ -50,6 +56,7 @@ class ShadowRunner:
         *,
         log: Any = None,
         registry: Any = None,
+        indexes: Any = None,
         isolate: bool = True,
         nice: int = 19,
         max_queue: int = 4096,
@@ -60,6 +67,7 @@ class ShadowRunner:
         self.on_update = on_update
         self.log = log
         self.registry = registry
+        self.indexes = indexes
         self.isolate = isolate
         self.nice = nice
         self.max_queue = max_queue
@@ -190,7 +198,13 @@ class ShadowRunner:
         cfg = self.route.config
         spec = None
         if self.isolate and candidate.version not in self._local_only:
-            spec = candidate_spec(candidate, self.registry, device=cfg.device, threads=cfg.threads)
+            spec = candidate_spec(
+                candidate,
+                self.registry,
+                device=cfg.device,
+                threads=cfg.threads,
+                indexes=self.indexes,
+            )
         if spec is not None:
             if process is None or not process.alive:
                 if process is not None:
@@ -265,30 +279,31 @@ class ShadowRunner:
         payloads = [p for p, _, _, _ in items]
         if not all(isinstance(p, Tensors) for p in payloads):
             return False
-        outputs = {s.name for s in candidate.runtime.outputs}
-        name = next((n for n in items[0][1] if n in outputs), None)
-        if name is None:
+        if cfg.compare == "overlap":
+            names = [n for n in RANKING if n in items[0][1]]
+        else:
+            outputs = {s.name for s in candidate.runtime.outputs}
+            names = [n for n in items[0][1] if n in outputs][:1]
+        if not names or (cfg.compare == "overlap" and len(names) != len(RANKING)):
             return False
         try:
+            # Every array the copies carry: the model's inputs, and what the primary was
+            # given beside them (a recommender's joined features).
             inputs = {
-                s.name: np.concatenate([p.arrays[s.name] for p in payloads])
-                for s in candidate.runtime.inputs
+                n: np.concatenate([p.arrays[n] for p in payloads]) for n in payloads[0].arrays
             }
-            primary = np.concatenate([o[name] for _, o, _, _ in items])
+            stacked = {n: np.concatenate([o[n] for _, o, _, _ in items]) for n in names}
         except (KeyError, ValueError):
             return False
         process = self._process if runs_on is not candidate else None
         try:
             if process is not None:
-                diffs, scores, predict_s = process.compare(
-                    inputs, name, primary, cfg.compare, cfg.top_k
-                )
+                got = process.compare(inputs, stacked, cfg.compare, cfg.top_k)
             else:
-                diffs, scores, predict_s = compare_outputs(
-                    candidate.runtime, inputs, name, primary, cfg.compare, cfg.top_k
-                )
+                got = compare_outputs(candidate.runtime, inputs, stacked, cfg.compare, cfg.top_k)
         except Exception:
             return False  # the general path finds which copies fail
+        primary, scores = stacked[names[0]], got.candidate
         st.requests += len(items)
         if cfg.labels is not None:
             start = 0
@@ -296,7 +311,7 @@ class ShadowRunner:
                 end = start + p.n
                 self._await_labels(cfg.labels, source, primary[start:end], scores[start:end])
                 start = end
-        self._fold(st, diffs, predict_s, items)
+        self._fold(st, got.diffs, got.predict_s, items, got.score_diffs)
         return True
 
     def _compare_each(
@@ -330,21 +345,38 @@ class ShadowRunner:
                 st.errors += 1
                 continue
             outputs = result[0]
-            name = next((n for n in primary if n in outputs), None)
-            if name is None or np.shape(primary[name]) != np.shape(outputs[name]):
+            names = (
+                list(RANKING)
+                if cfg.compare == "overlap"
+                else [n for n in primary if n in outputs][:1]
+            )
+            if not names or any(
+                n not in primary or n not in outputs or np.shape(primary[n]) != np.shape(outputs[n])
+                for n in names
+            ):
                 st.errors += 1
                 continue
-            a, b = pairs.setdefault(name, ([], []))
-            a.append(np.asarray(primary[name]))
-            b.append(np.asarray(outputs[name]))
+            for name in names:
+                a, b = pairs.setdefault(name, ([], []))
+                a.append(np.asarray(primary[name]))
+                b.append(np.asarray(outputs[name]))
             if cfg.labels is not None:
-                self._await_labels(cfg.labels, source, primary[name], outputs[name])
-        if pairs:
-            diffs = [
-                discrepancy(cfg.compare, np.concatenate(a), np.concatenate(b), cfg.top_k)
-                for a, b in pairs.values()
-            ]
-            self._fold(st, np.concatenate(diffs), elapsed, items)
+                self._await_labels(cfg.labels, source, primary[names[0]], outputs[names[0]])
+        if not pairs:
+            return
+        if cfg.compare == "overlap":
+            # Copies differ in k: pad each list to the widest (-1: no item) to stack them.
+            (ia, ib), (sa, sb) = (pairs[n] for n in RANKING)
+            diffs, score_diffs = compare_rankings(
+                _pad(ia, -1), _pad(ib, -1), _pad(sa, np.nan), _pad(sb, np.nan)
+            )
+            self._fold(st, diffs, elapsed, items, score_diffs)
+            return
+        diffs = [
+            discrepancy(cfg.compare, np.concatenate(a), np.concatenate(b), cfg.top_k)
+            for a, b in pairs.values()
+        ]
+        self._fold(st, np.concatenate(diffs), elapsed, items)
 
     def _await_labels(
         self, labels: Any, source: Tensors | Rows, primary: np.ndarray, candidate: np.ndarray
@@ -358,10 +390,19 @@ class ShadowRunner:
         while len(self._awaiting) > 100_000:
             self._awaiting.popitem(last=False)
 
-    def _fold(self, st: Any, diffs: np.ndarray, candidate_s: float, items: list[Item]) -> None:
+    def _fold(
+        self,
+        st: Any,
+        diffs: np.ndarray,
+        candidate_s: float,
+        items: list[Item],
+        score_diffs: np.ndarray | None = None,
+    ) -> None:
         """Fold a batch's discrepancies and latencies into the evidence."""
         route = self.route
         st.diff.update_many(diffs)
+        if score_diffs is not None:
+            st.score_diff.update_many(score_diffs[np.isfinite(score_diffs)])
         # Model time against model time: the candidate's forward pass per example versus
         # the primary's (its batcher's moving average), queueing excluded on both sides.
         st.candidate_ms.update_many([candidate_s * 1000 / max(len(items), 1)])
@@ -370,6 +411,17 @@ class ShadowRunner:
             st.primary_ms.update_many([primary_s * 1000])
         else:
             st.primary_ms.update_many([ms for _, _, ms, _ in items])
+
+
+def _pad(parts: list[np.ndarray], fill: float) -> np.ndarray:
+    """Row blocks of different widths stacked into one, the short rows padded with ``fill``."""
+    width = max(p.shape[1] for p in parts)
+    out = np.full((sum(len(p) for p in parts), width), fill, dtype=parts[0].dtype)
+    start = 0
+    for p in parts:
+        out[start : start + len(p), : p.shape[1]] = p
+        start += len(p)
+    return out
 
 
 def _loss(kind: str, y: float, score: float) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from keel.config import CanaryConfig, ShadowConfig
 from keel.errors import ValidationError
+from keel.runtimes.recommend import RANKING
 
 __all__ = [
     "CanaryStats",
@@ -24,6 +26,8 @@ __all__ = [
     "Running",
     "ShadowState",
     "bucket",
+    "check_compare",
+    "compare_rankings",
     "decide_canary",
     "decide_shadow",
     "discrepancy",
@@ -85,7 +89,10 @@ def discrepancy(
 ) -> np.ndarray:
     """Per example, how far the candidate's output is from the primary's (0 = identical):
     absolute or relative error for scores, disagreement for classes, 1 - top-k overlap for
-    rankings, 1 - cosine similarity for embeddings."""
+    score vectors (``topk``) and for lists of item IDs (``overlap``), 1 - cosine similarity
+    for embeddings."""
+    if compare == "overlap":
+        return compare_rankings(primary, candidate)[0]
     a = np.asarray(primary, dtype=np.float64)
     b = np.asarray(candidate, dtype=np.float64)
     if a.shape != b.shape:
@@ -115,8 +122,58 @@ def discrepancy(
     raise ValidationError(f"unknown compare {compare!r}")
 
 
-def check_compare(compare: str, output: np.ndarray) -> None:
-    """Refuse a compare metric that does not fit the model's output."""
+def compare_rankings(
+    primary: np.ndarray,
+    candidate: np.ndarray,
+    primary_scores: np.ndarray | None = None,
+    candidate_scores: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per row of two recommendations (item IDs best first, ``-1`` past a row's end):
+    ``1 - |A ∩ B| / k`` with ``k`` the primary's list length (0 when both are empty), and,
+    given both scores, the mean absolute change of score of the items both lists hold (NaN
+    for a row with none in common).
+
+    >>> a = np.array([[1, 2, 3, 4], [5, 6, -1, -1]])
+    >>> b = np.array([[4, 3, 9, 8], [6, 5, -1, -1]])
+    >>> compare_rankings(a, b)[0].tolist()
+    [0.5, 0.0]
+    """
+    a = np.asarray(primary, dtype=np.int64)
+    b = np.asarray(candidate, dtype=np.int64)
+    if a.ndim != 2 or b.ndim != 2 or len(a) != len(b):
+        raise ValidationError(
+            f"shadow recommendations of shape {list(b.shape)}, the primary's "
+            f"{list(a.shape)}: each needs one row of item IDs per request"
+        )
+    valid_a, valid_b = a >= 0, b >= 0
+    # same[r, i, j]: the primary's i-th item of row r is the candidate's j-th
+    same = (a[:, :, None] == b[:, None, :]) & valid_a[:, :, None] & valid_b[:, None, :]
+    k = valid_a.sum(axis=1)
+    both = same.any(axis=2).sum(axis=1)
+    diffs = np.where(k > 0, 1.0 - both / np.maximum(k, 1), (valid_b.sum(axis=1) > 0) * 1.0)
+    if primary_scores is None or candidate_scores is None:
+        return diffs, None
+    sa = np.asarray(primary_scores, dtype=np.float64).reshape(a.shape)
+    sb = np.asarray(candidate_scores, dtype=np.float64).reshape(b.shape)
+    gap = np.where(same, np.abs(sa[:, :, None] - sb[:, None, :]), 0.0).sum(axis=(1, 2))
+    common = same.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return diffs, np.where(common > 0, gap / common, np.nan)
+
+
+def check_compare(compare: str, sample: Mapping[str, np.ndarray], *, ranking: bool = False) -> None:
+    """Refuse a compare metric that does not fit the model's outputs (``sample``, from its
+    warm-up); ``ranking``: the model answers with recommendations."""
+    if ranking != (compare == "overlap"):
+        raise ValidationError(
+            "a recommender's shadow compares item lists: use compare 'overlap'"
+            if ranking
+            else f"compare 'overlap' compares recommended item lists ({', '.join(RANKING)}); "
+            "this model answers with other outputs"
+        )
+    if ranking or not sample:
+        return
+    output = np.asarray(next(iter(sample.values())))
     width = 1 if output.ndim == 1 else int(np.prod(output.shape[1:]))
     if compare in ("topk", "cosine") and width < 2:
         raise ValidationError(
@@ -144,6 +201,8 @@ class ShadowState:
     # Where labels arrive: per labelled request, candidate loss minus primary loss.
     label_delta: Running = field(default_factory=Running)
     primary_loss: Running = field(default_factory=Running)
+    # Recommendations: the change of score of the items both versions recommend.
+    score_diff: Running = field(default_factory=Running)
 
     @property
     def error_rate(self) -> float:
@@ -169,6 +228,7 @@ class ShadowState:
             "requests": self.requests,
             "label_delta": self.label_delta.to_dict(),
             "primary_loss": self.primary_loss.to_dict(),
+            "score_diff": self.score_diff.to_dict(),
         }
 
     @classmethod
@@ -187,11 +247,12 @@ class ShadowState:
             int(d["requests"]),
             Running.from_dict(d.get("label_delta", empty)),
             Running.from_dict(d.get("primary_loss", empty)),
+            Running.from_dict(d.get("score_diff", empty)),
         )
 
     def summary(self, cfg: ShadowConfig, now: float) -> dict[str, Any]:
         lo, hi = self.diff.ci
-        return {
+        out = {
             "route": self.route,
             "candidate": self.candidate,
             "primary": self.primary,
@@ -214,6 +275,19 @@ class ShadowState:
                 "delta_ci95": None if self.label_delta.n < 2 else list(self.label_delta.ci),
             },
         }
+        if cfg.compare == "overlap":
+            # The discrepancy is 1 - overlap; the overlap itself reads better.
+            out["overlap"] = None if not self.diff.n else 1.0 - self.diff.mean
+            out["score_diff"] = (
+                None
+                if not self.score_diff.n
+                else {
+                    "n": self.score_diff.n,
+                    "mean": self.score_diff.mean,
+                    "ci95": None if self.score_diff.n < 2 else list(self.score_diff.ci),
+                }
+            )
+        return out
 
 
 @dataclass
