@@ -60,5 +60,15 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "keel train fraud",
         "8. Registry",
         "11. Monitoring",
+        "12. Recommendations",
     ):
         assert step in text
+    # The recommender is trained, then fine-tuned on the drifting shop: each cycle's child is
+    # judged and promoted or rejected, and the new items the frozen model cannot know lift the
+    # fine-tuned model above it.
+    q = result.recommend_quality
+    assert set(q) == {"frozen", "fine-tuned", "retrained"}
+    assert result.recommend_versions[:2] == ["recommend@1", "recommend@2"]
+    assert result.recommend_decisions and set(result.recommend_decisions) <= {"promote", "reject"}
+    assert q["fine-tuned"] >= q["frozen"]
+    assert result.recommend_compute_ratio is not None and result.recommend_compute_ratio < 0.5

@@ -52,9 +52,14 @@ def show_recommendations(
     )
     cycles = 2 if quick else 3
     launch = 30
+    busy = 8
+    # An evening sale: the history's pace times ``busy``, so each half hour holds enough
+    # purchases to judge a child on.
+    rate = busy * result.appended.get(EVENTS.name, 0) / max((span[1] - span[0]).total_seconds(), 1)
     console.print(
-        f"   then the shop drifts: {launch} new {TRENDING} items launched at the top of their "
-        f"category, {TRENDING} trending 4×; every {format_duration(ft.every)} of shop time the "
+        f"   then the shop drifts in a {busy}× busier evening sale: {launch} new {TRENDING} items "
+        f"launched at the top of their category, {TRENDING} trending 4×; every "
+        f"{format_duration(ft.every)} of shop time the "
         "loop judges the last child on the purchases since (promote or reject), and fine-tunes "
         "the next from the serving version — only the rows its interactions touch, every "
         "dense weight frozen"
@@ -69,6 +74,7 @@ def show_recommendations(
             horizon=timedelta(hours=1),
             trending=TRENDING,
             launch=launch,
+            rate=rate,
             min_purchases=10,
             progress=lambda _p, done, total: progress.update(task, completed=done, total=total),
         )

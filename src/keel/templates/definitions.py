@@ -170,7 +170,7 @@ recommend = Recommender(
     interactions="shop.events",
     weights={"view": 1.0, "cart": 2.0, "purchase": 4.0},
     features=["user_activity"],
-    window=timedelta(days=7),
+    window=timedelta(days=3),  # recent tastes; older interactions are left out
     holdout=timedelta(hours=2),
     fine_tune=FineTune(
         every=timedelta(minutes=30),
