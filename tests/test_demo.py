@@ -72,3 +72,5 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.recommend_decisions and set(result.recommend_decisions) <= {"promote", "reject"}
     assert q["fine-tuned"] >= q["frozen"]
     assert result.recommend_compute_ratio is not None and result.recommend_compute_ratio < 0.5
+    # The route serves the champion, with its own index.
+    assert result.recommend_served == result.recommend_champion

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -111,8 +112,49 @@ def show_recommendations(
         f"{' → '.join(drift.versions)}; champion now "
         f"{project.registry.get('recommend', 'champion').ref}"
     )
+    _served(console, project, set(drift.launched), result)
     result.recommend_quality = {arm: drift.quality[arm][hit] for arm in ARMS}
     result.recommend_decisions = [d["action"] for d in drift.decisions]
     result.recommend_versions = drift.versions
     result.recommend_champion = project.registry.get("recommend", "champion").ref
     result.recommend_compute_ratio = drift.compute_ratio
+
+
+def _served(console: Console, project: Project, launched: set[int], result: DemoResult) -> None:
+    """The route serving the champion: one shopper of the trend, asked over HTTP."""
+    from keel.cli.serve import build_server
+    from keel.demo.http import serving
+    from keel.recommend.data import offsets_at, read_interactions
+    from keel.serving.client import call
+
+    rec = project.model("recommend")
+    assert isinstance(rec, Recommender)
+    log = project.log
+    project.features.materialize()  # the user features the route joins, up to date
+    span = log.stats(EVENTS.name).time_range
+    assert span is not None
+    start = offsets_at(log, EVENTS.name, span[1] - timedelta(minutes=30))
+    recent = read_interactions(rec, log, None, start, dict(enumerate(log.end_offsets(EVENTS.name))))
+    fans = recent.users[np.isin(recent.items, list(launched))]
+    if not len(fans):
+        return
+    user = int(np.bincount(fans).argmax())
+    server = build_server(project, ["recommend"])
+    with serving(server) as port:
+        body = call(
+            f"http://127.0.0.1:{port}",
+            "/v1/routes/recommend/predict",
+            {"rows": [{"user_id": user, "k": 5}]},
+        )
+    items, scores = body["predictions"]["items"][0], body["predictions"]["scores"][0]
+    new = [i for i in items if i in launched]
+    console.print(
+        f"   POST /v1/routes/recommend/predict {{user_id: {user}, k: 5}} → {body['version']} "
+        f"(model and index swapped together): items "
+        + ", ".join(
+            f"{i}{'*' if i in launched else ''} ({s:.2f})"
+            for i, s in zip(items, scores, strict=True)
+        )
+        + f" — * launched during the drift ({len(new)} of 5)"
+    )
+    result.recommend_served = body["version"]

@@ -42,3 +42,4 @@ class DemoResult:
     recommend_versions: list[str] = field(default_factory=list)
     recommend_champion: str = ""
     recommend_compute_ratio: float | None = None
+    recommend_served: str = ""

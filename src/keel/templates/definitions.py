@@ -177,7 +177,7 @@ recommend = Recommender(
         min_count=2,  # an ID gets its own row once seen twice
         expire_after=timedelta(days=14),  # and loses it after two weeks unseen
     ),
-    route=None,
+    route="recommend",
     description="two-tower recommender over user and item embedding tables",
 )
 
