@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_monitoring.py
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_index.py
+	$(BIN)/python benchmarks/bench_recommend_route.py
+	$(BIN)/python benchmarks/bench_recommend.py
 
 clean:
 	rm -rf $(VENV) .keel .pytest_cache

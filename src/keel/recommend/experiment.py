@@ -4,7 +4,9 @@ purchases of the hour after each refresh:
 
 * **frozen** — the initial version, never refreshed;
 * **fine-tuned** — its embedding tables refreshed every ``every`` by the fine-tune loop
-  (:class:`~keel.recommend.loop.FineTuneLoop`: judge, promote or reject, fine-tune);
+  (:class:`~keel.recommend.loop.FineTuneLoop`: judge, promote or reject, fine-tune); the
+  newest child is scored, whether or not the loop has judged it yet (a route serving the
+  champion follows one cycle behind);
 * **retrained** — the whole model trained again from scratch on its window every ``every``.
 
 Used by the demo (small) and by ``benchmarks/bench_recommend.py`` (the figures in
@@ -52,10 +54,11 @@ class DriftResult:
     @property
     def recovered(self) -> float:
         """The share of the retrained model's gain over the frozen one that fine-tuning
-        recovers (hit rate)."""
+        recovers (hit rate); NaN when retraining gains nothing over the frozen model, where
+        the share means nothing (compare the two gains instead)."""
         hit = f"hit_rate@{self.k}"
         a, b, c = (self.quality[arm][hit] for arm in ARMS)
-        return (b - a) / (c - a) if c != a else float("nan")
+        return (b - a) / (c - a) if c > a else float("nan")
 
     @property
     def compute_ratio(self) -> float:
