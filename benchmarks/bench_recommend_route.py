@@ -14,6 +14,7 @@ stays within the goal (10 ms by default).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -32,6 +33,7 @@ model = "recommend@champion"
 features = ["user_activity"]
 max_batch_size = 64
 max_wait_ms = 2
+threads = 1
 """
 
 # Only the view the route joins: `keel serve` materializes every declared view, and the
@@ -135,7 +137,8 @@ def bodies_for(known: np.ndarray, n: int = 2000, k: int = 10) -> list[bytes]:
 def sweep(
     port: int, bodies: list[bytes], rates: list[float], seconds: float, goal_ms: float
 ) -> list[tuple[float, object]]:
-    """Paced load at each rate, stopping after the first that misses the goal."""
+    """Paced load at each rate, stopping after the first from 500 req/s on that misses the
+    goal (500 req/s itself is always measured)."""
     from keel.serving.loadgen import run_load
 
     path = "/v1/routes/recommend/predict"
@@ -148,7 +151,7 @@ def sweep(
             f"p99 {r.pct(99):6.2f} ms, {r.errors} errors",
             flush=True,
         )
-        if r.pct(99) > goal_ms or r.rps < 0.95 * rate or r.errors:
+        if rate >= 500 and (r.pct(99) > goal_ms or r.rps < 0.95 * rate or r.errors):
             break
     return out
 
@@ -173,9 +176,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=2_000)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--goal-ms", type=float, default=10.0)
-    ap.add_argument(
-        "--rates", default="250,500,750,1000,1250,1500,1750,2000,2500,3000", help="req/s"
-    )
+    ap.add_argument("--rates", default="200,300,400,500,600,800,1000,1500,2000", help="req/s")
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     from keel.serving.client import call
@@ -184,17 +185,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         proj, known, _ = setup(Path(d), args.items, args.users)
         bodies = bodies_for(known)
+        # The load generator runs in this process, which training filled with objects: a
+        # full collection scanning them all would stall the client, not the server.
+        gc.collect()
+        gc.freeze()
         with served(proj, "recommend") as (port, _cfg):
             path = "/v1/routes/recommend/predict"
-            # Warm up until the server's online store has caught up with the log.
+            url = f"http://127.0.0.1:{port}"
+            # `keel serve` rebuilds its memory:// store from the log as it starts, and its
+            # first seconds hold one-off stalls (that catch-up among them): measure once three
+            # warm-up windows in a row have shown none.
             probe = {"rows": [{"user_id": int(known[0]), "k": 10}]}
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                answer = call(f"http://127.0.0.1:{port}", path, probe)
-                if any(s is not None for v in answer["staleness_s"].values() for s in v):
-                    break
+            while not any(
+                s is not None for v in call(url, path, probe)["staleness_s"].values() for s in v
+            ):
                 time.sleep(0.5)
-            run_load("127.0.0.1", port, path, bodies, concurrency=8, seconds=2.0, rate=300)
+            calm = 0
+            for _ in range(40):
+                warm = run_load("127.0.0.1", port, path, bodies, concurrency=8, seconds=2, rate=300)
+                calm = calm + 1 if warm.latencies_ms.max() < 30 else 0
+                if calm == 3:
+                    break
             print(
                 f"route recommend: top-10 of {args.items:,} items, user_activity joined "
                 f"(memory://), one user per request, paced over 32 connections, "

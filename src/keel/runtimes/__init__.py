@@ -50,6 +50,8 @@ def runtime_for(model: Any, fmt: str, *, device: str = "cpu", **options: Any) ->
         return OnnxRuntime(model, device=device)
     if fmt == "torch":
         if is_two_tower(model):
-            return RecommendRuntime(model, index=options.get("index"), device=device)
+            return RecommendRuntime(
+                model, index=options.get("index"), device=device, threads=options.get("threads")
+            )
         return TorchRuntime(model, device=device, width=options.get("width"))
     raise ValidationError(f"no runtime serves models stored as {fmt!r}")

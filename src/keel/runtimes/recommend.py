@@ -84,17 +84,26 @@ class RecommendRuntime(Runtime):
         memory from ``model.catalogue()``.
     device
         ``cpu`` only: the towers and the index search run on the CPU.
+    threads
+        Torch's intra-op threads (process-wide, as for the other torch runtimes); a request's
+        towers are too small to split, so 1 spares the cores for the server.
     """
 
     platform = "pytorch"
     task = RECOMMEND
 
-    def __init__(self, model: Any, *, index: Any = None, device: str = "cpu") -> None:
+    def __init__(
+        self, model: Any, *, index: Any = None, device: str = "cpu", threads: int | None = None
+    ) -> None:
         if device != "cpu":
             raise ValidationError(
                 f"a two-tower recommender is served on the CPU (its towers and index search "
                 f"run there); set the route's device to 'cpu', not {device!r}"
             )
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         self.model = model.eval()
         self.feature_names = list(getattr(model, "feature_names", None) or [])
         ids, vectors = model.catalogue()

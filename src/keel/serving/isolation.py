@@ -267,7 +267,7 @@ def _build(spec: CandidateSpec) -> Runtime:
     if spec.index_root is not None and is_two_tower(model):
         name, _, number = spec.version.rpartition("@")
         index = published_index(IndexStore(spec.index_root), name, int(number))
-    runtime = runtime_for(model, spec.fmt, device=spec.device, index=index)
+    runtime = runtime_for(model, spec.fmt, device=spec.device, index=index, threads=spec.threads)
     runtime.warmup()
     return runtime
 

@@ -1,9 +1,11 @@
 """A lean HTTP load generator for ``keel bench`` and the benchmarks.
 
 Closed loop: N connections, each sending its next request when the previous answer arrives,
-for a fixed time. It speaks just enough HTTP/1.1 (keep-alive, Content-Length) to cost far less
-CPU per request than the server it measures — general HTTP clients do not, and on a small
-machine the load generator and the server share the cores.
+for a fixed time; or paced: each connection sends at a fixed interval, the connections' sends
+spread evenly over it (one arrival every 1/rate s, not all N at once). It speaks just enough
+HTTP/1.1 (keep-alive, Content-Length) to cost far less CPU per request than the server it
+measures — general HTTP clients do not, and on a small machine the load generator and the
+server share the cores.
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ async def _connection(
     lat: list[float],
     errors: list[str],
     interval: float | None = None,
+    phase: float = 0.0,
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
     i = 0
-    due = time.perf_counter()
+    due = time.perf_counter() + phase
     try:
         while time.perf_counter() < stop:
             if interval is not None:  # paced: a fixed rate, not as fast as answers come
@@ -108,6 +111,8 @@ async def _run(
                 lat,
                 errors,
                 None if rate is None else concurrency / rate,
+                # Staggered: N connections starting together would send in bursts of N.
+                0.0 if rate is None else c / rate,
             )
             for c in range(concurrency)
         )

@@ -79,7 +79,7 @@ def load(
         v = registry.get(name, ref or "latest")
         obj = registry.load(name, v.version)
         index = published_index(indexes, name, v.version) if is_two_tower(obj) else None
-        runtime = runtime_for(obj, v.format, device=device, index=index)
+        runtime = runtime_for(obj, v.format, device=device, index=index, threads=threads)
         version = v.ref
     sample = runtime.warmup()
     return Deployed(runtime, version, time.time(), sample)
