@@ -72,10 +72,16 @@ class Materializer:
         self.layout = layout
         self.topic = log.topic(view.source.topic)
         self.group = f"keel-features.{view.name}"
+        # Once: hashing the definition reads the transform's source code, and a follower
+        # polling every 0.2 s would otherwise do it on every poll, beside a serving thread.
+        self.fingerprint = view.fingerprint
 
     def step(self, max_records: int = 200_000) -> MaterializeStats:
         """Consume what is available (up to ``max_records`` per partition) and commit it."""
         progress = self._progress()
+        ends = self.log.end_offsets(self.topic.name)
+        if all(progress.offsets.get(p, 0) >= end for p, end in enumerate(ends)):
+            return MaterializeStats()  # nothing new: no reads
         batches = {}
         for p in range(self.topic.partitions):
             batch = self.log.read(self.topic.name, p, progress.offsets.get(p, 0), max_records)
@@ -101,11 +107,11 @@ class Materializer:
 
     def _progress(self) -> Progress:
         progress = self.store.progress(self.view.name)
-        if progress.fingerprint and progress.fingerprint != self.view.fingerprint:
+        if progress.fingerprint and progress.fingerprint != self.fingerprint:
             # The definition changed: the stored tiles mean something else now.
             self.store.clear(self.view.name)
             progress = Progress()
-        progress.fingerprint = self.view.fingerprint
+        progress.fingerprint = self.fingerprint
         return progress
 
     def apply(self, batches: dict[int, pa.Table], progress: Progress) -> MaterializeStats:
