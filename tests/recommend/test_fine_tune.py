@@ -19,6 +19,7 @@ from keel.log import Log, open_log
 from keel.recommend import (
     FineTune,
     InconsistentVersion,
+    NothingNew,
     Recommender,
     fine_tune,
     train_recommender,
@@ -319,3 +320,12 @@ def test_dense_digest_ignores_the_tables(world: World) -> None:
     with torch.no_grad():
         model.item_proj.weight += 1.0
     assert dense_digest(model) != before
+
+
+def test_nothing_logged_since_the_parent_registers_nothing(world: World) -> None:
+    parent = _trained(world)
+    first = fine_tune(world.rec, **world.kw(), parent=parent)  # the holdout part, unseen
+    versions = len(world.registry.versions("recommend"))
+    with pytest.raises(NothingNew, match="no interactions"):
+        fine_tune(world.rec, **world.kw(), parent=first.version.version)
+    assert len(world.registry.versions("recommend")) == versions

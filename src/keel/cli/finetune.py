@@ -14,7 +14,7 @@ from rich.table import Table
 from keel.cli._common import console, friendly, project
 from keel.cli.train import _when, progress_bars
 from keel.errors import ValidationError
-from keel.recommend import FineTuneResult, InconsistentVersion, RecommenderResult
+from keel.recommend import FineTuneResult, InconsistentVersion, NothingNew, RecommenderResult
 from keel.training import Preempted
 
 __all__ = ["recommender_summary", "register"]
@@ -111,6 +111,9 @@ def fine_tune(
         except InconsistentVersion as exc:
             console.print(f"[red]refused[/]: {exc}")
             raise typer.Exit(1) from None
+        except NothingNew as exc:
+            console.print(str(exc))
+            return
         console.print(recommender_summary(result))
         return
     from keel.clock import SystemClock

@@ -7,6 +7,7 @@ from keel.recommend.model import TwoTower
 from keel.recommend.run import (
     FineTuneResult,
     InconsistentVersion,
+    NothingNew,
     RecommenderResult,
     fine_tune,
     publish_index,
@@ -17,6 +18,7 @@ __all__ = [
     "FineTune",
     "FineTuneResult",
     "InconsistentVersion",
+    "NothingNew",
     "Recommender",
     "RecommenderResult",
     "TwoTower",

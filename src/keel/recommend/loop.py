@@ -27,7 +27,7 @@ from keel.errors import NotFoundError
 from keel.recommend.data import Interactions, last_features, read_interactions
 from keel.recommend.definitions import Recommender
 from keel.recommend.model import TwoTower
-from keel.recommend.run import FineTuneResult, InconsistentVersion
+from keel.recommend.run import FineTuneResult, InconsistentVersion, NothingNew
 from keel.recommend.train import evaluate, top_k
 
 __all__ = ["Cycle", "FineTuneLoop", "compare_versions"]
@@ -139,6 +139,8 @@ class FineTuneLoop:
         except InconsistentVersion as exc:
             cycle.refused = str(exc)
             self._record("reject", cycle.refused, {"parent": serving})
+        except NothingNew as exc:
+            cycle.waiting = str(exc)
         self.history.append(cycle)
         return cycle
 

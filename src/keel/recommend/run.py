@@ -46,6 +46,7 @@ __all__ = [
     "FACTORY",
     "FineTuneResult",
     "InconsistentVersion",
+    "NothingNew",
     "RecommenderResult",
     "fine_tune",
     "publish_index",
@@ -59,6 +60,10 @@ Progress = Callable[[str, int, int], None]
 
 class InconsistentVersion(KeelError):
     """A fine-tuned version whose served precision disagrees with float32: refused."""
+
+
+class NothingNew(KeelError):
+    """No interactions were logged since the parent version: nothing to fine-tune."""
 
 
 @dataclass
@@ -278,6 +283,11 @@ def fine_tune(
     )
     seconds["interactions"] = time.perf_counter() - t0
     report("interactions", 1, 1)
+    if not len(data):
+        raise NothingNew(
+            f"no interactions on {rec.interactions!r} since {base.ref} was made; nothing to "
+            "fine-tune (no version registered)"
+        )
 
     t0 = time.perf_counter()
     torch.set_num_threads(1)
