@@ -56,7 +56,10 @@ def recommender_summary(result: RecommenderResult) -> Table:
                 f"spread, top-10 overlap {p['top_k_overlap']:.2f}",
             )
     if result.metrics:
-        table.add_row("quality", ", ".join(f"{k} {val:.4f}" for k, val in result.metrics.items()))
+        # A fine-tune is measured on its own window (in-sample); it is judged on the purchases
+        # that follow it by the fine-tune loop.
+        label = "in window" if isinstance(result, FineTuneResult) else "holdout"
+        table.add_row(label, ", ".join(f"{k} {val:.4f}" for k, val in result.metrics.items()))
     table.add_row(
         "time",
         ", ".join(f"{k} {s:.2f} s" for k, s in result.seconds.items())

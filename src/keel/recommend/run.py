@@ -295,7 +295,7 @@ def fine_tune(
     seed = rec.seed + base.version
     g = torch.Generator().manual_seed(seed)
     admitted = admit(model, data, min_count=ft.min_count, generator=g)
-    now_us = int(data.ts.max()) if len(data) else _now_us(lineage)
+    now_us = int(data.ts.max())  # expiry is measured on the log's clock, not the wall's
     freed_u = model.users.expire(now_us, int(ft.expire_after.total_seconds() * 1e6))
     freed_i = model.items.expire(now_us, int(ft.expire_after.total_seconds() * 1e6))
     model.sync_out()
@@ -323,13 +323,9 @@ def fine_tune(
     report("evaluate", 0, 1)
     check = None
     if ft.precision != "float32":
-        probe = data if len(data) else None
-        users = (
-            np.unique(probe.users)[:256]
-            if probe is not None
-            else model.users.ids[model.users.live][:256]
-        )
-        feats = last_features(probe, users) if probe is not None else None
+        # The probe: the users of this fine-tune's own interactions, as of their last one.
+        users = np.unique(data.users)[:256]
+        feats = last_features(data, users)
         check = precision_check(model, users, feats, ft.precision, k=rec.k)
         if check["max_score_diff"] > ft.tolerance or check["top_k_overlap"] < ft.min_overlap:
             if ctx.checkpoints is not None:
@@ -341,7 +337,7 @@ def fine_tune(
                 f"(at least {ft.min_overlap}); serve in float32 or keep the tables' scale in "
                 "range"
             )
-    metrics = evaluate(model, data, rec.k) if len(data) else {}
+    metrics = evaluate(model, data, rec.k)
     seconds["evaluate"] = time.perf_counter() - t0
     report("evaluate", 1, 1)
 
@@ -460,10 +456,3 @@ def _context(
         data_sha256=sha,
         progress=lambda done, total: report("fit", done, total),
     )
-
-
-def _now_us(lineage: dict[str, Any]) -> int:
-    rng = lineage.get("interactions", {}).get("time_range") or []
-    if rng:
-        return int(datetime.fromisoformat(rng[-1]).timestamp() * 1e6)
-    return int(time.time() * 1e6)
