@@ -211,12 +211,9 @@ def train_recommender(
     version = _register(
         registry, rec, model, metrics, lineage, parent, code_dir, loop.steps, len(train)
     )
-    publish_index(indexes, rec.name, version.version, model)
-    moved = "challenger" if shadow else alias
-    if moved is not None:
-        registry.set_alias(rec.name, moved, version.version, reason=f"keel train {rec.name}")
-    if ctx.checkpoints is not None:
-        ctx.checkpoints.clear()
+    moved = _publish(
+        registry, indexes, rec, model, version, ctx, shadow, alias, reason=f"keel train {rec.name}"
+    )
     seconds["register"] = time.perf_counter() - t0
     report("register", 1, 1)
     return RecommenderResult(
@@ -379,12 +376,17 @@ def fine_tune(
         description=f"fine-tune of {base.ref}: {len(data):,} interactions, "
         f"{touched['users']:,} user and {touched['items']:,} item rows",
     )
-    publish_index(indexes, rec.name, version.version, model)
-    moved = "challenger" if shadow else alias
-    if moved is not None:
-        registry.set_alias(rec.name, moved, version.version, reason=f"fine-tune of {base.ref}")
-    if ctx.checkpoints is not None:
-        ctx.checkpoints.clear()
+    moved = _publish(
+        registry,
+        indexes,
+        rec,
+        model,
+        version,
+        ctx,
+        shadow,
+        alias,
+        reason=f"fine-tune of {base.ref}",
+    )
     seconds["register"] = time.perf_counter() - t0
     report("register", 1, 1)
     return FineTuneResult(
@@ -437,6 +439,29 @@ def _register(
         code_dir=code_dir,
         training=lineage,
     )
+
+
+def _publish(
+    registry: Registry,
+    indexes: IndexStore,
+    rec: Recommender,
+    model: TwoTower,
+    version: ModelVersion,
+    ctx: RunContext,
+    shadow: bool,
+    alias: str | None,
+    *,
+    reason: str,
+) -> str | None:
+    """After registering: the version's index, the alias moved (``challenger`` with
+    ``shadow``), the run's checkpoints cleared; returns the alias moved."""
+    publish_index(indexes, rec.name, version.version, model)
+    moved = "challenger" if shadow else alias
+    if moved is not None:
+        registry.set_alias(rec.name, moved, version.version, reason=reason)
+    if ctx.checkpoints is not None:
+        ctx.checkpoints.clear()
+    return moved
 
 
 def _context(
