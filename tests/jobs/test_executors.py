@@ -1,0 +1,316 @@
+"""The executor contract, run over every backend: local:// subprocesses and a Dask cluster.
+
+The Dask cluster is a loopback ``LocalCluster`` started once for the module, whose worker
+declares ``cpu`` and ``memory`` so that resource restrictions are exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from keel.errors import ConfigError, ConflictError
+from keel.jobs import worker
+from keel.jobs.executors import Attempt, Executor, Outcome, executor_for
+from keel.jobs.executors.local import LocalExecutor
+
+TIMEOUT_S = 60.0
+
+# A command that checkpoints on SIGTERM the way a trainer does, then exits 143.
+CHECKPOINTING = """
+import pathlib, signal, sys, time
+def stop(signum, frame):
+    pathlib.Path("checkpoint").write_text("step 7")
+    print("checkpointed", flush=True)
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+pathlib.Path("ready").write_text("1")
+while True:
+    time.sleep(0.05)
+"""
+
+STUBBORN = """
+import pathlib, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+pathlib.Path("ready").write_text("1")
+while True:
+    time.sleep(0.05)
+"""
+
+SLEEPER = """
+import pathlib, time
+pathlib.Path("ready").write_text("1")
+time.sleep(60)
+"""
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float = TIMEOUT_S) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_outcome(executor: Executor, attempt: Attempt) -> Outcome:
+    return wait_for(lambda: executor.poll(attempt), f"{attempt.key} to end")  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def dask_address() -> Iterator[str]:
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,  # None starts no dashboard at all
+        resources={"cpu": 4, "memory": 8e9},
+    )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(params=[pytest.param("local", id="local"), pytest.param("dask", id="dask")])
+def make_executor(request: pytest.FixtureRequest) -> Iterator[Callable[[], Executor]]:
+    """A factory of executors of one backend (a test may make a second, as after a restart)."""
+    if request.param == "local":
+        url = "local://"
+    else:
+        address = request.getfixturevalue("dask_address")
+        url = "dask://" + address.removeprefix("tcp://")
+    made: list[Executor] = []
+
+    def make() -> Executor:
+        made.append(executor_for(url))
+        return made[-1]
+
+    yield make
+    for executor in made:
+        executor.close()
+
+
+@pytest.fixture
+def executor(make_executor: Callable[[], Executor]) -> Executor:
+    return make_executor()
+
+
+@pytest.fixture
+def new_attempt(tmp_path: Path) -> Callable[..., Attempt]:
+    def make(code: str, *, requests: dict[str, float] | None = None, **env: str) -> Attempt:
+        job_id = f"t{uuid.uuid4().hex[:8]}"
+        return Attempt(
+            job_id=job_id,
+            attempt=1,
+            argv=[sys.executable, "-c", code],
+            env=env,
+            cwd=str(tmp_path),
+            requests={"cpu": 1.0} if requests is None else requests,
+            run_dir=str(tmp_path / "runs" / job_id / "1"),
+        )
+
+    return make
+
+
+def test_success_reports_zero_and_the_output(executor, new_attempt):
+    attempt = new_attempt("print('hello from the job'); print('second line')")
+    handle = executor.start(attempt)
+    assert isinstance(handle, str) and handle
+    outcome = wait_outcome(executor, attempt)
+    assert outcome.exit_code == 0
+    assert outcome.preempted is False
+    assert outcome.log_tail[-2:] == ["hello from the job", "second line"]
+    assert executor.poll(attempt) == outcome  # the same answer on every later poll
+    assert executor.alive(attempt) is False
+
+
+def test_failure_reports_its_code_and_last_lines(executor, new_attempt):
+    attempt = new_attempt(
+        "import sys\nfor i in range(40): print('line', i)\n"
+        "print('boom', file=sys.stderr); sys.exit(3)"
+    )
+    executor.start(attempt)
+    outcome = wait_outcome(executor, attempt)
+    assert (outcome.exit_code, outcome.preempted) == (3, False)
+    assert outcome.log_tail[-1] == "boom"
+    assert "line 39" in outcome.log_tail
+    assert "line 0" not in outcome.log_tail
+    assert len(outcome.log_tail) <= 20
+
+
+def test_terminate_lets_the_command_checkpoint(executor, new_attempt, tmp_path):
+    attempt = new_attempt(CHECKPOINTING)
+    executor.start(attempt)
+    wait_for((tmp_path / "ready").exists, "the command to start")
+    executor.terminate(attempt)
+    outcome = wait_outcome(executor, attempt)
+    assert (outcome.exit_code, outcome.preempted) == (143, True)
+    assert (tmp_path / "checkpoint").read_text() == "step 7"
+    assert "checkpointed" in outcome.log_tail
+
+
+def test_terminate_marks_preempted_even_on_a_clean_exit(executor, new_attempt, tmp_path):
+    code = CHECKPOINTING.replace("sys.exit(143)", "sys.exit(0)")
+    attempt = new_attempt(code)
+    executor.start(attempt)
+    wait_for((tmp_path / "ready").exists, "the command to start")
+    executor.terminate(attempt)
+    outcome = wait_outcome(executor, attempt)
+    assert (outcome.exit_code, outcome.preempted) == (0, True)
+
+
+def test_kill_stops_a_command_that_ignores_sigterm(executor, new_attempt, tmp_path):
+    attempt = new_attempt(STUBBORN)
+    executor.start(attempt)
+    wait_for((tmp_path / "ready").exists, "the command to start")
+    executor.terminate(attempt)
+    time.sleep(0.5)  # the grace period; the command ignores SIGTERM
+    assert executor.poll(attempt) is None
+    executor.kill(attempt)
+    outcome = wait_outcome(executor, attempt)
+    assert outcome.exit_code == 128 + signal.SIGKILL
+    assert outcome.preempted is True
+    pid = worker.read_record(attempt.run_dir, worker.PID)
+    wait_for(lambda: worker.process_started(pid["child_pid"]) is None, "the command to die")
+
+
+def test_the_command_sees_its_job_and_thread_caps(executor, new_attempt):
+    code = (
+        "import json, os\nnames = ['KEEL_JOB_ID', 'KEEL_JOB_ATTEMPT', 'OMP_NUM_THREADS',"
+        " 'MKL_NUM_THREADS', 'NUMEXPR_NUM_THREADS', 'CUDA_VISIBLE_DEVICES', 'EXTRA']\n"
+        "print(json.dumps({n: os.environ.get(n) for n in names}))"
+    )
+    attempt = new_attempt(code, requests={"cpu": 1.5, "memory": 1e8}, EXTRA="given")
+    executor.start(attempt)
+    outcome = wait_outcome(executor, attempt)
+    assert outcome.exit_code == 0, outcome.log_tail
+    seen = json.loads(outcome.log_tail[-1])
+    assert seen == {
+        "KEEL_JOB_ID": attempt.job_id,
+        "KEEL_JOB_ATTEMPT": "1",
+        "OMP_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+        "NUMEXPR_NUM_THREADS": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+        "EXTRA": "given",
+    }
+
+
+def test_a_command_that_cannot_start_reports_127(executor, new_attempt, tmp_path):
+    attempt = new_attempt("")
+    attempt = Attempt(
+        attempt.job_id, 1, [str(tmp_path / "no-such-program")], {}, str(tmp_path),
+        {"cpu": 1.0}, attempt.run_dir,
+    )  # fmt: skip
+    executor.start(attempt)
+    outcome = wait_outcome(executor, attempt)
+    assert outcome.exit_code == 127
+    assert "cannot start" in outcome.log_tail[-1]
+
+
+def test_an_attempt_is_not_started_twice(executor, new_attempt):
+    attempt = new_attempt("print('once')")
+    executor.start(attempt)
+    wait_outcome(executor, attempt)
+    with pytest.raises(ConflictError, match="already started"):
+        executor.start(attempt)
+
+
+def test_a_new_executor_picks_up_a_running_attempt(make_executor, new_attempt, tmp_path):
+    first = make_executor()
+    attempt = new_attempt(CHECKPOINTING)
+    first.start(attempt)
+    wait_for((tmp_path / "ready").exists, "the command to start")
+    first.close()
+    second = make_executor()  # as after the manager restarted
+    assert second.alive(attempt) is True
+    assert second.poll(attempt) is None
+    second.terminate(attempt)
+    outcome = wait_outcome(second, attempt)
+    assert (outcome.exit_code, outcome.preempted) == (143, True)
+    assert second.alive(attempt) is False
+
+
+def test_local_restart_then_external_sigkill_of_the_wrapper(new_attempt, tmp_path):
+    first = LocalExecutor()
+    attempt = new_attempt(SLEEPER)
+    first.start(attempt)
+    wait_for((tmp_path / "ready").exists, "the command to start")
+    wait_for(lambda: (worker.read_record(attempt.run_dir, worker.PID) or {}).get("child_pid"),
+             "the pid file")  # fmt: skip
+    first.close()
+    second = LocalExecutor()
+    assert second.alive(attempt) is True
+    assert second.poll(attempt) is None
+    pid = worker.read_record(attempt.run_dir, worker.PID)
+    os.kill(pid["worker_pid"], signal.SIGKILL)  # by someone else: no exit is recorded
+    wait_for(lambda: worker.process_started(pid["worker_pid"]) is None, "the wrapper to die")
+    outcome = wait_outcome(second, attempt)
+    assert outcome.exit_code != 0
+    assert outcome.preempted is False
+    assert "no exit recorded" in outcome.log_tail[-1]
+    # The command outlived its wrapper; left alone it would run beside the retry.
+    wait_for(lambda: worker.process_started(pid["child_pid"]) is None, "the command to die")
+
+
+def test_a_wrapper_killed_under_a_live_executor_is_reported(new_attempt, tmp_path):
+    executor = LocalExecutor()
+    attempt = new_attempt(SLEEPER)
+    executor.start(attempt)
+    wait_for((tmp_path / "ready").exists, "the command to start")
+    handle = worker.read_record(attempt.run_dir, "handle")
+    os.kill(handle["worker_pid"], signal.SIGKILL)
+    outcome = wait_outcome(executor, attempt)
+    assert (outcome.exit_code, outcome.preempted) == (128 + signal.SIGKILL, False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [pytest.param("local://", id="local"), pytest.param("local:///", id="local-slash")],
+)
+def test_factory_local(url):
+    assert isinstance(executor_for(url), LocalExecutor)
+
+
+def test_factory_dask(dask_address):
+    from keel.jobs.executors.dask import DaskExecutor
+
+    with executor_for("dask://" + dask_address.removeprefix("tcp://")) as executor:
+        assert isinstance(executor, DaskExecutor)
+        assert executor.scheme == "dask"
+
+
+def test_factory_refuses_ray():
+    with pytest.raises(ConfigError) as info:
+        executor_for("ray://h:10001")
+    assert str(info.value) == (
+        "jobs_url 'ray://h:10001': the scheme 'ray' is not implemented; use local:// "
+        "(subprocesses on this machine) or dask://host:port (a Dask distributed scheduler)"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("garbage", id="no-scheme"),
+        pytest.param("", id="empty"),
+        pytest.param("local://somewhere", id="local-with-host"),
+        pytest.param("dask://", id="dask-without-host"),
+        pytest.param("dask://h:notaport", id="dask-bad-port"),
+    ],
+)
+def test_factory_refuses_garbage(url):
+    with pytest.raises(ConfigError, match="jobs_url"):
+        executor_for(url)
