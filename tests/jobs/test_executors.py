@@ -6,6 +6,7 @@ declares ``cpu`` and ``memory`` so that resource restrictions are exercised.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -74,7 +75,11 @@ def dask_address() -> Iterator[str]:
         threads_per_worker=2,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,  # None starts no dashboard at all
+        # None starts no dashboard, but the scheduler still serves its health routes, on
+        # port 8787 unless told otherwise: a port taken there (another cluster) would mean a
+        # warning, so they go on a free loopback port.
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         resources={"cpu": 4, "memory": 8e9},
     )
     try:
@@ -209,11 +214,7 @@ def test_the_command_sees_its_job_and_thread_caps(executor, new_attempt):
 
 
 def test_a_command_that_cannot_start_reports_127(executor, new_attempt, tmp_path):
-    attempt = new_attempt("")
-    attempt = Attempt(
-        attempt.job_id, 1, [str(tmp_path / "no-such-program")], {}, str(tmp_path),
-        {"cpu": 1.0}, attempt.run_dir,
-    )  # fmt: skip
+    attempt = dataclasses.replace(new_attempt(""), argv=[str(tmp_path / "no-such-program")])
     executor.start(attempt)
     outcome = wait_outcome(executor, attempt)
     assert outcome.exit_code == 127
@@ -248,8 +249,7 @@ def test_local_restart_then_external_sigkill_of_the_wrapper(new_attempt, tmp_pat
     attempt = new_attempt(SLEEPER)
     first.start(attempt)
     wait_for((tmp_path / "ready").exists, "the command to start")
-    wait_for(lambda: (worker.read_record(attempt.run_dir, worker.PID) or {}).get("child_pid"),
-             "the pid file")  # fmt: skip
+    wait_for(lambda: worker.read_record(attempt.run_dir, worker.PID)["child_pid"], "the pid")
     first.close()
     second = LocalExecutor()
     assert second.alive(attempt) is True
@@ -314,3 +314,63 @@ def test_factory_refuses_ray():
 def test_factory_refuses_garbage(url):
     with pytest.raises(ConfigError, match="jobs_url"):
         executor_for(url)
+
+
+# -- Dask: requests against what the workers declare ----------------------------------------
+
+
+@pytest.fixture
+def dask_executor(dask_address: str) -> Iterator[Executor]:
+    with executor_for("dask://" + dask_address.removeprefix("tcp://")) as executor:
+        yield executor
+
+
+def test_dask_refuses_a_resource_no_worker_declares(dask_executor, new_attempt):
+    attempt = new_attempt("print(1)", requests={"cpu": 1.0, "nvidia.com/gpu": 1.0})
+    with pytest.raises(ConfigError, match=r"asks \['nvidia.com/gpu'\] but no worker"):
+        dask_executor.start(attempt)
+
+
+def test_dask_refuses_more_than_any_worker_has(dask_executor, new_attempt):
+    attempt = new_attempt("print(1)", requests={"cpu": 64.0})
+    with pytest.raises(ConfigError, match=r"no worker of the Dask cluster .* has that much"):
+        dask_executor.start(attempt)
+
+
+def test_dask_queues_what_does_not_fit_and_kills_it_unstarted(dask_executor, new_attempt, tmp_path):
+    running = new_attempt(SLEEPER, requests={"cpu": 3.0})
+    dask_executor.start(running)
+    wait_for((tmp_path / "ready").exists, "the first command to start")
+    queued = new_attempt("print('ran')", requests={"cpu": 3.0})  # 3 + 3 > the worker's 4
+    dask_executor.start(queued)
+    time.sleep(0.5)  # a chance to start, were the request not enforced
+    assert dask_executor.alive(queued) is True
+    assert dask_executor.poll(queued) is None
+    assert worker.read_record(queued.run_dir, worker.PID) is None
+    dask_executor.kill(queued)
+    outcome = wait_outcome(dask_executor, queued)
+    assert (outcome.exit_code, outcome.preempted) == (128 + signal.SIGKILL, True)
+    assert "ran" not in outcome.log_tail
+    dask_executor.kill(running)
+    assert wait_outcome(dask_executor, running).exit_code == 128 + signal.SIGKILL
+
+
+# -- the wrapper on its own -----------------------------------------------------------------
+
+
+def test_a_claimed_run_folder_is_not_run_again(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-c", "print('ran')"]
+    assert worker.run_attempt(run_dir, argv, {}, tmp_path)["exit_code"] == 0
+    (run_dir / worker.EXIT).unlink()  # as if the process running it died before recording
+    again = worker.run_attempt(run_dir, argv, {}, tmp_path)
+    assert again["exit_code"] == -1
+    assert worker.log_tail(run_dir).count("ran") == 1
+
+
+def test_a_stop_before_the_start_means_no_start(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-c", "print('ran')"]
+    record = worker.run_attempt(run_dir, argv, {}, tmp_path, should_stop=lambda: True)
+    assert (record["exit_code"], record["preempted"]) == (143, True)
+    assert "ran" not in worker.log_tail(run_dir)
