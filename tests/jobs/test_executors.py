@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -374,3 +375,17 @@ def test_a_stop_before_the_start_means_no_start(tmp_path):
     record = worker.run_attempt(run_dir, argv, {}, tmp_path, should_stop=lambda: True)
     assert (record["exit_code"], record["preempted"]) == (143, True)
     assert "ran" not in worker.log_tail(run_dir)
+
+
+def test_the_wrapper_runs_as_a_module(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-c", "import sys; print('via -m'); sys.exit(5)"]
+    done = subprocess.run(
+        [sys.executable, "-m", "keel.jobs.worker", str(run_dir), "--", *argv], timeout=60
+    )
+    assert done.returncode == 5  # the wrapper exits with the command's code
+    record = worker.read_record(run_dir, worker.EXIT)
+    assert (record["exit_code"], record["preempted"]) == (5, False)
+    pid = worker.read_record(run_dir, worker.PID)
+    assert pid["child_pid"] not in (None, pid["worker_pid"])
+    assert worker.log_tail(run_dir) == ["via -m"]

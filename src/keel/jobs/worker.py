@@ -24,10 +24,11 @@ either nothing or a complete record):
     it could not start, ``-1`` when the wrapper died without recording it (then
     ``recorded_by`` is ``"executor"`` and a ``note`` says why).
 
-Run ``python -m keel.jobs.worker RUN_DIR -- ARGV...`` (what :class:`LocalExecutor` does; the
-environment is the caller's), or call :func:`run_attempt` in-process (what a Dask task does).
-
-This module imports only the standard library so that a wrapper starts fast.
+Run ``python -m keel.jobs.worker RUN_DIR -- ARGV...`` (the command gets the caller's
+environment), or call :func:`run_attempt` in-process (what a Dask task does). This module
+imports only the standard library, so that ``local://`` can run it as a file
+(``python -P .../keel/jobs/worker.py RUN_DIR -- ARGV...``) without importing the keel package,
+which would add most of its start-up time to every attempt.
 
 Example
 -------

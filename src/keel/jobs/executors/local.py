@@ -1,9 +1,9 @@
 """``local://``: each attempt a subprocess on this machine.
 
-The command runs under ``python -m keel.jobs.worker`` in a session of its own, so it outlives
-a manager that crashes and a new manager re-attaches to it through the attempt's run folder.
-The executor also writes ``handle`` there (the wrapper's pid and start time) before ``start``
-returns, so an attempt whose wrapper has not yet written its ``pid`` file is still found.
+The command runs under the wrapper :mod:`keel.jobs.worker` in a session of its own, so it
+outlives a manager that crashes and a new manager re-attaches to it through the attempt's run
+folder. The executor also writes ``handle`` there (the wrapper's pid and start time) before
+``start`` returns, so an attempt whose wrapper has not yet written its ``pid`` file is found.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ __all__ = ["LocalExecutor"]
 logger = logging.getLogger(__name__)
 
 HANDLE = "handle"
+# The wrapper runs as a file rather than ``-m keel.jobs.worker``: importing the keel package
+# would add everything it imports (SQLAlchemy among it, ~200 ms) to every attempt's start, and
+# the wrapper needs only the standard library. -P keeps the wrapper's folder off sys.path,
+# where a module of keel.jobs could shadow one of the standard library's.
+WRAPPER = ("-P", str(Path(worker.__file__).resolve()))
 
 
 class LocalExecutor(Executor):
@@ -81,7 +86,7 @@ class LocalExecutor(Executor):
         }
         with open(run_dir / worker.LOG, "ab") as log:
             proc = subprocess.Popen(
-                [self.python, "-m", "keel.jobs.worker", str(run_dir), "--", *attempt.argv],
+                [self.python, *WRAPPER, str(run_dir), "--", *attempt.argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
