@@ -16,7 +16,6 @@ import pytest
 from keel.jobs.admission import Admission, Scheduler, Workload
 from keel.jobs.spec import JobsConfig
 
-
 # Resource names that are not Python identifiers, as keyword arguments.
 NAMES = {"example_com_gpu": "example.com/gpu", "nvidia_com_gpu": "nvidia.com/gpu"}
 
