@@ -229,7 +229,9 @@ class Monitor:
         held = table.slice(start)
         estimator = LossEstimator(
             loss=self.config.loss,
-            false_alert_rate=self.config.false_alert_rate,
+            # One test per window: the per-feature rate (set low because a window tests
+            # every feature) would make the loss test needlessly deaf.
+            false_alert_rate=self.config.loss_false_alert_rate,
             min_rise=self.config.min_loss_rise,
             ordered=True,
         )
