@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from keel.errors import ConfigError, ValidationError, did_you_mean
+from keel.jobs.spec import JobsConfig
 
 __all__ = [
     "COMPARES",
@@ -146,7 +147,9 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         arrive on. ``holdout`` is the last share (by time) of the training set that the model
         did not learn from: the concept-drift estimator learns the model's ``loss`` there, and
         alerts when a window's estimate passes its calibrated level and is at least
-        ``min_loss_rise`` (a share) above the healthy estimate. A served
+        ``min_loss_rise`` (a share) above the healthy estimate. That level is set for
+        ``loss_false_alert_rate`` of healthy windows: one test per window, where
+        ``false_alert_rate`` applies to each feature's test. A served
     feature whose p99 staleness in a window exceeds ``max_staleness_s`` raises an alert.
 
     The reference is the model's training set, rebuilt from its lineage; with
@@ -160,6 +163,7 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     categorical: list[str] = msgspec.field(default_factory=list)
     loss: str = "logloss"
     false_alert_rate: float = 0.01
+    loss_false_alert_rate: float = 0.01
     holdout: float = 0.3
     min_loss_rise: float = 0.1
     max_staleness_s: float | None = None
@@ -180,6 +184,8 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
         if not 0 < self.false_alert_rate < 0.5:
             raise ValidationError("monitor false_alert_rate must be within (0, 0.5)")
+        if not 0 < self.loss_false_alert_rate < 0.5:
+            raise ValidationError("monitor loss_false_alert_rate must be within (0, 0.5)")
         if self.reference_rows < 0:
             raise ValidationError(f"monitor reference_rows must be >= 0, got {self.reference_rows}")
         if not 0 < self.holdout < 1:
@@ -248,6 +254,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     artifacts_url: str = ""
     jobs_url: str = "local://"
     routes: list[RouteConfig] = msgspec.field(default_factory=list)
+    jobs: JobsConfig = msgspec.field(default_factory=JobsConfig)
 
     def __post_init__(self) -> None:
         root = Path(self.project_dir).expanduser().resolve()
@@ -262,6 +269,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             self.registry_url = f"sqlite:///{self.data_dir}/registry.db"
         if not self.artifacts_url:
             self.artifacts_url = f"{self.data_dir}/artifacts"
+        if not self.jobs_url.startswith(("local://", "dask://")):
+            scheme = self.jobs_url.split("://", 1)[0] if "://" in self.jobs_url else self.jobs_url
+            raise ValidationError(
+                f"jobs_url {self.jobs_url!r}: the scheme {scheme!r} is not implemented; use "
+                "local:// (subprocesses on this machine) or dask://host:port (a Dask "
+                "distributed scheduler)"
+            )
         self.log_url = _resolve_sqlite(self.log_url, root)
         self.registry_url = _resolve_sqlite(self.registry_url, root)
         self.online_url = _resolve_sqlite(self.online_url, root)
