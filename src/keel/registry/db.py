@@ -19,7 +19,7 @@ from keel.errors import ConfigError
 
 __all__ = ["HEAD", "current_revision", "make_engine", "migrate"]
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 def make_engine(url: str) -> Engine:

@@ -1,0 +1,34 @@
+"""Jobs: training, fine-tuning, backfills and monitor scoring, admitted by queues, quotas
+and priorities with Kubernetes Kueue's semantics, run on this machine (``local://``) or a
+Dask cluster (``dask://``), preempted gracefully, with the accelerators' utilization
+watched.
+
+- :mod:`keel.jobs.spec`: flavors, cluster queues, local queues, priority classes;
+- :mod:`keel.jobs.admission`: the admission engine (quota, cohorts, borrowing, preemption);
+- :mod:`keel.jobs.store`: jobs and their lifecycle in the registry's database;
+- :mod:`keel.jobs.executors`: where attempts run;
+- :mod:`keel.jobs.manager`: the loop that ties them together;
+- :mod:`keel.jobs.utilization`: the accelerator-utilization watch.
+"""
+
+from keel.jobs.spec import (
+    ClusterQueue,
+    JobsConfig,
+    LocalQueue,
+    PriorityClass,
+    ResourceFlavor,
+    parse_quantity,
+)
+from keel.jobs.store import JobRecord, JobState, JobStore
+
+__all__ = [
+    "ClusterQueue",
+    "JobRecord",
+    "JobState",
+    "JobStore",
+    "JobsConfig",
+    "LocalQueue",
+    "PriorityClass",
+    "ResourceFlavor",
+    "parse_quantity",
+]
