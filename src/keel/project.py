@@ -13,7 +13,7 @@ from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -21,12 +21,16 @@ from keel.config import CONFIG_FILE, Settings
 from keel.errors import ConfigError, ConflictError, NotFoundError, ValidationError, did_you_mean
 from keel.features import FeatureStore, FeatureView
 from keel.index import IndexStore
+from keel.jobs.store import JobStore
 from keel.log import Log, Topic, open_log
 from keel.recommend import FineTuneResult, Recommender, RecommenderResult, train_recommender
 from keel.recommend import fine_tune as fine_tune_recommender
 from keel.recommend.data import check_recommender
 from keel.registry import Registry
 from keel.training import Model, TrainResult, check_model, train_model
+
+if TYPE_CHECKING:
+    from keel.jobs.manager import JobManager, JobSpec
 
 Declared = Model | Recommender
 
@@ -38,13 +42,15 @@ VIEWS_FILE = "feature_views.json"
 class Project:
     """The project described by ``settings``; backends open lazily on first use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_path: str | Path | None = None) -> None:
         self.settings = settings
         self._definitions: ModuleType | None = None
+        #: The keel.toml that jobs run with (``keel -c``).
+        self.config_path = Path(config_path or Path(settings.project_dir) / CONFIG_FILE).resolve()
 
     @classmethod
     def load(cls, config: str | Path | None = None) -> Project:
-        return cls(Settings.load(config))
+        return cls(Settings.load(config), config)
 
     @cached_property
     def log(self) -> Log:
@@ -191,6 +197,41 @@ class Project:
     def registry(self) -> Registry:
         """The model registry (metadata and artifacts) named by the settings."""
         return Registry(self.settings.registry_url, self.settings.artifacts_url, log=self.log)
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        """Jobs and their states, in the registry's database."""
+        return JobStore(self.registry.engine)
+
+    def job_manager(self, **options: Any) -> JobManager:
+        """A manager that admits this project's jobs and runs them on ``jobs_url``."""
+        from keel.jobs.executors import executor_for
+        from keel.jobs.manager import JobManager
+
+        return JobManager(
+            self.settings.jobs,
+            self.jobs,
+            executor_for(self.settings.jobs_url),
+            run_root=Path(self.settings.data_dir) / "jobs",
+            **options,
+        )
+
+    def job(
+        self,
+        kind: str,
+        target: str | None = None,
+        *,
+        argv: list[str] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> JobSpec:
+        """The job that runs ``keel <kind> <target>`` on this project (or ``argv``)."""
+        from keel.jobs.manager import JobSpec, keel_argv
+
+        if argv is None:
+            argv = keel_argv(str(self.config_path), kind, target, now=time.time())
+        name = name or "-".join(p for p in (kind, target) if p).replace("@", "-")
+        return JobSpec(name=name, argv=argv, kind=kind, cwd=self.settings.project_dir, **options)
 
     def applied_views(self) -> dict[str, dict[str, Any]]:
         """What `apply` last recorded per view: fingerprint, time, previous fingerprint."""
