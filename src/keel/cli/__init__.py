@@ -9,6 +9,7 @@ from rich.table import Table
 
 from keel.cli import features as features_cli
 from keel.cli import finetune as finetune_cli
+from keel.cli import jobs as jobs_cli
 from keel.cli import log as log_cli
 from keel.cli import monitor as monitor_cli
 from keel.cli import registry as registry_cli
@@ -36,6 +37,7 @@ traffic_cli.register(app)
 monitor_cli.register(app)
 train_cli.register(app)
 finetune_cli.register(app)
+jobs_cli.register(app)
 
 
 @app.callback()
