@@ -68,27 +68,6 @@ def wait_outcome(executor: Executor, attempt: Attempt) -> Outcome:
     return wait_for(lambda: executor.poll(attempt), f"{attempt.key} to end")  # type: ignore[return-value]
 
 
-@pytest.fixture(scope="module")
-def dask_address() -> Iterator[str]:
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=2,
-        processes=True,
-        host="127.0.0.1",
-        # None starts no dashboard, but the scheduler still serves its health routes, on
-        # port 8787 unless told otherwise: a port taken there (another cluster) would mean a
-        # warning, so they go on a free loopback port.
-        dashboard_address=None,
-        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        resources={"cpu": 4, "memory": 8e9},
-    )
-    try:
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
-
-
 @pytest.fixture(params=[pytest.param("local", id="local"), pytest.param("dask", id="dask")])
 def make_executor(request: pytest.FixtureRequest) -> Iterator[Callable[[], Executor]]:
     """A factory of executors of one backend (a test may make a second, as after a restart)."""

@@ -282,3 +282,56 @@ def test_a_training_job_preempted_by_a_fine_tune_resumes_to_the_same_model(
     assert "ready 0" not in second_log and "ready" in second_log
     assert out.read_bytes() == reference.read_bytes()
     mgr.close()
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param("local", id="local"), pytest.param("dask", id="dask")]
+)
+def test_the_same_jobs_run_on_local_and_on_a_dask_cluster(
+    store: JobStore, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """One definition, two executors: quota admits one job at a time either way, and a
+    preempted job is stopped and requeued through the cluster as through a subprocess."""
+    url = "local://"
+    if backend == "dask":
+        url = "dask://" + request.getfixturevalue("dask_address").removeprefix("tcp://")
+    mgr = JobManager(config(), store, executor_for(url), run_root=tmp_path / "runs")
+    gate = tmp_path / "gate"
+    slow = py(
+        "import pathlib, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\n"
+        "print('working', flush=True)\n"
+        f"while not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.02)"
+    )
+    low = mgr.submit(JobSpec(name="low", kind="backfill", argv=slow, requests={"cpu": 2}))
+    until(mgr, lambda: store.get(low.id).state is JobState.RUNNING)
+    high = mgr.submit(
+        JobSpec(name="high", kind="fine-tune", argv=py("print('urgent')"), requests={"cpu": 2})
+    )
+    assert mgr.wait(high.id, timeout=120).state is JobState.SUCCEEDED
+    requeued = store.get(low.id)
+    assert requeued.preemptions == 1
+    gate.touch()
+    done = mgr.wait(low.id, timeout=120)
+    assert done.state is JobState.SUCCEEDED and done.attempt == 2
+    mgr.close()
+
+
+def test_a_job_admitted_but_never_started_before_a_restart_starts_once(
+    store: JobStore, tmp_path: Path
+) -> None:
+    first = manager(store, tmp_path)
+    job = first.submit(JobSpec(name="orphan", argv=py("print('ran')")))
+    # The scheduler admitted it and died before starting it.
+    store.move(
+        job.id,
+        JobState.ADMITTED,
+        now=time.time(),
+        admission={"cluster_queue": "main", "flavors": {"cpu": "default"}, "at": time.time()},
+    )
+    second = manager(store, tmp_path, holder=first.holder)
+    done = second.wait(job.id, timeout=60)
+    assert done.state is JobState.SUCCEEDED and done.attempt == 1
+    states = [e.to_state for e in store.events(job.id)]
+    assert states == ["pending", "admitted", "pending", "admitted", "running", "succeeded"]
+    second.close()

@@ -206,6 +206,24 @@ class JobManager:
                 raise TimeoutError(f"job {job_id} still {job.state} after {timeout:g} s")
             time.sleep(interval)
 
+    def processes(self) -> dict[int, tuple[str, str | None]]:
+        """The commands running now, by pid: their job's id (and no route), so the
+        utilization watch can say which job a device's process belongs to."""
+        import json
+
+        out: dict[int, tuple[str, str | None]] = {}
+        for job_id, job in self._active.items():
+            if job.state is JobState.ADMITTED or not job.attempt:
+                continue
+            path = Path(self._attempt(job, job.attempt).run_dir) / "pid"
+            try:
+                pid = json.loads(path.read_text()).get("child_pid")
+            except (OSError, ValueError):
+                continue
+            if pid:
+                out[int(pid)] = (job_id, None)
+        return out
+
     def close(self) -> None:
         self.store.release_lease(self.holder)
         self.executor.close()
@@ -230,22 +248,33 @@ class JobManager:
                 self._scheduler.submit(_workload(job))
                 continue
             wl = _workload(job)
+            if job.state is JobState.ADMITTED:
+                started = self._attempt(job, job.attempt + 1)
+                run_dir = Path(started.run_dir)
+                if not ((run_dir / "pid").exists() or (run_dir / "handle").exists()):
+                    # Admitted, never started: it waits for the next cycle again.
+                    self.store.move(
+                        job.id,
+                        JobState.PENDING,
+                        now=self.clock.now(),
+                        reason="requeued: the scheduler restarted before it started",
+                    )
+                    self._scheduler.submit(wl)
+                    continue
+                # Started, not yet recorded as running.
+                job = self.store.move(
+                    job.id,
+                    JobState.RUNNING,
+                    now=self.clock.now(),
+                    attempt=started.attempt,
+                    reason="re-attached after a restart",
+                )
             wl.admission = _admission(job)
             wl.evicting = job.state in (JobState.PREEMPTING, JobState.CANCELLING)
             self._scheduler.restore(wl)
             self._active[job.id] = job
             if wl.evicting:
                 self._stopping[job.id] = self.clock.now()
-            if job.state is JobState.ADMITTED:
-                started = self._attempt(job, job.attempt + 1)
-                if (Path(started.run_dir) / "pid").exists():  # started, not yet recorded
-                    self._active[job.id] = self.store.move(
-                        job.id,
-                        JobState.RUNNING,
-                        now=self.clock.now(),
-                        attempt=started.attempt,
-                        reason="re-attached after a restart",
-                    )
         self._seen_seq = self._max_seq()
 
     def _max_seq(self) -> int:
