@@ -55,3 +55,18 @@ def test_bad_settings_are_refused_by_name(tmp_path: Path, text, env, message) ->
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         Settings.load(tmp_path / "nope.toml", env={})
+
+
+def test_a_job_attempts_own_variables_are_not_settings(tmp_path) -> None:
+    # A job's command runs `keel …` with KEEL_JOB_ID and KEEL_JOB_ATTEMPT set for it.
+    settings = Settings.load(
+        env={"KEEL_JOB_ID": "train-fraud-x1y2z", "KEEL_JOB_ATTEMPT": "2"}, project_dir=tmp_path
+    )
+    assert settings.jobs_url == "local://"
+    with pytest.raises(ConfigError, match="KEEL_JOB_IDS names no setting"):
+        Settings.load(env={"KEEL_JOB_IDS": "x"}, project_dir=tmp_path)
+
+
+def test_jobs_url_schemes_that_are_not_implemented_are_refused(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="the scheme 'ray' is not implemented"):
+        Settings.load(env={"KEEL_JOBS_URL": "ray://127.0.0.1:10001"}, project_dir=tmp_path)

@@ -61,6 +61,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "8. Registry",
         "11. Monitoring",
         "12. Recommendations",
+        "13. Jobs",
     ):
         assert step in text
     # The recommender is trained, then fine-tuned on the drifting shop: each cycle's child is
@@ -76,3 +77,13 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.recommend_compute_ratio is not None and result.recommend_compute_ratio < 0.5
     # The route serves the champion, with its own index.
     assert result.recommend_served == result.recommend_champion
+    # Jobs: the retrain is preempted by the higher-priority fine-tune, requeued, resumed and
+    # ends with the model an uninterrupted run gives; the job too large for any flavor waits
+    # with Kueue's reason until cancelled.
+    assert result.jobs_states == {
+        "retrain": "succeeded",
+        "fine-tune": "succeeded",
+        "train": "cancelled",
+    }
+    assert result.jobs_preemptions == 1 and result.jobs_resumed_identical
+    assert "request > maximum capacity (64 > 3)" in text

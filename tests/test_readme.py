@@ -32,6 +32,10 @@ def test_readme_toml_is_valid_configuration(tmp_path) -> None:
     for block in blocks:
         (tmp_path / "keel.toml").write_text(block)
         settings = Settings.load(tmp_path / "keel.toml", env={})
+        if "[jobs]" in block:  # the queues, as the example project declares them
+            assert [q.name for q in settings.jobs.cluster_queues] == ["training", "serving-jobs"]
+            assert settings.jobs.cluster_queue_of("fresh").name == "serving-jobs"
+            continue
         assert settings.routes and settings.routes[0].name == "fraud"
         route = settings.routes[0]
         # Each block shows one part of a route's configuration, and it must take effect.

@@ -40,6 +40,9 @@ __all__ = [
 
 CONFIG_FILE = "keel.toml"
 ENV_PREFIX = "KEEL_"
+#: KEEL_* variables that are not settings: the config file's path, and what a job's
+#: attempt is told about itself.
+ENV_RESERVED = frozenset({"KEEL_CONFIG", "KEEL_JOB_ID", "KEEL_JOB_ATTEMPT"})
 
 
 class FastPathConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -325,7 +328,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             values.update(_read_toml(path))
             values.setdefault("project_dir", str(path.parent))
         for key, raw in env.items():
-            if not key.startswith(ENV_PREFIX) or key == "KEEL_CONFIG":
+            if not key.startswith(ENV_PREFIX) or key in ENV_RESERVED:
                 continue
             field = key[len(ENV_PREFIX) :].lower()
             if field not in cls.fields():

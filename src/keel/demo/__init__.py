@@ -25,6 +25,7 @@ from keel.demo.data_steps import (
     show_lookups,
     time_ordered_chunks,
 )
+from keel.demo.jobs_step import show_jobs
 from keel.demo.model_steps import show_registry, show_serving, show_training
 from keel.demo.monitor_step import show_monitoring
 from keel.demo.recommend_step import show_recommendations
@@ -187,6 +188,7 @@ def _run(
     show_serving(console, project, result, quick=quick)
     show_monitoring(console, project, shop, result, days=days, quick=quick)
     show_recommendations(console, project, shop, result, quick=quick)
+    show_jobs(console, project, result)
     _summary(console, project, result)
     return result
 
@@ -236,4 +238,14 @@ def _summary(console: Console, project: Project, result: DemoResult) -> None:
             f"{result.recommend_champion}",
         )
         table.add_row("", f"keel -c {cfg} fine-tune recommend --every 30m")
+    if result.jobs_states:
+        states = ", ".join(f"{k} {v}" for k, v in result.jobs_states.items())
+        table.add_row(
+            "jobs",
+            f"{states}; the retrain preempted {result.jobs_preemptions}× and resumed to "
+            + ("the same bytes" if result.jobs_resumed_identical else "different bytes")
+            + f" ({result.jobs_seconds:.0f} s)",
+        )
+        table.add_row("", f"keel -c {cfg} queues")
+        table.add_row("", f"keel -c {cfg} jobs submit retrain fraud --wait")
     console.print(Panel(table, title="Keel so far", expand=False))

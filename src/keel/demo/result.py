@@ -43,3 +43,7 @@ class DemoResult:
     recommend_champion: str = ""
     recommend_compute_ratio: float | None = None
     recommend_served: str = ""
+    jobs_states: dict[str, str] = field(default_factory=dict)
+    jobs_preemptions: int = 0
+    jobs_seconds: float = 0.0
+    jobs_resumed_identical: bool = False
