@@ -86,4 +86,4 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "train": "cancelled",
     }
     assert result.jobs_preemptions == 1 and result.jobs_resumed_identical
-    assert "request > maximum capacity (64 > 3)" in text
+    assert "request > maximum capacity (64 > 3)" in result.jobs_too_big_reason

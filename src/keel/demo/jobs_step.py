@@ -82,6 +82,7 @@ def show_jobs(console: Console, project: Project, result: DemoResult) -> None:
     done = jobs[0]
     result.jobs_states = {j.kind: j.state.value for j in jobs}
     result.jobs_preemptions = done.preemptions
+    result.jobs_too_big_reason = huge_reason
     result.jobs_seconds = seconds
     if done.state is JobState.SUCCEEDED:
         from keel.training import reproduce_model

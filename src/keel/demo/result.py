@@ -47,3 +47,4 @@ class DemoResult:
     jobs_preemptions: int = 0
     jobs_seconds: float = 0.0
     jobs_resumed_identical: bool = False
+    jobs_too_big_reason: str = ""
