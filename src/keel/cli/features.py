@@ -130,6 +130,50 @@ def backfill(
         )
 
 
+@app.command("training-set")
+@friendly
+def training_set(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="a model declared in the definitions"),
+    until: str | None = typer.Option(None, help="as of this time (ISO; default now)"),
+    out: str | None = typer.Option(None, help="Parquet file to write (default under .keel)"),
+) -> None:
+    """Build a declared model's point-in-time training set and write it as Parquet."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from keel.errors import ValidationError
+    from keel.training import Model
+    from keel.training.dataset import build_training_data
+
+    proj = project(ctx)
+    declared = proj.model(model)
+    if not isinstance(declared, Model):
+        raise ValidationError(
+            f"{model!r} is a recommender: its training data is its interactions, read by "
+            "keel train and keel fine-tune"
+        )
+    as_of = datetime.fromisoformat(until) if until else None
+    started = time.perf_counter()
+    data = build_training_data(declared, proj.log, proj.features, until=as_of)
+    path = (
+        Path(out)
+        if out
+        else (
+            Path(proj.settings.data_dir) / "training-sets" / f"{model}-{data.sha256[:16]}.parquet"
+        )
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(data.table, tmp)
+    tmp.replace(path)  # whole or not at all
+    console.print(
+        f"{model}: {data.table.num_rows:,} rows × {len(data.names)} features, sha256 "
+        f"{data.sha256[:12]}…, in {time.perf_counter() - started:.2f} s → {path}"
+    )
+
+
 @app.command("get")
 @friendly
 def get(

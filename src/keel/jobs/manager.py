@@ -91,7 +91,7 @@ def keel_argv(config_path: str, kind: str, target: str | None, *, now: float) ->
         case "fine-tune":
             return [*base, "fine-tune", str(target), "--until", until]
         case "training-set":
-            return [*base, "registry", "training-set", str(target), "--until", until]
+            return [*base, "features", "training-set", str(target), "--until", until]
         case "materialize":
             return [*base, "features", "materialize"]
         case "backfill":
