@@ -9,12 +9,10 @@ from prometheus_client import CollectorRegistry
 
 from keel.clock import ManualClock
 from keel.errors import UnavailableError, ValidationError
+from keel.jobs.devices import FakeSource, NoAcceleratorError, NvmlSource
 from keel.jobs.spec import JobsConfig, UtilizationConfig
 from keel.jobs.utilization import (
     UTILIZATION,
-    FakeSource,
-    NoAcceleratorError,
-    NvmlSource,
     UtilizationAlert,
     UtilizationWatch,
     open_watch,
@@ -211,6 +209,26 @@ def test_summary_lists_devices_with_their_mean(clock: ManualClock) -> None:
     assert summary.series[0].current == 0.4
     assert summary.series[0].mean == pytest.approx(0.3)
     assert str(summary) == "device 0 (Fake GPU): now 40%, mean 30% (window filling)"
+
+
+def test_the_latest_devices_are_kept_and_close_lets_the_source_go(clock: ManualClock) -> None:
+    class Closing(FakeSource):
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    source = Closing({0: [0.2, 0.4], 1: 0.9}, processes={1: {5: 2**30}})
+    watch = UtilizationWatch(source, CONFIG, clock=clock.now)
+    assert watch.devices == []
+    run(watch, clock, 2)
+    assert [(d.index, d.utilization, d.memory_used) for d in watch.devices] == [
+        (0, 0.4, 0),
+        (1, 0.9, 2**30),
+    ]
+    watch.close()
+    assert source.closed == 1
+    UtilizationWatch(None, CONFIG, reason="none here").close()  # nothing to let go
 
 
 def _nvml_starts() -> bool:
