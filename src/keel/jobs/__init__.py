@@ -8,6 +8,7 @@ watched.
 - :mod:`keel.jobs.store`: jobs and their lifecycle in the registry's database;
 - :mod:`keel.jobs.executors`: where attempts run;
 - :mod:`keel.jobs.manager`: the loop that ties them together;
+- :mod:`keel.jobs.devices`: what the accelerators report (NVML, or a scripted source);
 - :mod:`keel.jobs.utilization`: the accelerator-utilization watch.
 """
 

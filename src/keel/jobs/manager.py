@@ -83,6 +83,8 @@ def keel_argv(config_path: str, kind: str, target: str | None, *, now: float) ->
     needs = {"train", "retrain", "fine-tune", "training-set", "monitor"}
     if kind in needs and not target:
         raise ValidationError(f"a {kind} job needs a target: keel jobs submit {kind} NAME")
+    if kind not in needs and target:
+        raise ValidationError(f"a {kind} job works on every feature view; it takes no {target!r}")
     match kind:
         case "train":
             return [*base, "train", str(target), "--until", until]
@@ -212,7 +214,7 @@ class JobManager:
         import json
 
         out: dict[int, tuple[str, str | None]] = {}
-        for job_id, job in self._active.items():
+        for job_id, job in list(self._active.items()):  # a copy: tick() may change it
             if job.state is JobState.ADMITTED or not job.attempt:
                 continue
             path = Path(self._attempt(job, job.attempt).run_dir) / "pid"
@@ -488,7 +490,7 @@ def submit(config: JobsConfig, store: JobStore, spec: JobSpec, *, now: float) ->
     config.cluster_queue_of(queue)  # an unknown queue is refused here, not left pending
     priority_class = spec.priority or KIND_PRIORITY[spec.kind] or config.default_priority
     priority = config.priority(priority_class)
-    requests = parse_requests(spec.requests or DEFAULT_REQUESTS, f"job {spec.name!r}")
+    requests = parse_requests(spec.requests or DEFAULT_REQUESTS, f"job {spec.name}")
     retries = config.max_retries if spec.max_retries is None else spec.max_retries
     if retries < 0:
         raise ValidationError(f"max_retries must be >= 0, got {retries}")

@@ -331,8 +331,9 @@ class JobStore:
     def resolve(self, ref: str) -> JobRecord:
         """A job by id, or by a unique prefix of it."""
         with self.engine.connect() as conn:
+            escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             rows = conn.execute(
-                select(jobs.c.id).where(jobs.c.id.like(ref.replace("%", "") + "%"))
+                select(jobs.c.id).where(jobs.c.id.like(escaped + "%", escape="\\"))
             ).all()
             if len(rows) == 1:
                 return self._get(conn, rows[0].id)
