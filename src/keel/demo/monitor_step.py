@@ -145,6 +145,8 @@ def show_monitoring(
     for f in (f for r in after for f in r["features"] if f["drifted"]):
         worst[f["feature"]] = max(worst.get(f["feature"], 0.0), times_level(f))
     result.drifted_after = sorted(worst, key=lambda name: -worst[name])
+    result.estimated_before = _estimated(before)
+    result.estimated_after = _estimated(after)
     result.performance_alert_after = any(
         r["performance"] is not None and r["performance"]["alert"] for r in after
     )
@@ -168,6 +170,12 @@ def show_monitoring(
         f"   {scored:,} payments over {2 * phase_days:g} shop days scored and monitored in "
         f"{time.perf_counter() - started:.1f} s; report: [cyan]{report}[/]"
     )
+
+
+def _estimated(records: list[dict[str, Any]]) -> float | None:
+    """The mean estimated loss over these windows (before any label came in)."""
+    values = [r["performance"]["estimated"] for r in records if r["performance"]]
+    return sum(values) / len(values) if values else None
 
 
 def _metric(records: list[dict[str, Any]]) -> str:

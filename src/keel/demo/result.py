@@ -34,6 +34,8 @@ class DemoResult:
     alerts_before: int = 0
     drifted_after: list[str] = field(default_factory=list)
     performance_alert_after: bool = False
+    estimated_before: float | None = None
+    estimated_after: float | None = None
     realized_before: float | None = None
     realized_after: float | None = None
     report: str = ""
