@@ -20,7 +20,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from keel.cli import app
-from keel.jobs.devices import FakeSource
+from keel.jobs.devices import FakeSource, nvidia_device_count
 from keel.jobs.spec import UtilizationConfig
 from keel.jobs.store import JobRecord, JobState
 from keel.jobs.utilization import UtilizationWatch, read_alerts
@@ -60,22 +60,6 @@ def cells(table: str) -> list[list[str]]:
 
 def stored(project_dir: Path, job_id: str) -> JobRecord:
     return Project.load(project_dir / "keel.toml").jobs.get(job_id)
-
-
-def nvidia_devices() -> int:
-    """How many NVIDIA devices NVML sees here (0 without a driver or the package)."""
-    try:
-        import pynvml
-    except ImportError:
-        return 0
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return 0
-    try:
-        return int(pynvml.nvmlDeviceGetCount())
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def test_the_templates_jobs_section_loads(project_dir: Path) -> None:
@@ -221,7 +205,7 @@ def test_an_unknown_state_is_refused(project_dir: Path) -> None:
 def test_accelerators_on_this_machine(project_dir: Path) -> None:
     result = keel(project_dir, "jobs", "accelerators", "--seconds", "0.2")
     assert result.exit_code == 0, result.output
-    if nvidia_devices():
+    if nvidia_device_count():
         assert re.search(r"device 0 \(.+\)\s+│\s+\d+%\s+│\s+\d+%", result.output), result.output
         assert "no accelerator" not in result.output
     else:
@@ -236,7 +220,7 @@ def test_run_starts_a_submitted_job(project_dir: Path) -> None:
         if stored(project_dir, job_id).state.finished:
             break
     assert stored(project_dir, job_id).state is JobState.SUCCEEDED
-    if nvidia_devices():
+    if nvidia_device_count():
         assert "watching accelerator utilization" in ran.output
     else:
         assert "utilization watch off — no accelerator: " in ran.output

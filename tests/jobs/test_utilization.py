@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from keel.clock import ManualClock
 from keel.errors import UnavailableError, ValidationError
-from keel.jobs.devices import FakeSource, NoAcceleratorError, NvmlSource
+from keel.jobs.devices import FakeSource, NoAcceleratorError, NvmlSource, nvidia_device_count
 from keel.jobs.spec import JobsConfig, UtilizationConfig
 from keel.jobs.utilization import (
     UTILIZATION,
@@ -231,19 +231,9 @@ def test_the_latest_devices_are_kept_and_close_lets_the_source_go(clock: ManualC
     UtilizationWatch(None, CONFIG, reason="none here").close()  # nothing to let go
 
 
-def _nvml_starts() -> bool:
-    pynvml = pytest.importorskip("pynvml")
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    pynvml.nvmlShutdown()
-    return True
-
-
 def test_this_machine_reports_its_devices_or_no_accelerator() -> None:
     watch = open_watch(CONFIG, registry=CollectorRegistry())
-    if _nvml_starts():
+    if nvidia_device_count() > 0:
         assert watch.state == "watching"
         assert isinstance(watch.source, NvmlSource)
         devices = watch.source.devices()

@@ -25,6 +25,7 @@ __all__ = [
     "NoAcceleratorError",
     "NvmlSource",
     "UtilizationSource",
+    "nvidia_device_count",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,22 @@ class NoAcceleratorError(UnavailableError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"no accelerator: {reason}")
+
+
+def nvidia_device_count() -> int:
+    """The NVIDIA devices NVML sees here: 0 without the package, a driver or a device."""
+    try:
+        import pynvml
+    except ImportError:
+        return 0
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    finally:
+        pynvml.nvmlShutdown()
 
 
 class NvmlSource:

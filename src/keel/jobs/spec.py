@@ -349,7 +349,9 @@ def _machine_default() -> tuple[list[ResourceFlavor], list[ClusterQueue], list[L
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
         memory = 8 * 2.0**30
     resources = {CPU: Quota(nominal=float(cpus)), MEMORY: Quota(nominal=memory)}
-    gpus = _gpu_count()
+    from keel.jobs.devices import nvidia_device_count  # NVML only when no queues are set
+
+    gpus = nvidia_device_count()
     if gpus:
         resources[GPU] = Quota(nominal=float(gpus))
     cq = ClusterQueue(
@@ -366,22 +368,6 @@ def _machine_default() -> tuple[list[ResourceFlavor], list[ClusterQueue], list[L
         [cq],
         [LocalQueue(name="default", cluster_queue="default")],
     )
-
-
-def _gpu_count() -> int:
-    """GPUs that NVML sees (0 without the library or a driver)."""
-    try:
-        import pynvml
-    except ImportError:
-        return 0
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return 0
-    try:
-        return int(pynvml.nvmlDeviceGetCount())
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def _check_name(name: str, what: str) -> None:
