@@ -12,6 +12,8 @@ watched.
 - :mod:`keel.jobs.utilization`: the accelerator-utilization watch.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from keel.jobs.spec import (
     ClusterQueue,
     JobsConfig,
@@ -20,7 +22,9 @@ from keel.jobs.spec import (
     ResourceFlavor,
     parse_quantity,
 )
-from keel.jobs.store import JobRecord, JobState, JobStore
+
+if TYPE_CHECKING:
+    from keel.jobs.store import JobRecord, JobState, JobStore
 
 __all__ = [
     "ClusterQueue",
@@ -33,3 +37,15 @@ __all__ = [
     "ResourceFlavor",
     "parse_quantity",
 ]
+
+# The store pulls in SQLAlchemy; keel.config imports keel.jobs.spec, so the package stays
+# light and the store is loaded when first named.
+_LAZY = {"JobRecord", "JobState", "JobStore"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from keel.jobs import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'keel.jobs' has no attribute {name!r}")
