@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from keel.errors import ConfigError, ValidationError, did_you_mean
+from keel.jobs.executors.factory import check_url as check_jobs_url
 from keel.jobs.spec import JobsConfig
 
 __all__ = [
@@ -272,13 +273,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             self.registry_url = f"sqlite:///{self.data_dir}/registry.db"
         if not self.artifacts_url:
             self.artifacts_url = f"{self.data_dir}/artifacts"
-        if not self.jobs_url.startswith(("local://", "dask://")):
-            scheme = self.jobs_url.split("://", 1)[0] if "://" in self.jobs_url else self.jobs_url
-            raise ValidationError(
-                f"jobs_url {self.jobs_url!r}: the scheme {scheme!r} is not implemented; use "
-                "local:// (subprocesses on this machine) or dask://host:port (a Dask "
-                "distributed scheduler)"
-            )
+        check_jobs_url(self.jobs_url)  # the executors' own rule, no backend imported
         self.log_url = _resolve_sqlite(self.log_url, root)
         self.registry_url = _resolve_sqlite(self.registry_url, root)
         self.online_url = _resolve_sqlite(self.online_url, root)
