@@ -12,7 +12,7 @@ import pytest
 
 from keel.errors import ConflictError, ValidationError
 from keel.jobs.executors import executor_for
-from keel.jobs.manager import JobManager, JobSpec, cancel
+from keel.jobs.manager import JobManager, JobSpec, cancel, submit
 from keel.jobs.spec import JobsConfig
 from keel.jobs.store import JobState, JobStore
 
@@ -335,3 +335,22 @@ def test_a_job_admitted_but_never_started_before_a_restart_starts_once(
     states = [e.to_state for e in store.events(job.id)]
     assert states == ["pending", "admitted", "pending", "admitted", "running", "succeeded"]
     second.close()
+
+
+def test_a_job_submitted_while_the_manager_recovers_is_not_lost(
+    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mgr = manager(store, tmp_path)
+    read = store.unfinished
+
+    def unfinished_then_a_submit() -> list:
+        rows = read()
+        submit(config(), store, JobSpec(name="late", argv=py("print('not lost')")), now=time.time())
+        return rows
+
+    monkeypatch.setattr(store, "unfinished", unfinished_then_a_submit)
+    mgr.tick()  # recovers: reads the jobs, while another process submits one
+    monkeypatch.setattr(store, "unfinished", read)
+    (late,) = store.list()
+    assert mgr.wait(late.id, timeout=60).state is JobState.SUCCEEDED
+    mgr.close()

@@ -30,8 +30,9 @@ from typing import Any
 
 from keel.clock import Clock, SystemClock
 from keel.errors import ConflictError, KeelError, ValidationError
-from keel.jobs.admission import Admission, Scheduler, Workload
+from keel.jobs.admission import Scheduler, Workload
 from keel.jobs.executors import Attempt, Executor, Outcome
+from keel.jobs.queues import admission, workload
 from keel.jobs.spec import CPU, MEMORY, JobsConfig, parse_requests
 from keel.jobs.store import JobRecord, JobState, JobStore
 
@@ -240,6 +241,9 @@ class JobManager:
     def _recover(self) -> None:
         """Rebuild the scheduler from the stored jobs (a start, or a restart)."""
         self.scheduler = Scheduler(self.config)
+        # Read first: a job submitted while the rest is read is then picked up by _sync
+        # (the known set keeps one read twice from being submitted twice).
+        self._seen_seq = self.store.last_seq()
         self._active.clear()
         self._reasons.clear()
         self._known.clear()
@@ -247,9 +251,9 @@ class JobManager:
         for job in self.store.unfinished():
             self._known.add(job.id)
             if job.state is JobState.PENDING:
-                self._scheduler.submit(_workload(job))
+                self._scheduler.submit(workload(job))
                 continue
-            wl = _workload(job)
+            wl = workload(job)
             if job.state is JobState.ADMITTED:
                 started = self._attempt(job, job.attempt + 1)
                 run_dir = Path(started.run_dir)
@@ -271,61 +275,37 @@ class JobManager:
                     attempt=started.attempt,
                     reason="re-attached after a restart",
                 )
-            wl.admission = _admission(job)
+            wl.admission = admission(job)
             wl.evicting = job.state in (JobState.PREEMPTING, JobState.CANCELLING)
             self._scheduler.restore(wl)
             self._active[job.id] = job
             if wl.evicting:
                 self._stopping[job.id] = self.clock.now()
-        self._seen_seq = self._max_seq()
-
-    def _max_seq(self) -> int:
-        from sqlalchemy import func, select
-
-        from keel.jobs.store import jobs
-
-        with self.store.engine.connect() as conn:
-            return int(conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0))).scalar_one())
 
     def _sync(self, report: TickReport) -> None:
         """Jobs submitted by others since the last tick, and cancellations."""
-        from sqlalchemy import select
-
-        from keel.jobs.store import _COLUMNS, _record, jobs
-
-        with self.store.engine.connect() as conn:
-            fresh = conn.execute(
-                select(jobs.c.seq, *[jobs.c[c] for c in _COLUMNS])
-                .where(jobs.c.seq > self._seen_seq)
-                .order_by(jobs.c.seq)
-            ).all()
-            cancelled = conn.execute(
-                select(jobs.c.id, jobs.c.state).where(
-                    jobs.c.state.in_([JobState.CANCELLED.value, JobState.CANCELLING.value]),
-                    jobs.c.updated_at >= self._last_cancel_check,
-                )
-            ).all()
+        fresh = self.store.submitted_after(self._seen_seq)
+        cancelled = self.store.cancelled_since(self._last_cancel_check)
         self._last_cancel_check = self.clock.now() - 5.0
-        for row in fresh:
-            self._seen_seq = max(self._seen_seq, row.seq)
-            job = _record({c: row._mapping[c] for c in _COLUMNS})
+        for seq, job in fresh:
+            self._seen_seq = max(self._seen_seq, seq)
             if job.state is JobState.PENDING and job.id not in self._known:
                 self._known.add(job.id)
                 try:
-                    self._scheduler.submit(_workload(job))
+                    self._scheduler.submit(workload(job))
                 except KeelError as exc:  # its queue left the configuration since
                     self._finish(job, JobState.CANCELLED, reason=str(exc), report=report)
-        for row in cancelled:
-            if row.id not in self._known:
+        for job_id, state in cancelled:
+            if job_id not in self._known:
                 continue
-            if row.state == JobState.CANCELLED.value:  # pending or not yet started
-                self._known.discard(row.id)
-                self._reasons.pop(row.id, None)
-                self._active.pop(row.id, None)
-                self._scheduler.release(row.id)
-            elif row.state == JobState.CANCELLING.value and row.id not in self._stopping:
-                job = self.store.get(row.id)
-                self._active[row.id] = job
+            if state is JobState.CANCELLED:  # pending or not yet started
+                self._known.discard(job_id)
+                self._reasons.pop(job_id, None)
+                self._active.pop(job_id, None)
+                self._scheduler.release(job_id)
+            elif state is JobState.CANCELLING and job_id not in self._stopping:
+                job = self.store.get(job_id)
+                self._active[job_id] = job
                 self._stop(job)
 
     def _poll(self, report: TickReport) -> None:
@@ -423,7 +403,7 @@ class JobManager:
         now = self.clock.now()
         if wl.admission is None:
             raise ConflictError(f"job {wl.id} was handed over as admitted without an admission")
-        admission = {
+        where = {
             "cluster_queue": wl.admission.cluster_queue,
             "flavors": dict(wl.admission.flavors),
             "at": wl.admission.at,
@@ -435,7 +415,7 @@ class JobManager:
                 JobState.ADMITTED,
                 now=now,
                 expect=JobState.PENDING,
-                admission=admission,
+                admission=where,
                 admitted_at=now,
                 reason=f"admitted by {wl.admission.cluster_queue}"
                 + (f" ({flavors})" if flavors else ""),
@@ -522,22 +502,3 @@ def cancel(store: JobStore, job_id: str, *, now: float) -> JobRecord:
         return job
     target = JobState.CANCELLED if job.state is JobState.ADMITTED else JobState.CANCELLING
     return store.move(job.id, target, now=now, reason="cancel requested")
-
-
-def _workload(job: JobRecord) -> Workload:
-    return Workload(
-        id=job.id,
-        queue=job.queue,
-        priority=job.priority,
-        requests=dict(job.requests),
-        created=job.created_at,
-    )
-
-
-def _admission(job: JobRecord) -> Admission:
-    a = job.admission or {}
-    return Admission(
-        cluster_queue=a.get("cluster_queue", ""),
-        flavors=dict(a.get("flavors", {})),
-        at=float(a.get("at", job.admitted_at or job.created_at)),
-    )

@@ -10,7 +10,7 @@ from keel.jobs.admission import Admission, QueueUsage, Scheduler, Workload
 from keel.jobs.spec import JobsConfig
 from keel.jobs.store import JobRecord, JobState, JobStore
 
-__all__ = ["QueuesSnapshot", "snapshot"]
+__all__ = ["QueuesSnapshot", "admission", "snapshot", "workload"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,21 +24,32 @@ def snapshot(config: JobsConfig, store: JobStore) -> QueuesSnapshot:
     scheduler = Scheduler(config)
     waiting = []
     for job in store.unfinished():
-        wl = Workload(
-            id=job.id,
-            queue=job.queue,
-            priority=job.priority,
-            requests=dict(job.requests),
-            created=job.created_at,
-        )
+        wl = workload(job)
         if job.state is JobState.PENDING:
             scheduler.submit(wl)
             waiting.append(job)
         elif job.state.holds_quota and job.admission:
-            wl.admission = Admission(
-                cluster_queue=job.admission["cluster_queue"],
-                flavors=dict(job.admission.get("flavors", {})),
-                at=float(job.admission.get("at", job.created_at)),
-            )
+            wl.admission = admission(job)
             scheduler.restore(wl)
     return QueuesSnapshot(scheduler.usage(), waiting)
+
+
+def workload(job: JobRecord) -> Workload:
+    """A stored job as the scheduler sees it (pending: no admission yet)."""
+    return Workload(
+        id=job.id,
+        queue=job.queue,
+        priority=job.priority,
+        requests=dict(job.requests),
+        created=job.created_at,
+    )
+
+
+def admission(job: JobRecord) -> Admission:
+    """Where a stored job was admitted: its cluster queue, flavors and time."""
+    a = job.admission or {}
+    return Admission(
+        cluster_queue=a.get("cluster_queue", ""),
+        flavors=dict(a.get("flavors", {})),
+        at=float(a.get("at", job.admitted_at or job.created_at)),
+    )

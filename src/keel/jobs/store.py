@@ -320,6 +320,27 @@ class JobStore:
     def unfinished(self) -> list[JobRecord]:
         return self.list([s for s in JobState if not s.finished])
 
+    def last_seq(self) -> int:
+        """The submission number of the newest job (0 with none)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0))).scalar_one())
+
+    def submitted_after(self, seq: int) -> list[tuple[int, JobRecord]]:
+        """Jobs submitted after submission number ``seq``, with their numbers, oldest first."""
+        query = select(jobs.c.seq, *[jobs.c[c] for c in _COLUMNS]).where(jobs.c.seq > seq)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(jobs.c.seq)).all()
+        return [(row.seq, _record({c: row._mapping[c] for c in _COLUMNS})) for row in rows]
+
+    def cancelled_since(self, at: float) -> list[tuple[str, JobState]]:
+        """Jobs cancelled, or asked to stop for good, at or after ``at``."""
+        query = select(jobs.c.id, jobs.c.state).where(
+            jobs.c.state.in_([JobState.CANCELLED.value, JobState.CANCELLING.value]),
+            jobs.c.updated_at >= at,
+        )
+        with self.engine.connect() as conn:
+            return [(row.id, JobState(row.state)) for row in conn.execute(query)]
+
     def events(self, job_id: str) -> list[JobEvent]:
         query = select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
         with self.engine.connect() as conn:
