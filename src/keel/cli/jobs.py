@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import shlex
 import threading
@@ -41,14 +42,9 @@ def _state(s: str) -> str:
 
 
 def _requests(requests: dict[str, float]) -> str:
-    from keel.jobs.spec import MEMORY
+    from keel.jobs.spec import format_quantity
 
-    parts = []
-    for name, amount in sorted(requests.items()):
-        if name == MEMORY:
-            parts.append(f"{name} {amount / 2**30:g}Gi")
-        else:
-            parts.append(f"{name} {amount:g}")
+    parts = [f"{name} {format_quantity(name, v)}" for name, v in sorted(requests.items())]
     return ", ".join(parts) or "nothing"
 
 
@@ -417,6 +413,7 @@ def accelerators(
 def queues(ctx: typer.Context) -> None:
     """Each cluster queue's quota, usage, borrowed and lent, and why jobs wait."""
     from keel.jobs.queues import snapshot
+    from keel.jobs.spec import format_quantity
 
     proj = project(ctx)
     snap = snapshot(proj.settings.jobs, proj.jobs)
@@ -439,7 +436,7 @@ def queues(ctx: typer.Context) -> None:
     for q in snap.queues:
         first = True
         for r in q.resources:
-            fmt = _amount(r.resource)
+            fmt = functools.partial(format_quantity, r.resource)
             table.add_row(
                 q.name if first else "",
                 (q.cohort or "—") if first else "",
@@ -466,14 +463,6 @@ def queues(ctx: typer.Context) -> None:
                 escape(j.reason),
             )
         console.print(waits)
-
-
-def _amount(resource: str) -> Any:
-    from keel.jobs.spec import MEMORY
-
-    if resource == MEMORY:
-        return lambda v: f"{v / 2**30:.3g}Gi"
-    return lambda v: f"{v:g}"
 
 
 def register(root: typer.Typer) -> None:

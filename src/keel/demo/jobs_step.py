@@ -22,7 +22,7 @@ TIMEOUT_S = 600.0
 
 def show_jobs(console: Console, project: Project, result: DemoResult) -> None:
     from keel.jobs.queues import snapshot
-    from keel.jobs.spec import UtilizationConfig
+    from keel.jobs.spec import UtilizationConfig, format_quantity
     from keel.jobs.store import JobState
     from keel.jobs.utilization import open_watch
 
@@ -33,8 +33,12 @@ def show_jobs(console: Console, project: Project, result: DemoResult) -> None:
     )
     for cq in cfg.cluster_queues:
         quotas = ", ".join(
-            f"{r} {_amount(r, q.nominal)}"
-            + (f" (+{_amount(r, q.borrowing_limit)} borrowable)" if q.borrowing_limit else "")
+            f"{r} {format_quantity(r, q.nominal)}"
+            + (
+                f" (+{format_quantity(r, q.borrowing_limit)} borrowable)"
+                if q.borrowing_limit
+                else ""
+            )
             for g in cq.resource_groups
             for f in g.flavors
             for r, q in f.resources.items()
@@ -138,12 +142,6 @@ def _until(manager: Any, check: Any, *, timeout: float = TIMEOUT_S, required: bo
     if required:
         raise TimeoutError(f"the demo's jobs did not get there within {timeout:g} s")
     return None
-
-
-def _amount(resource: str, value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value / 2**30:g}Gi" if resource == "memory" else f"{value:g}"
 
 
 def _jobs_table(console: Console, manager: Any, jobs: list[Any]) -> None:

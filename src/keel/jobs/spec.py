@@ -49,6 +49,7 @@ __all__ = [
     "ResourceFlavor",
     "ResourceGroup",
     "UtilizationConfig",
+    "format_quantity",
     "parse_quantity",
     "parse_requests",
 ]
@@ -92,6 +93,17 @@ def parse_quantity(value: float | int | str, what: str = "quantity") -> float:
     if not math.isfinite(number) or number < 0:
         raise ValidationError(f"{what} must be a finite number >= 0, got {value!r}")
     return number
+
+
+def format_quantity(resource: str, value: float | None) -> str:
+    """A quantity as a person reads it: memory in GiB, anything else as a plain number.
+
+    >>> format_quantity("memory", 8 * 2**30), format_quantity("cpu", 0.5)
+    ('8Gi', '0.5')
+    """
+    if value is None:
+        return "—"
+    return f"{value / 2**30:.4g}Gi" if resource == MEMORY else f"{value:g}"
 
 
 def parse_requests(requests: dict[str, float | int | str], what: str = "job") -> dict[str, float]:
