@@ -22,7 +22,7 @@ TIMEOUT_S = 600.0
 
 def show_jobs(console: Console, project: Project, result: DemoResult) -> None:
     from keel.jobs.queues import snapshot
-    from keel.jobs.spec import UtilizationConfig, format_quantity
+    from keel.jobs.spec import format_quantity
     from keel.jobs.store import JobState
     from keel.jobs.utilization import open_watch
 
@@ -104,8 +104,11 @@ def show_jobs(console: Console, project: Project, result: DemoResult) -> None:
                 else "[red]different bytes[/]"
             )
         )
-    watch = open_watch(UtilizationConfig(window_s=cfg.utilization.window_s))
-    console.print(f"   accelerator watch: {watch.summary()}")
+    watch = open_watch(cfg.utilization)
+    try:
+        console.print(f"   accelerator watch: {watch.summary()}")
+    finally:
+        watch.close()  # lets NVML go where there is a device
 
 
 def _stopped(path: str) -> str:
