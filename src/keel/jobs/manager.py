@@ -30,6 +30,7 @@ from typing import Any
 
 from keel.clock import Clock, SystemClock
 from keel.errors import ConflictError, KeelError, ValidationError
+from keel.jobs import worker
 from keel.jobs.admission import Scheduler, Workload
 from keel.jobs.executors import Attempt, Executor, Outcome
 from keel.jobs.queues import admission, workload
@@ -212,17 +213,15 @@ class JobManager:
     def processes(self) -> dict[int, tuple[str, str | None]]:
         """The commands running now, by pid: their job's id (and no route), so the
         utilization watch can say which job a device's process belongs to."""
-        import json
-
         out: dict[int, tuple[str, str | None]] = {}
         for job_id, job in list(self._active.items()):  # a copy: tick() may change it
             if job.state is JobState.ADMITTED or not job.attempt:
                 continue
-            path = Path(self._attempt(job, job.attempt).run_dir) / "pid"
             try:
-                pid = json.loads(path.read_text()).get("child_pid")
-            except (OSError, ValueError):
+                record = worker.read_record(self._attempt(job, job.attempt).run_dir, worker.PID)
+            except (OSError, ValueError):  # being rewritten, or unreadable
                 continue
+            pid = (record or {}).get("child_pid")
             if pid:
                 out[int(pid)] = (job_id, None)
         return out
@@ -257,7 +256,7 @@ class JobManager:
             if job.state is JobState.ADMITTED:
                 started = self._attempt(job, job.attempt + 1)
                 run_dir = Path(started.run_dir)
-                if not ((run_dir / "pid").exists() or (run_dir / "handle").exists()):
+                if not any((run_dir / name).exists() for name in (worker.PID, worker.HANDLE)):
                     # Admitted, never started: it waits for the next cycle again.
                     self.store.move(
                         job.id,

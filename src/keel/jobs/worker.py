@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 LOG = "log"
+HANDLE = "handle"  # the executor's record of the start, written before start() returns
 PID = "pid"
 EXIT = "exit"
 TERMINATED = "terminated"

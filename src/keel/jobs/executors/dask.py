@@ -42,7 +42,6 @@ __all__ = ["DaskExecutor", "run_on_worker"]
 
 logger = logging.getLogger(__name__)
 
-HANDLE = "handle"
 DEFAULT_PORT = 8786
 # Scheduler task states of a task that is still to run or running.
 _ACTIVE = frozenset({"released", "waiting", "queued", "no-worker", "processing"})
@@ -141,7 +140,7 @@ class DaskExecutor(Executor):
                 "must see it at the same path)"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        for name in (HANDLE, worker.PID, worker.EXIT):
+        for name in (worker.HANDLE, worker.PID, worker.EXIT):
             if (run_dir / name).exists():
                 raise ConflictError(
                     f"job {attempt.job_id!r} attempt {attempt.attempt} was already started in "
@@ -166,7 +165,7 @@ class DaskExecutor(Executor):
         distributed.fire_and_forget(future)
         self._futures[attempt.key] = future
         handle = {"scheduler": self.address, "key": attempt.key, "started_at": time.time()}
-        worker.write_record(run_dir, HANDLE, handle)
+        worker.write_record(run_dir, worker.HANDLE, handle)
         logger.debug("submitted %s to %s with resources %s", attempt.key, self.address, resources)
         return json.dumps({"executor": "dask", **handle}, separators=(",", ":"))
 

@@ -29,7 +29,6 @@ __all__ = ["LocalExecutor"]
 
 logger = logging.getLogger(__name__)
 
-HANDLE = "handle"
 # The wrapper runs as a file rather than ``-m keel.jobs.worker``: importing the keel package
 # would add everything it imports (SQLAlchemy among it, ~200 ms) to every attempt's start, and
 # the wrapper needs only the standard library. -P keeps the wrapper's folder off sys.path,
@@ -74,7 +73,7 @@ class LocalExecutor(Executor):
                 f"job {attempt.job_id!r}: cwd {attempt.cwd!r} is not a folder on this machine"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        for name in (HANDLE, worker.PID, worker.EXIT):
+        for name in (worker.HANDLE, worker.PID, worker.EXIT):
             if (run_dir / name).exists():
                 raise ConflictError(
                     f"job {attempt.job_id!r} attempt {attempt.attempt} was already started in "
@@ -102,7 +101,7 @@ class LocalExecutor(Executor):
             "host": socket.gethostname(),
             "started_at": time.time(),
         }
-        worker.write_record(run_dir, HANDLE, handle)
+        worker.write_record(run_dir, worker.HANDLE, handle)
         logger.debug("started %s as pid %d in %s", attempt.key, proc.pid, run_dir)
         return json.dumps({"executor": "local", **handle}, separators=(",", ":"))
 
@@ -165,7 +164,8 @@ class LocalExecutor(Executor):
 
     @staticmethod
     def _wrapper_record(run_dir: Path) -> dict[str, Any]:
-        return worker.read_record(run_dir, worker.PID) or worker.read_record(run_dir, HANDLE) or {}
+        pid = worker.read_record(run_dir, worker.PID)
+        return pid or worker.read_record(run_dir, worker.HANDLE) or {}
 
     @classmethod
     def _wrapper_alive(cls, run_dir: Path) -> bool:
