@@ -32,7 +32,10 @@ __all__ = [
     "LOSSES",
     "CanaryConfig",
     "FastPathConfig",
+    "LOOP_JOBS",
+    "LOOP_TRIGGERS",
     "LabelsConfig",
+    "LoopConfig",
     "MonitorConfig",
     "RouteConfig",
     "Settings",
@@ -153,7 +156,10 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         alerts when a window's estimate passes its calibrated level and is at least
         ``min_loss_rise`` (a share) above the healthy estimate. That level is set for
         ``loss_false_alert_rate`` of healthy windows: one test per window, where
-        ``false_alert_rate`` applies to each feature's test. A served
+        ``false_alert_rate`` applies to each feature's test. ``window_false_alert_rate``,
+        when set, is the rate a user thinks in: the share of healthy windows that raise any
+        drift alert across all the route's watched columns (it then decides each feature's
+        level, accounting for how many are watched and how they move together). A served
     feature whose p99 staleness in a window exceeds ``max_staleness_s`` raises an alert.
 
     The reference is the model's training set, rebuilt from its lineage; with
@@ -167,6 +173,7 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     categorical: list[str] = msgspec.field(default_factory=list)
     loss: str = "logloss"
     false_alert_rate: float = 0.01
+    window_false_alert_rate: float | None = None
     loss_false_alert_rate: float = 0.01
     holdout: float = 0.3
     min_loss_rise: float = 0.1
@@ -188,6 +195,8 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
         if not 0 < self.false_alert_rate < 0.5:
             raise ValidationError("monitor false_alert_rate must be within (0, 0.5)")
+        if self.window_false_alert_rate is not None and not 0 < self.window_false_alert_rate < 0.5:
+            raise ValidationError("monitor window_false_alert_rate must be within (0, 0.5)")
         if not 0 < self.loss_false_alert_rate < 0.5:
             raise ValidationError("monitor loss_false_alert_rate must be within (0, 0.5)")
         if self.reference_rows < 0:
@@ -196,6 +205,54 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValidationError(f"monitor holdout must be within (0, 1), got {self.holdout}")
         if not self.min_loss_rise >= 0:  # NaN too
             raise ValidationError(f"monitor min_loss_rise must be >= 0, got {self.min_loss_rise}")
+
+#: What starts a loop: the estimated loss over its level, drift in ``drift_features``
+#: features of one window, or a schedule (``every_s``).
+LOOP_TRIGGERS = ("performance", "drift", "schedule")
+#: The job a loop submits: a full retrain, or a fine-tune of the embedding tables.
+LOOP_JOBS = ("retrain", "fine-tune")
+
+
+class LoopConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What the controller does for a route on its own.
+
+    On a trigger in ``on`` it submits the route's ``job`` for ``model`` (default: the
+    route's model name) over the freshest settled data; the job registers a version and
+    moves ``MODEL@challenger``, which the route's shadow compares with the primary, and the
+    shadow's decision promotes or rejects it. One loop runs at a time per route; after a
+    request the route waits ``cooldown_s`` (so one standing alert asks once), and at most
+    ``max_per_day`` jobs are submitted in any 24 hours."""
+
+    on: list[str] = msgspec.field(default_factory=lambda: ["performance"])
+    job: str = "retrain"
+    model: str | None = None
+    drift_features: int = 3
+    every_s: float | None = None
+    cooldown_s: float = 6 * 3600.0
+    max_per_day: int = 4
+    queue: str | None = None
+
+    def __post_init__(self) -> None:
+        for trigger in self.on:
+            if trigger not in LOOP_TRIGGERS:
+                raise ValidationError(
+                    f"loop trigger {trigger!r} is unknown{did_you_mean(trigger, LOOP_TRIGGERS)};"
+                    f" expected some of {', '.join(LOOP_TRIGGERS)}"
+                )
+        if not self.on:
+            raise ValidationError(f"loop on must name a trigger: some of {', '.join(LOOP_TRIGGERS)}")
+        if self.job not in LOOP_JOBS:
+            raise ValidationError(
+                f"loop job {self.job!r} is unknown; expected one of {', '.join(LOOP_JOBS)}"
+            )
+        if "schedule" in self.on and not (self.every_s and self.every_s > 0):
+            raise ValidationError("loop on 'schedule' needs every_s, the seconds between jobs")
+        if self.drift_features < 1:
+            raise ValidationError(f"loop drift_features must be >= 1, got {self.drift_features}")
+        if not self.cooldown_s >= 0:
+            raise ValidationError(f"loop cooldown_s must be >= 0, got {self.cooldown_s}")
+        if self.max_per_day < 1:
+            raise ValidationError(f"loop max_per_day must be >= 1, got {self.max_per_day}")
 
 
 class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -218,6 +275,7 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     canary: CanaryConfig | None = None
     shadow: ShadowConfig | None = None
     monitor: MonitorConfig | None = None
+    loop: LoopConfig | None = None
     default_k: int = 10
     max_k: int = 100
 
@@ -233,10 +291,32 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 f"route {self.name!r}: model {self.model!r} must be 'name@alias' or "
                 "'name@version' (or builtin:all-MiniLM-L6-v2)"
             )
+        if self.loop is not None:
+            self._check_loop(self.loop)
         if not 1 <= self.default_k <= self.max_k:
             raise ValidationError(
                 f"route {self.name!r}: default_k must be within 1..max_k ({self.max_k}), got "
                 f"{self.default_k}"
+            )
+
+
+    def _check_loop(self, loop: LoopConfig) -> None:
+        if self.model.startswith("builtin:"):
+            raise ValidationError(
+                f"route {self.name!r} serves a builtin model, which no job retrains: drop its "
+                "[routes.loop] block"
+            )
+        model = loop.model or self.model.partition("@")[0]
+        if self.shadow is None or self.shadow.model != f"{model}@challenger":
+            raise ValidationError(
+                f"route {self.name!r}: its loop's {loop.job} moves {model}@challenger, which "
+                f"the route must compare before it takes traffic: add [routes.shadow] with "
+                f'model = "{model}@challenger"'
+            )
+        if {"performance", "drift"} & set(loop.on) and self.monitor is None:
+            raise ValidationError(
+                f"route {self.name!r}: its loop reacts to the monitor's alerts, and the route "
+                "has no [routes.monitor] block"
             )
 
 
