@@ -61,6 +61,7 @@ __all__ = [
     "PID",
     "TERMINATED",
     "attempt_env",
+    "job_in",
     "log_tail",
     "main",
     "mark_terminated",
@@ -68,6 +69,7 @@ __all__ = [
     "read_record",
     "record_death",
     "run_attempt",
+    "tag_with_job",
 ]
 
 LOG = "log"
@@ -116,6 +118,30 @@ def attempt_env(
     extra["KEEL_JOB_ID"] = job_id
     extra["KEEL_JOB_ATTEMPT"] = str(attempt)
     return extra
+
+
+def tag_with_job(reason: str) -> str:
+    """``reason`` naming the job this process runs as, when it runs as one: what a
+    registry change made by a job says, so the job's submitter can find its result.
+
+    Example
+    -------
+    >>> tag_with_job("keel train fraud")  # not inside a job
+    'keel train fraud'
+    """
+    job = os.environ.get("KEEL_JOB_ID")
+    return f"{reason} [job {job}]" if job else reason
+
+
+def job_in(reason: str | None) -> str | None:
+    """The job id :func:`tag_with_job` put in ``reason``, if any.
+
+    >>> job_in("keel train fraud [job j-42]")
+    'j-42'
+    """
+    if not reason or not reason.endswith("]") or " [job " not in reason:
+        return None
+    return reason.rsplit(" [job ", 1)[1][:-1]
 
 
 def process_started(pid: int | None) -> float | None:

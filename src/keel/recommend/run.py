@@ -26,6 +26,7 @@ import torch
 from keel.errors import KeelError, ValidationError
 from keel.features import FeatureStore
 from keel.index import IndexStore
+from keel.jobs.worker import tag_with_job
 from keel.log import Log
 from keel.recommend.data import Interactions, last_features, offsets_at, read_interactions
 from keel.recommend.definitions import Recommender
@@ -458,7 +459,7 @@ def _publish(
     publish_index(indexes, rec.name, version.version, model)
     moved = "challenger" if shadow else alias
     if moved is not None:
-        registry.set_alias(rec.name, moved, version.version, reason=reason)
+        registry.set_alias(rec.name, moved, version.version, reason=tag_with_job(reason))
     if ctx.checkpoints is not None:
         ctx.checkpoints.clear()
     return moved

@@ -25,6 +25,7 @@ import numpy as np
 
 from keel.errors import NotFoundError
 from keel.features import FeatureStore
+from keel.jobs.worker import tag_with_job
 from keel.log import Log
 from keel.registry import ModelVersion, Registry
 from keel.training.checkpoint import CheckpointStore, Preemption
@@ -157,7 +158,8 @@ def train_model(
     )
     moved = "challenger" if shadow else alias
     if moved is not None:
-        registry.set_alias(model.name, moved, version.version, reason=f"keel train {model.name}")
+        reason = tag_with_job(f"keel train {model.name}")
+        registry.set_alias(model.name, moved, version.version, reason=reason)
     if store is not None:
         store.clear()
     seconds["register"] = time.perf_counter() - start
