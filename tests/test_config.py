@@ -70,3 +70,64 @@ def test_a_job_attempts_own_variables_are_not_settings(tmp_path) -> None:
 def test_jobs_url_schemes_that_are_not_implemented_are_refused(tmp_path) -> None:
     with pytest.raises(ConfigError, match="the scheme 'ray' is not implemented"):
         Settings.load(env={"KEEL_JOBS_URL": "ray://127.0.0.1:10001"}, project_dir=tmp_path)
+
+
+RAMP_ROUTE = """
+[[routes]]
+name = "fraud"
+model = "fraud@champion"
+
+[routes.canary]
+model = "fraud@challenger"
+{canary}
+"""
+
+
+def test_a_canary_ramp_starts_at_its_first_step(tmp_path: Path) -> None:
+    cfg = tmp_path / "keel.toml"
+    cfg.write_text(RAMP_ROUTE.format(canary="steps = [5, 25, 50, 100]\nstep_s = 600"))
+    canary = Settings.load(cfg, env={}).routes[0].canary
+    assert canary.steps == [5.0, 25.0, 50.0, 100.0]
+    assert canary.percent == 5.0 and canary.step_s == 600 and canary.step_requests is None
+
+
+@pytest.mark.parametrize(
+    ("canary", "message"),
+    [
+        pytest.param(
+            "steps = [25, 5, 100]", "canary steps must be strictly increasing", id="order"
+        ),
+        pytest.param(
+            "steps = [5, 5, 100]", "canary steps must be strictly increasing", id="repeat"
+        ),
+        pytest.param("steps = [0, 50, 100]", r"within \(0, 100\]", id="zero"),
+        pytest.param("steps = [5, 50, 120]", r"within \(0, 100\]", id="over-100"),
+        pytest.param("steps = [5, 25, 50]", "end at 100", id="no-end"),
+        pytest.param(
+            "steps = [5, 25, 100]\npercent = 10",
+            "canary percent 10 is not a step of the ramp",
+            id="percent-off-ramp",
+        ),
+        pytest.param("step_s = 60", "canary step_requests and step_s pace a ramp", id="no-steps"),
+        pytest.param(
+            "steps = [5, 100]\nstep_requests = 0",
+            "canary step_requests must be at least 1",
+            id="step-requests",
+        ),
+        pytest.param("steps = [5, 100]\nstep_s = -1", "canary step_s must be >= 0", id="step-s"),
+        pytest.param('steps = ["a"]', "Expected `float`", id="type"),
+    ],
+)
+def test_bad_canary_ramps_are_refused_by_name(tmp_path: Path, canary, message) -> None:
+    cfg = tmp_path / "keel.toml"
+    cfg.write_text(RAMP_ROUTE.format(canary=canary))
+    with pytest.raises(ConfigError, match=message):
+        Settings.load(cfg, env={})
+
+
+def test_a_ramp_may_resume_at_a_step_or_stay_rolled_back() -> None:
+    from keel.config import CanaryConfig
+
+    assert CanaryConfig(model="m@c", steps=[5, 25, 100], percent=25).percent == 25.0
+    assert CanaryConfig(model="m@c", steps=[5, 25, 100], percent=0).percent == 0.0
+    assert CanaryConfig(model="m@c").percent == 10.0  # no ramp: the default share

@@ -66,19 +66,68 @@ COMPARES = ("abs", "rel", "agreement", "topk", "cosine", "overlap")
 
 class CanaryConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Send ``percent`` of the entities (sticky by a hash of the entity key) to ``model``;
-    roll back when its error rate or p99 latency breaks the bounds."""
+    roll back (to 0%) when its error rate or p99 latency breaks the bounds over at least
+    ``min_requests`` canary requests.
+
+    With ``steps`` (percents, strictly increasing, ending at 100) the canary ramps: the
+    controller moves it to the next step once the current one has served ``step_requests``
+    canary requests (default ``min_requests``) over at least ``step_s`` seconds within the
+    bounds, and healthy at the last step (100) completes the rollout: the route's alias moves
+    to the canary's version and the canary is cleared. ``percent`` is where the ramp stands:
+    one of the steps, or 0 once rolled back; left out, the ramp starts at its first step
+    (without steps, the default share is 10).
+
+    Example
+    -------
+    >>> CanaryConfig(model="fraud@challenger", steps=[5, 25, 50, 100]).percent
+    5.0
+    """
 
     model: str
-    percent: float = 10.0
+    percent: float | None = None  # None: the first step, or 10 without steps
+    steps: list[float] = msgspec.field(default_factory=list)
+    step_requests: int | None = None
+    step_s: float = 0.0
     max_error_rate: float = 0.05
     max_p99_ms: float | None = None
     min_requests: int = 50
 
     def __post_init__(self) -> None:
-        if not 0 <= self.percent <= 100:
-            raise ValidationError(f"canary percent must be within 0..100, got {self.percent}")
         if "@" not in self.model:
             raise ValidationError(f"canary model {self.model!r} must be 'name@alias'")
+        steps = [float(s) for s in self.steps]
+        if steps and not (
+            all(0 < s <= 100 for s in steps)
+            and steps == sorted(set(steps))  # strictly increasing
+            and steps[-1] == 100
+        ):
+            raise ValidationError(
+                f"canary steps must be strictly increasing percents within (0, 100] that end "
+                f"at 100 (where the rollout completes), got {self.steps}"
+            )
+        self.steps = steps
+        if self.percent is None:
+            self.percent = steps[0] if steps else 10.0
+        self.percent = float(self.percent)
+        if not 0 <= self.percent <= 100:
+            raise ValidationError(f"canary percent must be within 0..100, got {self.percent}")
+        if steps and self.percent != 0 and self.percent not in steps:
+            raise ValidationError(
+                f"canary percent {self.percent:g} is not a step of the ramp "
+                f"[{', '.join(f'{s:g}' for s in steps)}]: leave percent out to start at "
+                f"{steps[0]:g}, or give one of the steps (0: rolled back)"
+            )
+        if not steps and (self.step_requests is not None or self.step_s):
+            raise ValidationError(
+                "canary step_requests and step_s pace a ramp: give steps too "
+                "(e.g. steps = [5, 25, 50, 100])"
+            )
+        if self.step_requests is not None and self.step_requests < 1:
+            raise ValidationError(
+                f"canary step_requests must be at least 1, got {self.step_requests}"
+            )
+        if not self.step_s >= 0:  # NaN too
+            raise ValidationError(f"canary step_s must be >= 0 seconds, got {self.step_s}")
         if not 0 <= self.max_error_rate <= 1:
             raise ValidationError("canary max_error_rate must be within 0..1")
 
