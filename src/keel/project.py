@@ -223,13 +223,16 @@ class Project:
         *,
         argv: list[str] | None = None,
         name: str | None = None,
+        now: float | None = None,
         **options: Any,
     ) -> JobSpec:
-        """The job that runs ``keel <kind> <target>`` on this project (or ``argv``)."""
+        """The job that runs ``keel <kind> <target>`` on this project (or ``argv``); a
+        training job is pinned to ``now`` (default: the wall clock)."""
         from keel.jobs.manager import JobSpec, keel_argv
 
         if argv is None:
-            argv = keel_argv(str(self.config_path), kind, target, now=time.time())
+            when = time.time() if now is None else now
+            argv = keel_argv(str(self.config_path), kind, target, now=when)
         name = name or "-".join(p for p in (kind, target) if p).replace("@", "-")
         return JobSpec(name=name, argv=argv, kind=kind, cwd=self.settings.project_dir, **options)
 

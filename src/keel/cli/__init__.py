@@ -11,6 +11,7 @@ from keel.cli import features as features_cli
 from keel.cli import finetune as finetune_cli
 from keel.cli import jobs as jobs_cli
 from keel.cli import log as log_cli
+from keel.cli import loop as loop_cli
 from keel.cli import monitor as monitor_cli
 from keel.cli import registry as registry_cli
 from keel.cli import serve as serve_cli
@@ -38,6 +39,7 @@ monitor_cli.register(app)
 train_cli.register(app)
 finetune_cli.register(app)
 jobs_cli.register(app)
+loop_cli.register(app)
 
 
 @app.callback()

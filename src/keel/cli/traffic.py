@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from keel.cli._common import console, friendly, project
+from keel.cli._common import console, friendly
 from keel.serving.client import call
 
 app = typer.Typer(help="Canary splits and shadow comparisons of a running server.")
@@ -108,28 +107,5 @@ def _show(doc: dict[str, Any]) -> None:
     console.print(table)
 
 
-def controller(
-    ctx: typer.Context,
-    url: str = URL,
-    interval: float = typer.Option(2.0, help="seconds between evaluations"),
-    once: bool = typer.Option(False, help="evaluate once and exit"),
-) -> None:
-    """Promote converged shadows and roll back failing canaries of a running server."""
-    from keel.controller import RemoteController
-
-    ctl = RemoteController(url, project(ctx).registry, interval_s=interval)
-    if once:
-        for d in ctl.step():
-            console.print(f"{d.route}: {d.action} — {d.reason}")
-        return
-    console.print(f"controlling {url} every {interval:g} s (Ctrl-C to stop)")
-    stop = threading.Event()
-    try:
-        ctl.run(stop)
-    except KeyboardInterrupt:
-        stop.set()
-
-
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="traffic")
-    root.command("controller")(friendly(controller))

@@ -302,12 +302,75 @@ class Monitor:
             calibration=self.calibration(),
         )
 
+    # -- following the route's version ----------------------------------------------------
+    def follow(self) -> dict[str, Any] | None:
+        """Take the version the route serves now as the reference, if its model's alias
+        moved (a promotion): its training set and loss estimator, from its lineage, and its
+        own prediction topic when its inputs differ. Windows restart at its first logged
+        prediction. Returns the ``reference`` event published, or None if nothing moved."""
+        ref = self.reference_
+        if ref is None or self.config.reference_rows or self.route.model.startswith("builtin:"):
+            return None
+        name, _, alias = self.route.model.partition("@")
+        try:
+            serving = self.registry.get(name, alias or "latest").ref
+        except NotFoundError:
+            return None
+        if serving == ref.version:
+            return None
+        previous = ref.version
+        self.fit()
+        self.topic = self._topic_of(serving)
+        self.next_offset_ = self._first_offset(serving)
+        self._pending.clear()
+        self._alerting = False
+        event = {
+            "version": serving,
+            "previous": previous,
+            "topic": self.topic,
+            "from_offset": self.next_offset_,
+            "rows": self.reference_.rows if self.reference_ else 0,
+        }
+        self._publish("reference", event)
+        log.info("route %s: monitoring %s (was %s)", self.route.name, serving, previous)
+        return event
+
+    def _topic_of(self, version: str) -> str:
+        """The prediction topic ``version``'s requests are logged on: the route's own, or
+        the one the server opened beside it for a version whose inputs differ."""
+        base = topic_name(self.route.name)
+        names = [t.name for t in self.log.topics() if t.name.startswith(base + ".")]
+        for name in [base, *sorted(names)]:
+            end = self.log.end_offsets(name)[0] if has_topic(self.log, name) else 0
+            if end and self.log.read(name, 0, end - 1, 1)["version"][0].as_py() == version:
+                return name
+        return base
+
+    def _first_offset(self, version: str) -> int:
+        """Where ``version``'s first logged prediction is, from the current position on
+        (the end of the topic if it has none yet)."""
+        if not has_topic(self.log, self.topic):
+            return 0
+        offset = self.next_offset_ if self.topic == topic_name(self.route.name) else 0
+        end = self.log.end_offsets(self.topic)[0]
+        while offset < end:
+            chunk = self.log.read(self.topic, 0, offset, 10_000)
+            if not chunk.num_rows:
+                break
+            hits = pc.index(chunk["version"], version).as_py()
+            if hits >= 0:
+                return int(chunk.column(OFFSET)[hits].as_py())
+            offset = int(chunk.column(OFFSET)[-1].as_py()) + 1
+        return end
+
     # -- windows -------------------------------------------------------------------------
     def step(self) -> list[dict[str, Any]]:
         """Score every complete window logged since the last one; join arrived labels.
         Returns the new window records."""
         if self.detector_ is None:
             self.fit()
+        else:
+            self.follow()
         records = []
         size = self.config.window_rows
         if not has_topic(self.log, self.topic):
@@ -353,6 +416,7 @@ class Monitor:
             "start": pc.min(ts).as_py().isoformat(),
             "end": pc.max(ts).as_py().isoformat(),
             "rows": window.num_rows,
+            "topic": self.topic,
             "first_offset": int(window.column(OFFSET)[0].as_py()),
             "next_offset": next_offset,
             "features": [_drift_dict(by_name[n]) for n in ref.features],
@@ -500,15 +564,22 @@ class Monitor:
 
     def _resume(self) -> tuple[int, int]:
         """Where the last window of this route ended (a restart carries on from there), and
-        which recent windows may still receive labels."""
+        which recent windows may still receive labels. A ``reference`` event (the monitor
+        followed a new version) moves the start to that version's first prediction."""
         last = None
+        windows = 0
         spans: list[tuple[int, int, int]] = []
         realized: dict[int, tuple[float, int]] = {}
-        for event in events(self.log, self.route.name, ("window", "realized")):
+        kinds = ("window", "realized", "reference")
+        for event in events(self.log, self.route.name, kinds):
             if event["kind"] == "realized":
                 realized[event["window"]] = (event["realized"], event["labelled"])
                 continue
             last = event
+            if event["kind"] == "reference":
+                spans = []  # the old version's windows wait for no more labels here
+                continue
+            windows = int(event["window"]) + 1
             end = int(event["next_offset"])
             spans.append(
                 (event["window"], int(event.get("first_offset", end - event["rows"])), end)
@@ -516,9 +587,12 @@ class Monitor:
         self._unrestored = (spans[-KEEP_WINDOWS:], realized)
         if last is None:
             return 0, 0
+        self.topic = last.get("topic", self.topic)
+        if last["kind"] == "reference":
+            return int(last["from_offset"]), windows
         # An alert still standing asked for its retrain already.
         self._alerting = bool((last.get("performance") or {}).get("alert"))
-        return int(last["next_offset"]), int(last["window"]) + 1
+        return int(last["next_offset"]), windows
 
     def _restore_pending(self) -> None:
         """After a restart: the request ids and scores of the recent windows, read back from
