@@ -39,7 +39,7 @@ def controller(
         help="decide shadows and canaries through the server's API (off when the server "
         "decides them itself, as `keel serve` does)",
     ),
-    loop: bool = typer.Option(True, help="run the routes' loop policies ([routes.loop] blocks)"),
+    loop: bool = typer.Option(True, help="run the routes' loop policies (their routes.loop blocks)"),
 ) -> None:
     """Run the closed loop: alerts → jobs → shadows → promotions, by each route's policy;
     and promote converged shadows and roll back failing canaries of a running server."""
