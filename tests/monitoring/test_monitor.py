@@ -228,3 +228,61 @@ def test_an_embedding_route_is_watched_against_its_first_predictions(world) -> N
     assert healthy["prediction"]["statistic"] == "mmd" and not healthy["prediction"]["drifted"]
     assert shifted["prediction"]["drifted"] and "prediction" in shifted["alerts"]
     assert shifted["prediction"]["value"] > 5 * healthy["prediction"]["value"]
+
+
+def _retrain(world, names: list[str], seed: int) -> int:
+    """Register another version of ``risk`` on the first training set's rows, reading
+    ``names``, and promote it; returns its number."""
+    import lightgbm
+
+    first = world.registry.get("risk", 1)
+    train = world.registry.training_set("risk", first.version, world.features)
+    x = np.column_stack([train[c].to_numpy() for c in names])
+    model = lightgbm.LGBMClassifier(n_estimators=40, verbose=-1, random_state=seed)
+    model.fit(x, train["y"].to_numpy(), feature_name=names)
+    version = world.registry.register("risk", model, training_set=train).version
+    world.registry.set_alias("risk", "champion", version, reason="promotion")
+    return version
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        pytest.param(["card__count_1h", "card__amount_1d", "amount"], id="same-inputs"),
+        pytest.param(["card__amount_1d", "amount"], id="other-inputs"),
+    ],
+)
+def test_the_monitor_follows_the_version_the_route_serves(world, risk_route, names) -> None:
+    rng = np.random.default_rng(5)
+    serve(world, risk_route, np.round(rng.gamma(2, 30, 800), 2), first_id=0)
+    monitor = Monitor(risk_route, log_=world.log, registry=world.registry, features=world.features)
+    first = monitor.step()
+    assert [r["version"] for r in first] == ["risk@1", "risk@1"]
+
+    version = _retrain(world, names, seed=2)
+    serve(world, risk_route, np.round(rng.gamma(2, 30, 800), 2), first_id=10_000)
+    records = monitor.step()
+    ref = f"risk@{version}"
+    # Its own reference (its training set, through lineage) and its own inputs.
+    assert monitor.reference_.version == ref and monitor.reference_.features == names
+    assert [r["version"] for r in records] == [ref, ref]
+    assert [r["window"] for r in records] == [2, 3]
+    assert all({f["feature"] for f in r["features"]} == set(names) for r in records), (
+        "every window is scored on the new version's inputs"
+    )
+    (followed,) = events(world.log, "risk", ("reference",))
+    assert followed["previous"] == "risk@1" and followed["version"] == ref
+    if names == ["card__amount_1d", "amount"]:
+        # Logged beside the route's topic, because its records differ; read there.
+        assert followed["topic"].startswith("keel.predictions.risk.")
+    else:
+        assert followed["topic"] == "keel.predictions.risk"
+    logged = world.log.read(followed["topic"], 0, followed["from_offset"], 1)
+    assert logged["version"][0].as_py() == ref
+
+    # A restart carries on with the followed version, after its last window.
+    again = Monitor(risk_route, log_=world.log, registry=world.registry, features=world.features)
+    assert again.topic == followed["topic"] and again.windows_ == 4
+    serve(world, risk_route, np.round(rng.gamma(2, 30, 400), 2), first_id=20_000)
+    (next_window,) = again.step()
+    assert next_window["window"] == 4 and next_window["version"] == ref

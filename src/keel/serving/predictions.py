@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from keel.clock import Clock
 from keel.config import MonitorConfig
+from keel.errors import TopicNotFoundError
 from keel.log import Topic
 from keel.prediction_log import KEY_PREFIX, OUTPUT_PREFIX, STALE_PREFIX, Columns, prediction_topic
 from keel.serving.routes import Deployed, Rows, Tensors
@@ -83,8 +84,10 @@ class PredictionLog:
         self.flush_s = flush_s
         self.max_pending = max_pending
         self.topic = prediction_topic(route, columns)
-        log_.create_topic(self.topic, exist_ok=True)
-        existing = log_.topic(self.topic.name)
+        try:
+            existing = log_.topic(self.topic.name)
+        except TopicNotFoundError:
+            existing = log_.create_topic(self.topic, exist_ok=True)
         if existing.fields != self.topic.fields:
             # An earlier model of this route logged other columns: keep its records under
             # their own schema and start this model's log beside them.
