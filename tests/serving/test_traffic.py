@@ -198,13 +198,14 @@ def test_restarts_read_only_the_latest_evidence(world, running) -> None:
         return table
 
     world.log.read = counting
+    # The shadow set at runtime (fraud@3) outlives the restart: keel.toml's is unchanged.
     second = make(world, clock, shadow=ShadowConfig(model="fraud@2", window_s=3600))
-    assert second.routes["fraud"].shadow_state.diff.n == 20
+    assert second.routes["fraud"].shadow_state.diff.n == 120
     assert sum(reads) > 40  # the one scan at start-up
     reads.clear()
-    second.set_traffic("fraud", shadow=ShadowConfig(model="fraud@3", window_s=3600))
-    assert second.routes["fraud"].shadow_state.diff.n == 120
-    assert second.traffic("fraud")["shadow"]["samples"] == 120
+    second.set_traffic("fraud", shadow=ShadowConfig(model="fraud@2", window_s=3600))
+    assert second.routes["fraud"].shadow_state.diff.n == 20
+    assert second.traffic("fraud")["shadow"]["samples"] == 20
     assert sum(reads) == 1  # only its own traffic_set event was new
     second.routes["fraud"].shadow_runner.close()
 

@@ -30,11 +30,14 @@ from keel.serving.batcher import Overloaded
 from keel.serving.protocol import HEADER, decode_request, encode_response
 from keel.serving.routes import RouteConfig, Rows
 from keel.serving.server import InferenceServer
+from keel.serving.traffic import CANARY_ACTIONS
 
 __all__ = ["MAX_BODY", "create_app"]
 
 log = logging.getLogger(__name__)
 MAX_BODY = 32 * 1024 * 1024
+#: What a controller decides: on a shadow, then on a canary (see keel.serving.traffic).
+DECISIONS = ("promote", "reject", *CANARY_ACTIONS)
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
@@ -244,8 +247,8 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
         name = request.path_params["route"]
         route = server.route(name)
         doc = _decoder.decode(await _body(request))
-        if not isinstance(doc, dict) or doc.get("action") not in ("promote", "reject", "rollback"):
-            raise ValidationError("a decision needs an 'action': promote, reject or rollback")
+        if not isinstance(doc, dict) or doc.get("action") not in DECISIONS:
+            raise ValidationError(f"a decision needs an 'action': one of {', '.join(DECISIONS)}")
         if doc["action"] == "reject" and route.shadow_state is not None:
             route.shadow_state.status = "rejected"
             server.snapshot(route, force=True)

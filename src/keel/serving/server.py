@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from keel.clock import Clock, SystemClock
 from keel.config import CanaryConfig, ShadowConfig
-from keel.errors import NotFoundError, ValidationError, did_you_mean
+from keel.errors import KeelError, NotFoundError, ValidationError, did_you_mean
 from keel.log import Topic
 from keel.runtimes.recommend import RANKING, is_recommender
 from keel.serving.batcher import Batcher
@@ -30,7 +30,15 @@ from keel.serving.predictions import PredictionLog, prediction_columns
 from keel.serving.retrieval import USER, check_route
 from keel.serving.routes import Deployed, Route, RouteConfig, Rows, Tensors, load, run_batch
 from keel.serving.shadowing import ShadowRunner
-from keel.serving.traffic import CanaryStats, ShadowState, bucket, check_compare
+from keel.serving.traffic import (
+    CanaryStats,
+    ShadowState,
+    bucket,
+    canary_evidence,
+    check_compare,
+    check_ramp,
+    traffic_fingerprint,
+)
 from keel.serving.traffic_log import TrafficIndex
 
 __all__ = ["TRAFFIC", "UNSET", "InferenceServer"]
@@ -90,7 +98,9 @@ class InferenceServer:
     """Routes of loaded models, with micro-batching, hot swap and metrics.
 
     ``indexes`` (an :class:`~keel.index.IndexStore`) holds each recommender version's vector
-    index; a recommender served without one gets an index built from its own catalogue."""
+    index; a recommender served without one gets an index built from its own catalogue.
+
+    With a log, a route's canary and shadow survive a restart: see :meth:`add`."""
 
     def __init__(
         self,
@@ -120,6 +130,10 @@ class InferenceServer:
         self.features_at = features_at  # when joined features are looked up (None: now)
         self._rng = random.Random()
         self._last_snapshot: dict[str, float] = {}
+        # Per route: the fingerprint of the canary and shadow it was configured with, and
+        # whether those or settings made at runtime are served.
+        self._configured: dict[str, str] = {}
+        self._source: dict[str, str] = {}
         self._traffic = None if log_ is None else TrafficIndex(log_, TRAFFIC.name)
         if log_ is not None:
             log_.create_topic(TRAFFIC, exist_ok=True)
@@ -135,6 +149,20 @@ class InferenceServer:
             self.add(cfg)
 
     def add(self, cfg: RouteConfig) -> Route:
+        """Load and warm a route (replacing one of the same name) before it takes traffic.
+
+        With a log, the route's canary and shadow are the last ones set at runtime
+        (:meth:`set_traffic`: an operator, or the controller's rollbacks and ramp steps)
+        rather than ``cfg``'s, as long as ``cfg``'s are the ones that runtime setting was
+        made over: each ``traffic_set`` event records the fingerprint of the configured
+        canary and shadow (:func:`~keel.serving.traffic.traffic_fingerprint`). An operator
+        who edits a route's canary or shadow in ``keel.toml`` and restarts gets the file's;
+        one who restarts without touching them keeps what was set while serving (a canary
+        rolled back stays at 0%, a ramp resumes at its step). The server log says which."""
+        configured = traffic_fingerprint(cfg.canary, cfg.shadow)
+        runtime = self._runtime_traffic(cfg, configured)
+        if runtime is not None:
+            cfg = msgspec.structs.replace(cfg, canary=runtime[0], shadow=runtime[1])
         deployed = self._load(cfg, cfg.model)
         fast = None
         if cfg.fast_path is not None:
@@ -148,7 +176,16 @@ class InferenceServer:
         if is_recommender(deployed.runtime) and USER not in route.join_keys:
             route.join_keys.append(USER)  # a canary split stays sticky per user
         route.batcher = self._batcher(route, lambda: route.current)
-        self._apply_traffic(route, cfg.canary, cfg.shadow)
+        try:
+            self._apply_traffic(route, cfg.canary, cfg.shadow)
+        except KeelError as exc:
+            if runtime is None:
+                raise
+            raise type(exc)(
+                f"route {cfg.name!r}: the canary or shadow set at runtime at {runtime[2]} "
+                f"cannot be served: {exc}. Change the route's canary or shadow in keel.toml "
+                "to serve the file's instead"
+            ) from exc
         if cfg.monitor is not None and self.log is not None:
             route.predictions = PredictionLog(
                 cfg.name,
@@ -160,11 +197,53 @@ class InferenceServer:
         old = self.routes.get(cfg.name)
         self.routes[cfg.name] = route
         self.configs[cfg.name] = cfg
+        self._configured[cfg.name] = configured
+        self._source[cfg.name] = "configured" if runtime is None else "runtime"
         if old is not None and old.batcher is not None and self._loop is not None:
             asyncio.run_coroutine_threadsafe(old.batcher.close(), self._loop)
         if old is not None and old.predictions is not None:
             old.predictions.close()
         return route
+
+    def _runtime_traffic(
+        self, cfg: RouteConfig, configured: str
+    ) -> tuple[CanaryConfig | None, ShadowConfig | None, str] | None:
+        """The route's last runtime canary and shadow, and when they were set, if they win
+        over ``cfg``'s (whose fingerprint is ``configured``); see :meth:`add`."""
+        last = None if self._traffic is None else self._traffic.last(cfg.name, "traffic_set")
+        if last is None:
+            return None
+        if last.get("configured") != configured:
+            log.info(
+                "route %s: its canary and shadow were set at runtime at %s, over other "
+                "configured ones; serving the configured ones (which changed since)",
+                cfg.name,
+                last["at"],
+            )
+            return None
+        try:
+            canary = (
+                None if last["canary"] is None else msgspec.convert(last["canary"], CanaryConfig)
+            )
+            shadow = (
+                None if last["shadow"] is None else msgspec.convert(last["shadow"], ShadowConfig)
+            )
+        except (msgspec.ValidationError, KeelError) as exc:
+            raise ValidationError(
+                f"route {cfg.name!r}: the canary and shadow set at runtime at {last['at']} "
+                f"do not read as settings ({exc}); change the route's canary or shadow in "
+                "keel.toml to serve the file's instead"
+            ) from None
+        if (canary, shadow) != (cfg.canary, cfg.shadow):
+            log.info(
+                "route %s: serving the canary (%s) and shadow (%s) set at runtime at %s, not "
+                "the configured ones (unchanged since; change them to serve them instead)",
+                cfg.name,
+                "none" if canary is None else f"{canary.model} at {canary.percent:g}%",
+                "none" if shadow is None else shadow.model,
+                last["at"],
+            )
+        return canary, shadow, last["at"]
 
     def _load(self, cfg: RouteConfig, model: str) -> Deployed:
         """Load and warm ``model`` for route ``cfg``, and check that the route can serve it."""
@@ -316,12 +395,16 @@ class InferenceServer:
         self._apply_traffic(route, new_canary, new_shadow)
         route.config = msgspec.structs.replace(cfg, canary=new_canary, shadow=new_shadow)
         self.configs[name] = route.config
+        self._source[name] = "runtime"
         self.publish(
             name,
             "traffic_set",
             {
                 "canary": None if new_canary is None else msgspec.to_builtins(new_canary),
                 "shadow": None if new_shadow is None else msgspec.to_builtins(new_shadow),
+                # What the route was configured with: a restart honours this setting only
+                # while that configuration is unchanged (see add).
+                "configured": self._configured[name],
             },
         )
 
@@ -329,6 +412,8 @@ class InferenceServer:
         self, route: Route, canary: CanaryConfig | None, shadow: ShadowConfig | None
     ) -> None:
         canary_dep = shadow_dep = None
+        if canary is not None:
+            check_ramp(route.name, route.config.model, canary)
         if canary is not None and canary.percent > 0:
             canary_dep = self._load_same_kind(route, canary.model)
         if shadow is not None:
@@ -339,10 +424,18 @@ class InferenceServer:
                 ranking=is_recommender(route.current.runtime),
             )
         # Everything is loaded and checked: switch.
+        before = route.config.canary
         if canary_dep is None:
             route.canary, route.canary_stats = None, None
-        elif route.canary is None or route.canary.version != canary_dep.version:
-            route.canary, route.canary_stats = canary_dep, CanaryStats()
+        elif (
+            route.canary is None
+            or route.canary.version != canary_dep.version
+            or before is None
+            or before.percent != canary.percent
+        ):
+            # Evidence is per share: a ramp judges each step on its own requests and time.
+            route.canary = canary_dep
+            route.canary_stats = CanaryStats(started_at=self.clock.now())
             if route.canary_batcher is None:
                 route.canary_batcher = self._batcher(route, lambda: route.canary, "-canary")
         if shadow_dep is None:
@@ -494,18 +587,17 @@ class InferenceServer:
             "primary": route.current.version,
             "canary": None,
             "shadow": None,
+            "settings": self._source.get(name, "configured"),  # or "runtime" (see add)
             "decisions": self._events(name, "decision")[-5:],
         }
         if cfg.canary is not None:
-            stats = route.canary_stats
-            out["canary"] = {
-                "model": cfg.canary.model,
-                "percent": cfg.canary.percent,
-                "serving": None if route.canary is None else route.canary.version,
-                "requests": 0 if stats is None else stats.requests,
-                "error_rate": 0.0 if stats is None else stats.error_rate,
-                "p99_ms": 0.0 if stats is None else stats.p99_ms,
-            }
+            out["canary"] = canary_evidence(
+                cfg.canary,
+                route.canary_stats,
+                self.clock.now(),
+                route=name,
+                serving=None if route.canary is None else route.canary.version,
+            )
         if cfg.shadow is not None and route.shadow_state is not None:
             out["shadow"] = route.shadow_state.summary(cfg.shadow, self.clock.now())
         return out

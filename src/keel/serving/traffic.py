@@ -1,5 +1,5 @@
-"""Traffic between versions: sticky canary buckets, shadow comparisons as streaming
-statistics with confidence intervals, and the decisions drawn from them.
+"""Traffic between versions: sticky canary buckets and ramps, shadow comparisons as
+streaming statistics with confidence intervals, and the decisions drawn from them.
 
 The comparison follows the estimator contract: ``update_many`` folds in a batch, results are
 read through properties, and the whole state round-trips through ``to_dict`` so the evidence
@@ -8,12 +8,15 @@ survives a restart.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from keel.config import CanaryConfig, ShadowConfig
@@ -21,16 +24,21 @@ from keel.errors import ValidationError
 from keel.runtimes.recommend import RANKING
 
 __all__ = [
+    "CANARY_ACTIONS",
     "CanaryStats",
     "Decision",
     "Running",
     "ShadowState",
     "bucket",
+    "canary_evidence",
     "check_compare",
+    "check_ramp",
     "compare_rankings",
     "decide_canary",
     "decide_shadow",
     "discrepancy",
+    "ramp_step",
+    "traffic_fingerprint",
 ]
 
 Z = 1.96  # two-sided 95%
@@ -292,9 +300,13 @@ class ShadowState:
 
 @dataclass
 class CanaryStats:
+    """A canary's requests, errors and latencies since ``started_at`` (clock seconds): since
+    it took its current share, so a ramp judges each step on its own evidence."""
+
     requests: int = 0
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    started_at: float = 0.0
 
     def record(self, ok: bool, ms: float) -> None:
         self.requests += 1
@@ -312,12 +324,96 @@ class CanaryStats:
         return float(np.percentile(self.latencies_ms, 99)) if self.latencies_ms else 0.0
 
 
+def ramp_step(cfg: CanaryConfig) -> int | None:
+    """Where a ramp stands: the position (from 1) of the canary's share among its steps;
+    None without a ramp or once rolled back (0%).
+
+    >>> ramp_step(CanaryConfig(model="m@c", steps=[5, 25, 100], percent=25))
+    2
+    """
+    if not cfg.steps or cfg.percent not in cfg.steps:
+        return None
+    return cfg.steps.index(cfg.percent) + 1
+
+
+def canary_evidence(
+    cfg: CanaryConfig,
+    stats: CanaryStats | None,
+    now: float,
+    *,
+    route: str = "",
+    serving: str | None = None,
+) -> dict[str, Any]:
+    """What a canary has shown at its current share (``serving``: its loaded version).
+
+    This is the ``canary`` of ``GET /v1/routes/{route}/traffic``, and what
+    :func:`decide_canary` reads, so an in-process and a remote controller decide alike."""
+    return {
+        "route": route,
+        "model": cfg.model,
+        "serving": serving,
+        "percent": cfg.percent,
+        "steps": list(cfg.steps),
+        "step": ramp_step(cfg),
+        "step_requests": _step_requests(cfg) if cfg.steps else None,
+        "step_s": cfg.step_s if cfg.steps else None,
+        "requests": 0 if stats is None else stats.requests,
+        "error_rate": 0.0 if stats is None else stats.error_rate,
+        "p99_ms": 0.0 if stats is None else stats.p99_ms,
+        "elapsed_s": 0.0 if stats is None else max(0.0, now - stats.started_at),
+    }
+
+
+def check_ramp(route: str, model: str, canary: CanaryConfig) -> None:
+    """Refuse a ramp that could not complete on route ``route`` serving ``model``: completing
+    moves the route's alias to the canary's version, so the route serves ``name@alias`` and
+    the canary is a version of that same model."""
+    if not canary.steps:
+        return
+    name, _, alias = model.partition("@")
+    if model.startswith("builtin:") or not alias or alias.isdigit() or alias == "latest":
+        raise ValidationError(
+            f"route {route!r} serves {model!r}: a canary ramp completes by moving the route's "
+            f"alias to the canary's version; serve the route from an alias (e.g. "
+            f"'{name}@champion') or give the canary no steps"
+        )
+    if canary.model.partition("@")[0] != name:
+        raise ValidationError(
+            f"route {route!r}: the ramped canary {canary.model!r} is not a version of "
+            f"{name!r}, so completing it could not move {model!r} to it; ramp a version of "
+            f"{name!r}"
+        )
+
+
+def _step_requests(cfg: CanaryConfig) -> int:
+    return cfg.min_requests if cfg.step_requests is None else cfg.step_requests
+
+
+#: What a controller decides on a canary (on a shadow: promote or reject).
+CANARY_ACTIONS = ("rollback", "advance", "complete")
+
+
 @dataclass(frozen=True)
 class Decision:
+    """A controller's verdict on a route's shadow or canary, with the evidence behind it.
+
+    ``action``: promote or reject (a shadow); rollback, advance or complete (a canary).
+    ``percent``: the canary share the decision sets (rollback 0, advance the next step)."""
+
     route: str
-    action: str  # promote | reject | rollback
+    action: str
     reason: str
     evidence: dict[str, Any]
+    percent: float | None = None
+
+    def to_event(self) -> dict[str, Any]:
+        """The payload of its ``decision`` event on the traffic topic; a canary's names the
+        step (from 1) its evidence was gathered at, and the share it sets."""
+        event = {"action": self.action, "reason": self.reason, "evidence": self.evidence}
+        if self.action in CANARY_ACTIONS:
+            event["step"] = self.evidence.get("step")
+            event["percent"] = self.percent
+        return event
 
 
 def decide_shadow(cfg: ShadowConfig, evidence: dict[str, Any]) -> Decision | None:
@@ -375,29 +471,77 @@ def decide_shadow(cfg: ShadowConfig, evidence: dict[str, Any]) -> Decision | Non
     return None
 
 
-def decide_canary(route: str, cfg: CanaryConfig, stats: CanaryStats) -> Decision | None:
-    """Roll the canary back when its error rate or p99 latency breaks its bounds."""
-    if cfg.percent == 0 or stats.requests < cfg.min_requests:
+def decide_canary(cfg: CanaryConfig, evidence: dict[str, Any]) -> Decision | None:
+    """Roll the canary back (to 0%) when, over at least ``min_requests`` requests at its
+    current share, its error rate or p99 latency breaks its bounds. On a ramp, advance to the
+    next step once the current one has served ``step_requests`` requests over ``step_s``
+    seconds within the bounds; healthy at the last step (100%), complete the rollout.
+
+    ``evidence`` is :func:`canary_evidence` (``GET /v1/routes/{route}/traffic``'s canary).
+
+    >>> cfg = CanaryConfig(model="m@2", steps=[5, 50, 100], min_requests=20)
+    >>> ok = {"route": "r", "requests": 20, "error_rate": 0.0, "p99_ms": 3.0, "elapsed_s": 60}
+    >>> d = decide_canary(cfg, ok); (d.action, d.percent)
+    ('advance', 50.0)
+    >>> decide_canary(cfg, {**ok, "error_rate": 0.5}).action
+    'rollback'
+    >>> decide_canary(msgspec.structs.replace(cfg, percent=100), ok).action
+    'complete'
+    """
+    route = evidence.get("route", "")
+    if not cfg.percent:
+        return None  # no canary traffic: rolled back, or not started
+    step = ramp_step(cfg)
+    at = f" at step {step} of {len(cfg.steps)} ({cfg.percent:g}%)" if step else ""
+    requests = evidence["requests"]
+    broken = _broken(cfg, evidence)
+    if broken is not None and requests >= cfg.min_requests:
+        return Decision(route, "rollback", f"canary {broken}{at}", evidence, 0.0)
+    if (
+        step is None
+        or broken is not None  # not judged yet (too few requests), but not healthy either
+        or requests < _step_requests(cfg)
+        or evidence["elapsed_s"] < cfg.step_s
+    ):
         return None
-    evidence = {
-        "model": cfg.model,
-        "percent": cfg.percent,
-        "requests": stats.requests,
-        "error_rate": stats.error_rate,
-        "p99_ms": stats.p99_ms,
-    }
-    if stats.error_rate > cfg.max_error_rate:
-        return Decision(
-            route,
-            "rollback",
-            f"canary error rate {stats.error_rate:.2%} over {cfg.max_error_rate:.2%}",
-            evidence,
-        )
-    if cfg.max_p99_ms is not None and stats.p99_ms > cfg.max_p99_ms:
-        return Decision(
-            route,
-            "rollback",
-            f"canary p99 {stats.p99_ms:.1f} ms over {cfg.max_p99_ms:g} ms",
-            evidence,
-        )
+    healthy = (
+        f"over {requests:,} requests and {evidence['elapsed_s']:,.0f} s{at} the canary's "
+        f"error rate {evidence['error_rate']:.2%} and p99 {evidence['p99_ms']:.1f} ms are "
+        "within bounds"
+    )
+    if step == len(cfg.steps):
+        return Decision(route, "complete", f"{healthy}: the rollout is complete", evidence)
+    to = cfg.steps[step]
+    return Decision(route, "advance", f"{healthy}: on to {to:g}%", evidence, to)
+
+
+def _broken(cfg: CanaryConfig, evidence: dict[str, Any]) -> str | None:
+    """Which bound the canary's evidence breaks, if any."""
+    errors, p99 = evidence["error_rate"], evidence["p99_ms"]
+    if errors > cfg.max_error_rate:
+        return f"error rate {errors:.2%} over {cfg.max_error_rate:.2%}"
+    if cfg.max_p99_ms is not None and p99 > cfg.max_p99_ms:
+        return f"p99 {p99:.1f} ms over {cfg.max_p99_ms:g} ms"
     return None
+
+
+def traffic_fingerprint(canary: CanaryConfig | None, shadow: ShadowConfig | None) -> str:
+    """A short hash of a route's configured canary and shadow (every field, defaults too).
+
+    A server records it, for the settings its routes were configured with (``keel.toml``),
+    in each ``traffic_set`` event; at start a route takes the last runtime setting only
+    while its configured settings still have that fingerprint (see
+    :meth:`~keel.serving.InferenceServer.add`).
+
+    >>> a = traffic_fingerprint(CanaryConfig(model="m@c"), None)
+    >>> a == traffic_fingerprint(CanaryConfig(model="m@c", percent=10), None)
+    True
+    >>> a == traffic_fingerprint(CanaryConfig(model="m@c", percent=20), None)
+    False
+    """
+    doc = {
+        "canary": None if canary is None else msgspec.to_builtins(canary),
+        "shadow": None if shadow is None else msgspec.to_builtins(shadow),
+    }
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -13,6 +13,7 @@ import json
 import threading
 from typing import Any
 
+from keel.errors import ValidationError
 from keel.log import OFFSET
 
 __all__ = ["TrafficIndex"]
@@ -22,7 +23,8 @@ READ_BATCH = 10_000
 
 class TrafficIndex:
     """The latest ``shadow_stats`` per (route, candidate) and the last ``keep`` events of
-    every other kind per route, kept up to date from ``topic`` of ``log``."""
+    every other kind per route (traffic settings, decisions), kept up to date from
+    ``topic`` of ``log``."""
 
     def __init__(self, log: Any, topic: str, *, keep: int = 50) -> None:
         self.log = log
@@ -43,6 +45,17 @@ class TrafficIndex:
             else:
                 kept = list(self._recent.get((route, kind), ()))
         return [event for _, event in sorted(kept, key=lambda te: te[0])]
+
+    def last(self, route: str, kind: str) -> dict[str, Any] | None:
+        """The route's latest event of ``kind`` in the order it was written (a setting is
+        the last one written, whatever the clocks of the processes that wrote them), or
+        None; not for ``shadow_stats``."""
+        if kind == "shadow_stats":
+            raise ValidationError("shadow_stats are kept per candidate: read them with events()")
+        with self._lock:
+            self._refresh()
+            recent = self._recent.get((route, kind))
+            return recent[-1][1] if recent else None
 
     def _refresh(self) -> None:
         for p in range(self.log.topic(self.topic).partitions):
