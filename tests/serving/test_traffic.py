@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import httpx
+import msgspec
 import numpy as np
 import pytest
 
@@ -452,3 +453,39 @@ def test_moving_the_shadow_alias_swaps_the_candidate(world, running) -> None:
             time.sleep(0.05)
         assert server.routes["fraud"].shadow_state.candidate == "fraud@3"
         assert server.routes["fraud"].current.version == "fraud@1"
+
+
+def test_keel_traffic_sets_and_shows_a_canary_ramp(world, running) -> None:
+    from typer.testing import CliRunner
+
+    from keel.cli import app
+
+    twin, train = world.train(seed=1)
+    world.registry.register("fraud", twin, training_set=train)
+    world.registry.set_alias("fraud", "challenger", 2)
+    server = make(world, ManualClock(0.0))
+    runner = CliRunner(env={"COLUMNS": "200"})
+    with running(create_app(server)) as srv:
+        base = ["traffic", "set", "fraud", "--canary", "fraud@challenger", "--url", srv.url]
+        set_ = runner.invoke(
+            app, [*base, "--steps", "5,25,50,100", "--step-requests", "3", "--step-time", "10m"]
+        )
+        assert set_.exit_code == 0, set_.output
+        canary = server.routes["fraud"].config.canary
+        assert (canary.steps, canary.percent) == ([5, 25, 50, 100], 5)
+        assert (canary.step_requests, canary.step_s) == (3, 600)
+        assert "5% → 25% → 50% → 100% (step 1 of 4; 0 of 3 requests, 0 of 600 s" in set_.output
+        assert "set at runtime" in set_.output
+        with httpx.Client(base_url=srv.url) as client:
+            client.post("/v1/routes/fraud/predict", json={"rows": [{"card_id": 0, "amount": 1}]})
+        status = runner.invoke(app, ["traffic", "status", "fraud", "--url", srv.url])
+        assert status.exit_code == 0 and "(step 1 of 4; 1 of 3 requests" in status.output
+        bad = runner.invoke(app, [*base, "--steps", "5,x"])
+        assert bad.exit_code == 2 and "--steps takes percents" in bad.output
+        bad = runner.invoke(app, [*base, "--steps", "25,5,100"])
+        assert bad.exit_code == 1 and "strictly increasing" in bad.output
+        bad = runner.invoke(app, [*base, "--steps", "5,25,100", "--percent", "10"])
+        assert bad.exit_code == 1 and "not a step of the ramp" in bad.output
+        server.set_traffic("fraud", canary=msgspec.structs.replace(canary, percent=0))
+        status = runner.invoke(app, ["traffic", "status", "fraud", "--url", srv.url])
+        assert "5% → 25% → 50% → 100%: rolled back" in status.output

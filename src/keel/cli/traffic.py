@@ -22,12 +22,33 @@ def _duration(text: str) -> float:
     return float(text)
 
 
+def _steps(text: str) -> list[float]:
+    """``5,25,50,100`` → the ramp's percents (the server checks the ramp itself)."""
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"--steps takes percents separated by commas, e.g. 5,25,50,100; got {text!r}"
+        ) from None
+
+
 @app.command("set")
 @friendly
 def set_traffic(
     route: str = typer.Argument(..., help="route name"),
     canary: str | None = typer.Option(None, help="canary model, name@alias"),
-    percent: float = typer.Option(10.0, help="canary share of entities, 0..100"),
+    percent: float | None = typer.Option(
+        None, help="canary share of entities, 0..100 (default 10, or the ramp's first step)"
+    ),
+    steps: str | None = typer.Option(
+        None, help="a canary ramp, percents ending at 100: 5,25,50,100"
+    ),
+    step_requests: int | None = typer.Option(
+        None, help="fewest canary requests at a ramp's step before it advances"
+    ),
+    step_time: str | None = typer.Option(
+        None, help="least time at a ramp's step before it advances (30s, 10m, 1h)"
+    ),
     shadow: str | None = typer.Option(None, help="shadow model, name@alias"),
     sample: float = typer.Option(1.0, help="share of requests copied to the shadow"),
     compare: str = typer.Option("abs", help="abs, rel, agreement, topk or cosine"),
@@ -43,7 +64,15 @@ def set_traffic(
     if clear_canary:
         body["canary"] = None
     elif canary is not None:
-        body["canary"] = {"model": canary, "percent": percent}
+        body["canary"] = {"model": canary}
+        if percent is not None:
+            body["canary"]["percent"] = percent
+        if steps is not None:
+            body["canary"]["steps"] = _steps(steps)
+        if step_requests is not None:
+            body["canary"]["step_requests"] = step_requests
+        if step_time is not None:
+            body["canary"]["step_s"] = _duration(step_time)
     if clear_shadow:
         body["shadow"] = None
     elif shadow is not None:
@@ -81,6 +110,8 @@ def _show(doc: dict[str, Any]) -> None:
             f"{canary['requests']:,} requests, errors "
             f"{canary['error_rate']:.2%}, p99 {canary['p99_ms']:.1f} ms",
         )
+        if canary.get("steps"):
+            table.add_row("ramp", _ramp(canary))
     shadow = doc.get("shadow")
     if shadow:
         ci = shadow["ci95"]
@@ -102,9 +133,25 @@ def _show(doc: dict[str, Any]) -> None:
             f"latency ratio {shadow['latency_ratio'] or 0:.2f}; candidate errors "
             f"{shadow['candidate_error_rate']:.2%}",
         )
+    if doc.get("settings") == "runtime":
+        table.add_row("settings", "set at runtime: kept over keel.toml's until those change")
     for d in doc.get("decisions", []):
         table.add_row("decision", f"{d['at'][:19]} {d['action']}: {d['reason']}")
     console.print(table)
+
+
+def _ramp(canary: dict[str, Any]) -> str:
+    """The steps, the current one in bold, and how far this step's evidence has come."""
+    steps, step = canary["steps"], canary["step"]
+    path = " → ".join(
+        f"[bold]{p:g}%[/]" if i == step else f"{p:g}%" for i, p in enumerate(steps, start=1)
+    )
+    if step is None:
+        return f"{path}: rolled back"
+    progress = f"{canary['requests']:,} of {canary['step_requests']:,} requests"
+    if canary["step_s"]:
+        progress += f", {canary['elapsed_s']:,.0f} of {canary['step_s']:,.0f} s"
+    return f"{path} (step {step} of {len(steps)}; {progress} at this step)"
 
 
 def register(root: typer.Typer) -> None:
