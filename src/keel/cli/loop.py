@@ -39,7 +39,9 @@ def controller(
         help="decide shadows and canaries through the server's API (off when the server "
         "decides them itself, as `keel serve` does)",
     ),
-    loop: bool = typer.Option(True, help="run the routes' loop policies (their routes.loop blocks)"),
+    loop: bool = typer.Option(
+        True, help="run the routes' loop policies (their routes.loop blocks)"
+    ),
 ) -> None:
     """Run the closed loop: alerts → jobs → shadows → promotions, by each route's policy;
     and promote converged shadows and roll back failing canaries of a running server."""
@@ -99,12 +101,14 @@ def loop(
         (loops.pause if pause else loops.resume)(proj, route, by="keel loop")
         console.print(f"route {route}: loop {'paused' if pause else 'resumed'}")
         return
+    events = list(read(proj.log, route))
     known = {r.name for r in proj.settings.routes}
-    if route not in known:
+    if not events and route not in known:
         from keel.errors import NotFoundError, did_you_mean
 
-        raise NotFoundError(f"no route {route!r}{did_you_mean(route, known)}")
-    events = list(read(proj.log, route))
+        raise NotFoundError(
+            f"no route {route!r}{did_you_mean(route, known)}; routes: {', '.join(known) or 'none'}"
+        )
     if not events:
         console.print(f"route {route}: the loop has taken no step yet")
         return

@@ -280,7 +280,8 @@ class LoopController:
             "job_done",
             chain.last,
             {
-                "summary": f"job {job.id} {job.state}" + (f": {job.reason}" if job.reason else ""),
+                "summary": f"job {job.id} {job.state}"
+                + (f": {job.reason}" if job.reason and job.reason != job.state else ""),
                 "state": str(job.state),
                 "job": job.id,
             },
