@@ -75,3 +75,7 @@ def test_a_project_without_routes_runs_the_scheduler(tmp_path: Path) -> None:
     p = plan(s, path)
     assert [c.name for c in p.components] == ["scheduler"] and p.url is None
     assert set(p.notes) == {"server", "materializer", "monitor", "controller"}
+    # Settings from KEEL_* variables alone: the components read them the same way.
+    (scheduler,) = plan(s, None).components
+    assert scheduler.argv == (sys.executable, "-m", "keel", "jobs", "run")
+    assert shown(scheduler) == "keel jobs run"

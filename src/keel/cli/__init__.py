@@ -17,6 +17,7 @@ from keel.cli import registry as registry_cli
 from keel.cli import serve as serve_cli
 from keel.cli import traffic as traffic_cli
 from keel.cli import train as train_cli
+from keel.cli import up as up_cli
 from keel.cli._common import console, friendly, project
 from keel.config import Settings
 from keel.project import init_project
@@ -39,6 +40,7 @@ monitor_cli.register(app)
 train_cli.register(app)
 finetune_cli.register(app)
 jobs_cli.register(app)
+up_cli.register(app)
 loop_cli.register(app)
 
 

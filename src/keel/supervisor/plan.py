@@ -22,13 +22,14 @@ import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from keel.config import Settings
 from keel.errors import ValidationError, did_you_mean
 from keel.supervisor.component import Component
 from keel.supervisor.health import Alive, HealthCheck, HttpReady
 
-__all__ = ["COMPONENTS", "Plan", "plan", "shown"]
+__all__ = ["COMPONENTS", "Plan", "plan", "run_dir", "shown"]
 
 #: Every component ``keel up`` knows, in the order they start.
 COMPONENTS = ("server", "materializer", "monitor", "scheduler", "controller")
@@ -50,7 +51,7 @@ class Plan:
 
 def plan(
     settings: Settings,
-    config: str | os.PathLike[str],
+    config: str | os.PathLike[str] | None,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -59,7 +60,8 @@ def plan(
     controller_args: Sequence[str] = ("--no-traffic",),
     python: str = sys.executable,
 ) -> Plan:
-    """The components of the project whose settings are ``settings`` (read from ``config``).
+    """The components of the project whose settings are ``settings``, read from ``config``
+    (None: from ``KEEL_*`` variables alone, which the components inherit).
 
     ``only`` and ``skip`` name components to run or leave out; ``controller_args`` are added
     to ``keel controller`` (the traffic part of the controller already runs in the server).
@@ -72,7 +74,9 @@ def plan(
             )
     if not 0 < port < 65536:
         raise ValidationError(f"port must be within 1..65535, got {port}")
-    keel = (python, "-m", "keel", "-c", str(os.path.abspath(config)))
+    keel: tuple[str, ...] = (python, "-m", "keel")
+    if config is not None:
+        keel += ("-c", str(os.path.abspath(config)))
     routes = settings.routes
     local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
@@ -126,13 +130,18 @@ def plan(
     return Plan(components, url if routes else None, notes)
 
 
+def run_dir(data_dir: str | os.PathLike[str]) -> Path:
+    """The folder of ``keel up``'s state and log files: ``<data_dir>/up``."""
+    return Path(data_dir) / "up"
+
+
 def shown(component: Component) -> str:
     """The component's command as a user would type it: ``keel serve ...`` for one of
     :func:`plan`'s, else the whole command."""
     argv = component.argv
-    if argv[1:3] == ("-m", "keel") and argv[3:4] == ("-c",):
-        return shlex.join(("keel", *argv[5:]))
-    return shlex.join(argv)
+    if argv[1:3] != ("-m", "keel"):
+        return shlex.join(argv)
+    return shlex.join(("keel", *argv[5 if argv[3:4] == ("-c",) else 3 :]))
 
 
 def _wanted(name: str, only: Sequence[str], skip: Sequence[str]) -> bool:
