@@ -41,7 +41,7 @@ def poll_until(sup: Supervisor, done: Callable[[], bool], timeout: float = 30.0)
     deadline = time.monotonic() + timeout
     while not done():
         if time.monotonic() > deadline:
-            states = {name: sup.status(name).state.value for name in sup._slots}
+            states = {c.name: c.state.value for c in sup.snapshot().components}
             raise AssertionError(f"not reached in {timeout} s; states {states}")
         sup.poll()
         time.sleep(0.05)

@@ -155,9 +155,12 @@ class Supervisor:
         self.poll()
 
     def poll(self) -> None:
-        """One look at every component: notice exits and health, start what is due."""
+        """One look at every component: notice exits and health, start what is due (nothing
+        before :meth:`start` or after :meth:`stop`)."""
         changed = False
         with self._lock:
+            if not self._running:
+                return
             for slot in self._slots.values():
                 changed |= self._check(slot)
             for slot in self._slots.values():
@@ -175,7 +178,8 @@ class Supervisor:
             self.stop()
 
     def stop(self) -> None:
-        """Stop every component, the last started first: SIGTERM, ``grace_s``, SIGKILL."""
+        """Stop every component, in reverse dependency order (what depends on another stops
+        before it): SIGTERM, up to ``grace_s`` seconds, then SIGKILL."""
         with self._lock:
             if not self._running:
                 return
