@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,6 +90,13 @@ def summary_table(result: TrainResult) -> Table:
         "holdout",
         ", ".join(f"{k} {val:.4f}" for k, val in result.metrics.items()),
     )
+    baseline = (v.lineage.get("training") or {}).get("parent_holdout")
+    if baseline:
+        table.add_row(
+            "",
+            f"{baseline['version']} on the same rows: "
+            + ", ".join(f"{k} {val:.4f}" for k, val in baseline["metrics"].items()),
+        )
     table.add_row(
         "time",
         ", ".join(f"{k} {s:.2f} s" for k, s in result.seconds.items())
@@ -108,19 +116,33 @@ def train(
         False, help="make the new version the route's shadow candidate (MODEL@challenger)"
     ),
     alias: str | None = typer.Option(None, help="move this alias to the new version"),
+    holdout: str | None = typer.Option(
+        None, help="evaluate on this last stretch instead of the declared split's (e.g. 6h)"
+    ),
+    window: str | None = typer.Option(
+        None, help="train on this last stretch before the holdout only (e.g. 6d)"
+    ),
 ) -> None:
     """Build the point-in-time set, fit, evaluate on the later holdout, register."""
     if shadow and alias:
         raise typer.BadParameter("give --shadow or --alias, not both")
     proj = project(ctx)
+    target: Any = model
+    if holdout is not None or window is not None:
+        target = _split(proj.model(model), holdout, window)
     # A fixed as-of time: a preempted run resumes only on the very same training set.
     as_of = _when(until) or datetime.now(UTC)
     console.print(f"[bold]keel train {model}[/] — phases: {', '.join(PHASES)}")
     try:
         with progress_bars(console) as report:
-            result = proj.train(model, until=as_of, shadow=shadow, alias=alias, progress=report)
+            result = proj.train(target, until=as_of, shadow=shadow, alias=alias, progress=report)
     except Preempted as stop:
-        again = f"keel train {model} --until {as_of.isoformat()}" + (" --shadow" if shadow else "")
+        again = (
+            f"keel train {model} --until {as_of.isoformat()}"
+            + (" --shadow" if shadow else "")
+            + (f" --holdout {holdout}" if holdout else "")
+            + (f" --window {window}" if window else "")
+        )
         console.print(
             f"[yellow]preempted[/] at step {stop.step}: checkpoint saved; to resume, run\n"
             f"   {again}"
@@ -138,6 +160,25 @@ def train(
             f"a server whose route {route!r} shadows {model}@challenger picks it up; or: "
             f"keel traffic set {route} --shadow {model}@challenger"
         )
+
+
+def _split(declared: Any, holdout: str | None, window: str | None) -> Any:
+    """The declared model with another holdout and/or training window (recorded in the
+    version's lineage, so it reproduces)."""
+    from keel.features.definitions import parse_duration
+    from keel.training.definitions import Model, TimeSplit
+
+    if not isinstance(declared, Model):
+        raise typer.BadParameter(
+            f"{declared.name!r} is not split in time: --holdout and --window apply to a "
+            "declared Model"
+        )
+    split = TimeSplit(
+        holdout=declared.split.holdout if holdout is None else parse_duration(holdout),
+        warmup=declared.split.warmup,
+        window=declared.split.window if window is None else parse_duration(window),
+    )
+    return dataclasses.replace(declared, split=split)
 
 
 def register(root: typer.Typer) -> None:

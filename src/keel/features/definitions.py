@@ -58,6 +58,26 @@ def format_duration(d: timedelta) -> str:
     return f"{s}s"
 
 
+def parse_duration(text: str) -> timedelta:
+    """``'7d'`` → ``timedelta(days=7)``; also ``s``, ``m``, ``h``, ``w`` and plain seconds.
+
+    >>> parse_duration("90m"), parse_duration("2.5")
+    (datetime.timedelta(seconds=5400), datetime.timedelta(seconds=2, microseconds=500000))
+    """
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    raw = text.strip()
+    number, unit = (raw[:-1], raw[-1]) if raw and raw[-1] in units else (raw, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise ValidationError(
+            f"duration {text!r} is not understood: give a number with a unit, e.g. 30m, 6h, 2d"
+        ) from None
+    if not seconds >= 0:
+        raise ValidationError(f"duration {text!r} must not be negative")
+    return timedelta(seconds=seconds)
+
+
 def _micros(d: timedelta) -> int:
     return round(d.total_seconds() * US)
 

@@ -61,6 +61,7 @@ __all__ = [
     "PID",
     "TERMINATED",
     "attempt_env",
+    "current_job",
     "job_in",
     "log_tail",
     "main",
@@ -120,6 +121,11 @@ def attempt_env(
     return extra
 
 
+def current_job() -> str | None:
+    """The id of the job this process runs as (``KEEL_JOB_ID``), or None outside a job."""
+    return os.environ.get("KEEL_JOB_ID") or None
+
+
 def tag_with_job(reason: str) -> str:
     """``reason`` naming the job this process runs as, when it runs as one: what a
     registry change made by a job says, so the job's submitter can find its result.
@@ -129,7 +135,7 @@ def tag_with_job(reason: str) -> str:
     >>> tag_with_job("keel train fraud")  # not inside a job
     'keel train fraud'
     """
-    job = os.environ.get("KEEL_JOB_ID")
+    job = current_job()
     return f"{reason} [job {job}]" if job else reason
 
 

@@ -221,6 +221,10 @@ def _labelled(model: Model, log: Log, until: datetime, keys: list[str]) -> pa.Ta
         first_event = pc.min(_micros(history, history_time)).as_py()
         start = first_event + int(model.split.warmup.total_seconds() * US)
         rows = rows.filter(pc.greater_equal(_micros(rows, ts_col), start))
+    if model.split.window is not None:
+        cut = horizon - int(model.split.holdout.total_seconds() * US)
+        start = cut - int(model.split.window.total_seconds() * US)
+        rows = rows.filter(pc.greater_equal(_micros(rows, ts_col), start))
     if ts_col != TS:
         rows = rows.rename_columns([TS if c == ts_col else c for c in rows.column_names])
     rows = rows.sort_by([(TS, "ascending")] + ([(label.id, "ascending")] if label.id else []))

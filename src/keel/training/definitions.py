@@ -82,16 +82,21 @@ class TimeSplit:
     """Train on the rows before ``T - holdout``, evaluate on the later ones up to ``T``, the
     settle horizon (training time minus the label's settle time); never a random split
     across time. ``warmup`` leaves out the rows of
-    the history's first stretch, whose long windows are not yet full."""
+    the history's first stretch, whose long windows are not yet full; ``window``, when set,
+    trains on the last ``window`` before the holdout only (the freshest data, as a retrain
+    after a drift wants)."""
 
     holdout: timedelta = timedelta(days=2)
     warmup: timedelta = timedelta(0)
+    window: timedelta | None = None
 
     def __post_init__(self) -> None:
         if self.holdout <= timedelta(0):
             raise ValidationError("time split: holdout must be a positive duration")
         if self.warmup < timedelta(0):
             raise ValidationError("time split: warmup must not be negative")
+        if self.window is not None and self.window <= timedelta(0):
+            raise ValidationError("time split: window must be a positive duration")
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,14 @@ import numpy as np
 
 from keel.errors import NotFoundError
 from keel.features import FeatureStore
-from keel.jobs.worker import tag_with_job
+from keel.jobs.worker import current_job, tag_with_job
 from keel.log import Log
 from keel.registry import ModelVersion, Registry
 from keel.training.checkpoint import CheckpointStore, Preemption
 from keel.training.dataset import TrainingData, build_training_data
 from keel.training.definitions import Model
 from keel.training.metrics import evaluate
-from keel.training.trainers import RunContext
+from keel.training.trainers import RunContext, trainer_from_record
 
 __all__ = ["PHASES", "TrainResult", "fit", "train_model"]
 
@@ -132,12 +132,14 @@ def train_model(
     report("evaluate", 0, 1)
     hold = data.holdout
     metrics = evaluate(model.metrics, data.y[hold], model.trainer.predict(fitted, data.x[hold]))
+    parent = _parent(registry, model, parent_alias)
+    # The version it would replace, graded on the very same rows: what a retrain must beat.
+    baseline = _baseline(registry, model, parent, data)
     seconds["evaluate"] = time.perf_counter() - start
     report("evaluate", 1, 1)
 
     start = time.perf_counter()
     report("register", 0, 1)
-    parent = _parent(registry, model, parent_alias)
     version = registry.register(
         model.name,
         fitted,
@@ -153,7 +155,7 @@ def train_model(
         parent=parent,
         description=model.description or f"keel train {model.name}",
         code_dir=code_dir,
-        training=lineage(model, data, ctx),
+        training={**lineage(model, data, ctx), "parent_holdout": baseline},
         **model.trainer.register_options(fitted),
     )
     moved = "challenger" if shadow else alias
@@ -198,6 +200,7 @@ def lineage(model: Model, data: TrainingData, ctx: RunContext) -> dict[str, Any]
         "split": {
             "holdout_s": model.split.holdout.total_seconds(),
             "warmup_s": model.split.warmup.total_seconds(),
+            "window_s": None if model.split.window is None else model.split.window.total_seconds(),
             "cut_us": data.cut_us,
             "train_range": data.time_range(data.train),
             "holdout_range": data.time_range(data.holdout),
@@ -205,7 +208,25 @@ def lineage(model: Model, data: TrainingData, ctx: RunContext) -> dict[str, Any]
         "metrics": list(model.metrics),
         "route": model.route,
         "resumed_from": ctx.resumed_from,
+        "job": current_job(),
     }
+
+
+def _baseline(
+    registry: Registry, model: Model, parent: int | None, data: TrainingData
+) -> dict[str, Any] | None:
+    """The parent version's metrics on this run's holdout, when it reads the same features
+    (None otherwise: a parent of other inputs cannot be graded on these rows)."""
+    if parent is None:
+        return None
+    recorded = registry.get(model.name, parent)
+    info = recorded.lineage.get("training") or {}
+    if info.get("feature_names") != data.names or "trainer" not in info:
+        return None
+    hold = data.holdout
+    trainer = trainer_from_record(info["trainer"])  # the parent's own: it may be another kind
+    scores = trainer.predict(registry.load(model.name, parent), data.x[hold])
+    return {"version": recorded.ref, "metrics": evaluate(model.metrics, data.y[hold], scores)}
 
 
 def _parent(registry: Registry, model: Model, alias: str | None) -> int | None:
