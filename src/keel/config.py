@@ -29,11 +29,11 @@ from keel.jobs.spec import JobsConfig
 __all__ = [
     "COMPARES",
     "CONFIG_FILE",
+    "LOOP_JOBS",
+    "LOOP_TRIGGERS",
     "LOSSES",
     "CanaryConfig",
     "FastPathConfig",
-    "LOOP_JOBS",
-    "LOOP_TRIGGERS",
     "LabelsConfig",
     "LoopConfig",
     "MonitorConfig",
@@ -255,6 +255,7 @@ class MonitorConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if not self.min_loss_rise >= 0:  # NaN too
             raise ValidationError(f"monitor min_loss_rise must be >= 0, got {self.min_loss_rise}")
 
+
 #: What starts a loop: the estimated loss over its level, drift in ``drift_features``
 #: features of one window, or a schedule (``every_s``).
 LOOP_TRIGGERS = ("performance", "drift", "schedule")
@@ -270,11 +271,20 @@ class LoopConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     moves ``MODEL@challenger``, which the route's shadow compares with the primary, and the
     shadow's decision promotes or rejects it. One loop runs at a time per route; after a
     request the route waits ``cooldown_s`` (so one standing alert asks once), and at most
-    ``max_per_day`` jobs are submitted in any 24 hours."""
+    ``max_per_day`` jobs are submitted in any 24 hours.
+
+    A retrain is graded on its holdout beside the version it would replace, on the same
+    rows, by ``metric``: one that does not improve on it is rejected before it is shadowed.
+    ``holdout_s`` and ``window_s`` give the retrain its own split — the freshest settled
+    rows held out, and only the last ``window_s`` before them trained on — where the
+    model's declared split (made for routine training) would leave a recent drift out."""
 
     on: list[str] = msgspec.field(default_factory=lambda: ["performance"])
     job: str = "retrain"
     model: str | None = None
+    metric: str = "logloss"
+    holdout_s: float | None = None
+    window_s: float | None = None
     drift_features: int = 3
     every_s: float | None = None
     cooldown_s: float = 6 * 3600.0
@@ -289,7 +299,9 @@ class LoopConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                     f" expected some of {', '.join(LOOP_TRIGGERS)}"
                 )
         if not self.on:
-            raise ValidationError(f"loop on must name a trigger: some of {', '.join(LOOP_TRIGGERS)}")
+            raise ValidationError(
+                f"loop on must name a trigger: some of {', '.join(LOOP_TRIGGERS)}"
+            )
         if self.job not in LOOP_JOBS:
             raise ValidationError(
                 f"loop job {self.job!r} is unknown; expected one of {', '.join(LOOP_JOBS)}"
@@ -302,6 +314,15 @@ class LoopConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValidationError(f"loop cooldown_s must be >= 0, got {self.cooldown_s}")
         if self.max_per_day < 1:
             raise ValidationError(f"loop max_per_day must be >= 1, got {self.max_per_day}")
+        for key in ("holdout_s", "window_s"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ValidationError(f"loop {key} must be a positive number of seconds")
+        if self.job == "fine-tune" and (self.holdout_s or self.window_s):
+            raise ValidationError(
+                "loop holdout_s and window_s split a retrain's data; a fine-tune reads the "
+                "interactions since the serving version"
+            )
 
 
 class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -347,7 +368,6 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 f"route {self.name!r}: default_k must be within 1..max_k ({self.max_k}), got "
                 f"{self.default_k}"
             )
-
 
     def _check_loop(self, loop: LoopConfig) -> None:
         if self.model.startswith("builtin:"):

@@ -4,6 +4,7 @@ by the route's policy (cooldown, budget, pause), and across a controller's resta
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -27,6 +28,7 @@ from keel.jobs.store import JobState
 from keel.monitoring.events import MONITOR
 from keel.project import Project
 from keel.serving.server import TRAFFIC
+from keel.training import LightGBM
 
 runner = CliRunner()
 LABELS = LabelsConfig(topic="shop.fraud_labels", id="payment_id", label="is_fraud")
@@ -54,7 +56,10 @@ def shop_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, table in shop.history(days=14).items():
         known = pc.less_equal(table["ts"], pa.scalar(now, table.schema.field("ts").type))
         project.log.append(name, table.filter(known))
-    project.train("fraud", alias="champion")
+    # A weak champion (two boosting rounds), so that a retrain is graded better than it.
+    declared = project.model("fraud")
+    weak = LightGBM(params={**declared.trainer.params, "num_iterations": 2}, seed=7)
+    project.train(dataclasses.replace(declared, trainer=weak), alias="champion")
     return root
 
 
@@ -128,7 +133,8 @@ def test_an_alert_submits_the_routes_job_once_then_cooldown_and_budget(project: 
     assert trigger.cause.startswith("keel.monitor/") and job_event.cause == trigger.id
     job = project.jobs.get(job_event.payload["job"])
     assert job.state is JobState.PENDING and job.kind == "retrain"
-    assert job.argv[-5:-2] == ["train", "fraud", "--until"] and job.argv[-1] == "--shadow"
+    # It registers a version and moves nothing: the loop grades it before it is shadowed.
+    assert job.argv[-4:-1] == ["train", "fraud", "--until"] and "--shadow" not in job.argv
     assert loop.pending("cool") == "job"
 
     # The alert stands: while the job runs, and after, within the cooldown, nothing more.
@@ -259,7 +265,13 @@ def test_alert_to_job_to_shadow_to_promotion_with_its_causes(
     done, candidate = loop.step()
     assert done.payload["state"] == "succeeded"
     version = candidate.payload["version"]
+    # Graded on its holdout beside the (weak) champion on the same rows, then shadowed.
+    graded = candidate.payload["holdout"]
+    assert graded["better"] and graded["candidate"] < graded["serving"]
+    assert graded["serving_version"] == "fraud@1" and "logloss" in candidate.summary
     assert project.registry.get("fraud", "challenger").ref == version
+    number = int(version.split("@")[1])
+    assert project.registry.lineage("fraud", number)["training"]["job"] == done.payload["job"]
     # A decision about another candidate is not this loop's.
     _decision(project, "full", "promote", "fraud@1", "not ours")
     assert loop.step() == []
@@ -332,3 +344,42 @@ def test_alert_to_job_to_shadow_to_promotion_with_its_causes(
     assert out.exit_code == 0, out.output
     for text in ("trigger", "estimated logloss", "job", "candidate", "reject", "swap", version2):
         assert text in out.output
+
+
+def test_a_retrain_no_better_on_its_holdout_is_rejected_before_its_shadow(
+    project: Project,
+) -> None:
+    from keel.registry import ModelVersion
+
+    loop = LoopController(project, routes=[route("grade")])
+
+    def version(logloss: float, serving: float | None) -> ModelVersion:
+        baseline = (
+            None if serving is None else {"version": "fraud@1", "metrics": {"logloss": serving}}
+        )
+        return ModelVersion(
+            model="fraud",
+            version=9,
+            created_at=datetime.now(UTC),
+            format="lightgbm",
+            artifact="",
+            artifact_size=0,
+            loader={},
+            params={},
+            parent_version=1,
+            metrics={"logloss": logloss, "holdout_rows": 1234},
+            description="",
+            lineage={"training": {"parent_holdout": baseline}},
+        )
+
+    worse = loop._grade("grade", version(0.30, 0.20))
+    assert not worse["better"]
+    assert (
+        worse["reason"]
+        == "on the freshest 1,234 settled rows, logloss 0.3000 against fraud@1's 0.2000"
+    )
+    assert not loop._grade("grade", version(0.20, 0.20))["better"]  # equal is no better
+    assert loop._grade("grade", version(0.10, 0.20))["better"]
+    assert loop._grade("grade", version(0.10, None)) is None  # a parent of other inputs
+    auc = LoopController(project, routes=[route("grade-auc", metric="auc")])
+    assert auc._grade("grade-auc", version(0.1, 0.2)) is None  # no auc recorded

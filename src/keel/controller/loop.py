@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 DAY_S = 86_400.0
 GROUP = "keel-loop"
+#: Holdout metrics where a lower value is better (every other one: higher is better).
+LOWER_IS_BETTER = frozenset({"logloss", "rmse", "mae"})
 
 
 @dataclass
@@ -235,7 +237,14 @@ class LoopController:
         job = next((j for j in store.list() if j.name == name), None)
         if job is None:
             now = self.clock.now()
-            spec = self.project.job(policy.job, model, name=name, now=now, queue=policy.queue)
+            spec = self.project.job(
+                policy.job,
+                model,
+                name=name,
+                now=now,
+                queue=policy.queue,
+                argv=self._argv(policy, model, now),
+            )
             job = submit(self.project.settings.jobs, store, spec, now=now)
         return [
             self._emit(
@@ -251,6 +260,21 @@ class LoopController:
                 },
             )
         ]
+
+    def _argv(self, policy: LoopConfig, model: str, now: float) -> list[str] | None:
+        """A retrain registers its version and moves nothing: the loop grades it first, then
+        makes it the challenger. A fine-tune moves the challenger itself (None: its usual
+        command)."""
+        from keel.jobs.manager import keel_argv
+
+        if policy.job != "retrain":
+            return None
+        argv = keel_argv(str(self.project.config_path), "train", model, now=now)
+        if policy.holdout_s:
+            argv += ["--holdout", f"{policy.holdout_s:g}s"]
+        if policy.window_s:
+            argv += ["--window", f"{policy.window_s:g}s"]
+        return argv
 
     # -- progress ------------------------------------------------------------------------
     def _advance(self, route: str) -> list[LoopEvent]:
@@ -289,23 +313,75 @@ class LoopController:
         if job.state is not JobState.SUCCEEDED:
             return [done, self._close(route, done, f"no candidate: the job {job.state}")]
         model = self._model(route)
-        moves = self.project.registry.alias_history(model, "challenger")
-        version = next((m.to_version for m in reversed(moves) if job_in(m.reason) == job.id), None)
+        version = self._version_of(model, job.id)
         if version is None:
-            return [done, self._close(route, done, "the job registered no challenger version")]
+            return [done, self._close(route, done, "the job registered no version")]
+        graded = self._grade(route, version)
+        if graded is not None and not graded["better"]:
+            reject = self._emit(
+                route,
+                "decision",
+                done.id,
+                {
+                    "summary": f"reject {version.ref} before its shadow: {graded['reason']}",
+                    "action": "reject",
+                    "reason": graded["reason"],
+                    "holdout": graded,
+                },
+            )
+            return [done, reject, self._close(route, reject, f"{version.ref} rejected")]
+        registry = self.project.registry
+        if registry.aliases(model).get("challenger") != version.version:
+            registry.set_alias(
+                model, "challenger", version.version, reason=f"keel loop {route} ({chain.trigger})"
+            )
         shadow = self.routes[route].shadow
         candidate = self._emit(
             route,
             "candidate",
             done.id,
             {
-                "summary": f"{model}@{version} registered as {model}@challenger; the route "
-                f"shadows it"
+                "summary": f"{version.ref} is {model}@challenger"
+                + (f" ({graded['reason']})" if graded else "")
+                + "; the route shadows it"
                 + (f" ({shadow.compare}, tolerance {shadow.tolerance:g})" if shadow else ""),
-                "version": f"{model}@{version}",
+                "version": version.ref,
+                "holdout": graded,
             },
         )
         return [done, candidate]
+
+    def _version_of(self, model: str, job: str) -> Any:
+        """The version job ``job`` registered: recorded in its training lineage, or named
+        by the challenger move it made (a fine-tune)."""
+        registry = self.project.registry
+        for v in reversed(registry.versions(model)[-20:]):
+            if (v.lineage.get("training") or {}).get("job") == job:
+                return v
+        moves = registry.alias_history(model, "challenger")
+        number = next((m.to_version for m in reversed(moves) if job_in(m.reason) == job), None)
+        return None if number is None else registry.get(model, number)
+
+    def _grade(self, route: str, version: Any) -> dict[str, Any] | None:
+        """The retrain's holdout ``metric`` beside the serving version's on the same rows
+        (None when it was not graded: another job kind, or a parent of other inputs)."""
+        metric = self._policy(route).metric
+        baseline = (version.lineage.get("training") or {}).get("parent_holdout")
+        if not baseline or metric not in version.metrics or metric not in baseline["metrics"]:
+            return None
+        ours, theirs = float(version.metrics[metric]), float(baseline["metrics"][metric])
+        lower = metric in LOWER_IS_BETTER
+        better = ours < theirs if lower else ours > theirs
+        rows = version.metrics.get("holdout_rows")
+        where = f"on the freshest {rows:,} settled rows" if rows else "on its holdout"
+        return {
+            "metric": metric,
+            "candidate": ours,
+            "serving": theirs,
+            "serving_version": baseline["version"],
+            "better": better,
+            "reason": f"{where}, {metric} {ours:.4f} against {baseline['version']}'s {theirs:.4f}",
+        }
 
     def _on_decision(self, route: str, ref: str, decision: dict[str, Any]) -> list[LoopEvent]:
         st = self.state[route]
