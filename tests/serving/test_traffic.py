@@ -489,3 +489,24 @@ def test_keel_traffic_sets_and_shows_a_canary_ramp(world, running) -> None:
         server.set_traffic("fraud", canary=msgspec.structs.replace(canary, percent=0))
         status = runner.invoke(app, ["traffic", "status", "fraud", "--url", srv.url])
         assert "5% → 25% → 50% → 100%: rolled back" in status.output
+
+
+def test_a_route_shadowing_an_alias_not_set_yet_serves_and_starts_when_it_is(
+    world, running
+) -> None:
+    """A loop's route shadows MODEL@challenger before its first retrain moves it."""
+    server = make(world, ManualClock(1_000_000.0), shadow=ShadowConfig(model="fraud@challenger"))
+    assert server.routes["fraud"].shadow is None and server.traffic("fraud")["shadow"] is None
+    model, train = world.train(seed=2)
+    world.registry.register("fraud", model, training_set=train)
+    with running(create_app(server)):
+        world.registry.set_alias("fraud", "challenger", 2, reason="keel train fraud")
+        deadline = time.monotonic() + 20
+        while server.routes["fraud"].shadow is None:
+            assert time.monotonic() < deadline, "the shadow never started"
+            time.sleep(0.05)
+        assert server.routes["fraud"].shadow.version == "fraud@2"
+        assert server.traffic("fraud")["shadow"]["candidate"] == "fraud@2"
+    # Any alias not set yet waits the same way.
+    other = make(world, ManualClock(1_000_000.0), shadow=ShadowConfig(model="fraud@next"))
+    assert other.routes["fraud"].shadow is None

@@ -176,8 +176,16 @@ class InferenceServer:
         if is_recommender(deployed.runtime) and USER not in route.join_keys:
             route.join_keys.append(USER)  # a canary split stays sticky per user
         route.batcher = self._batcher(route, lambda: route.current)
+        shadow = cfg.shadow
+        if shadow is not None and self._unset_alias(shadow.model):
+            # A route may shadow an alias before anything is there (the loop's first retrain
+            # moves it): it serves, and the registry watch loads the candidate once it is.
+            log.info(
+                "route %s: no %s yet; its shadow starts when it is set", cfg.name, shadow.model
+            )
+            shadow = None
         try:
-            self._apply_traffic(route, cfg.canary, cfg.shadow)
+            self._apply_traffic(route, cfg.canary, shadow)
         except KeelError as exc:
             if runtime is None:
                 raise
@@ -407,6 +415,16 @@ class InferenceServer:
                 "configured": self._configured[name],
             },
         )
+
+    def _unset_alias(self, model: str) -> bool:
+        """Whether ``model`` names an alias (``name@alias``) that is not set yet."""
+        name, _, ref = model.partition("@")
+        if self.registry is None or not ref or ref.isdigit() or ref == "latest":
+            return False
+        try:
+            return ref not in self.registry.aliases(name)
+        except NotFoundError:
+            return True  # no version of the model at all yet
 
     def _apply_traffic(
         self, route: Route, canary: CanaryConfig | None, shadow: ShadowConfig | None
