@@ -2,10 +2,13 @@
 
 Two-sample KS for numeric features, PSI on bins from the reference's quantiles (or its
 categories), chi-square for categoricals, Wasserstein and Jensen–Shannon distances, and MMD
-(RBF kernel, median heuristic) for embedding columns. P-values fire on every tiny shift when
-samples are large, so alerts do not use them: :class:`DriftDetector` splits the reference into
-chunks, measures each statistic between chunks, and sets each feature's alert level so the
-false-alert rate on healthy data stays at the configured target.
+(RBF kernel, median heuristic) for embedding columns. :class:`DriftDetector` sets each
+feature's alert level so that fresh healthy windows (not the reference's own rows) alert at
+the configured rate, per feature or per window across all features: from the statistic's law
+between a window and a reference that are both samples (the two-sample KS law, or draws of
+both from the reference's shares), and, for a reference in time order, no tighter than the
+spread between its own stretches, which is what keeps real data's slow wandering (a daily
+cycle, a burst) from firing on large windows.
 
 The detector follows the estimator contract: keyword-only hyper-parameters, ``fit`` on the
 reference, learned state in trailing-underscore attributes, ``score`` per window.
@@ -56,6 +59,20 @@ EPS = 1e-6
 #: The statistic alerts use, by column kind.
 ALERT_STATISTIC = {"numeric": "ks", "categorical": "chi2", "vector": "mmd"}
 CALIBRATION_ROWS = 100_000
+MMD_ROWS = 1000  # mmd's default max_rows: the rows of each side it compares
+TIE_SHARE = 1e-3  # a number whose most repeated value holds more of the rows is discrete
+NULL_CELLS = 128  # cells of a discrete number's null draws (more distinct values merge)
+NULL_DRAWS = 4096  # draws of a discrete feature's null: the level at 1% from 41 beyond it
+NULL_MIN_DRAWS = 1024
+NULL_GRID = 1.02  # window sizes whose null is drawn: a geometric grid
+COARSE_VALUES = 8  # a merged cell of this many distinct values is watched as a continuum
+NULL_BUDGET = 2**21  # draws x cells: fewer draws for features of many cells
+TAIL_FROM = 0.02  # rarer than this, a null's tail is extended from its draws
+JOINT_ROWS = 20_000  # rows whose windows measure how the features' statistics correlate
+JOINT_WINDOW = 200
+JOINT_DRAWS = 2048
+JOINT_TOP = 4  # each feature's alerts among those windows, at the least
+JOINT_BINS = 32  # quantile cells of a continuous number there
 SMIRNOV_LOOP = 10_000  # from here scipy's scalar Smirnov sum costs more than ~10 ms
 PARALLEL_ROWS = 50_000  # below this a window scores faster on one thread than handed around
 
@@ -308,6 +325,13 @@ class DriftReport:
 class DriftDetector:
     """Per-feature drift against a reference, with calibrated alert levels.
 
+    A feature's level is what a fresh healthy window of that size passes with probability
+    ``1 - false_alert_rate``. The window is compared with one fixed reference, itself a
+    sample, so the level comes from the statistic's law between a window of m rows and a
+    reference of n, both drawn from the same distribution: the two-sample Kolmogorov–Smirnov
+    law for continuous numbers, and for discrete numbers and categories that of draws of both
+    samples from the reference's own shares (ties and small counts leave no closed form).
+
     Parameters
     ----------
     features
@@ -317,16 +341,30 @@ class DriftDetector:
     bins
         Quantile bins for PSI and Jensen–Shannon on numeric columns.
     chunks
-        How many pieces of the reference calibrate the alert levels.
+        How many pieces of the reference measure its healthy spread (``baseline_``; with
+        ``ordered``, the floor of the levels; for vector columns, the levels).
     false_alert_rate
         The share of healthy windows allowed to alert, per feature.
+    window_false_alert_rate
+        The share of healthy windows allowed to alert on any of the features; when given it
+        decides, and the per-feature rate it implies is ``feature_false_alert_rate_``.
     workers
         Threads that fit and score features side by side (default: one per core); numpy
         sorts and searches without holding the interpreter lock.
     ordered
-        The reference's rows are in time order (a training set is): calibration windows are
-        then contiguous stretches of it at random offsets, so what varies within a day or a
-        burst counts as healthy spread, as it will between live windows.
+        The reference's rows are in time order (a training set is): contiguous stretches of
+        it at random offsets are compared with the rest, and no level is tighter than those
+        stretches show, so what varies within a day or a burst counts as healthy spread, as
+        it will between live windows.
+
+    Attributes
+    ----------
+    feature_false_alert_rate_
+        The per-feature rate the levels keep: ``false_alert_rate``, or the one that
+        ``window_false_alert_rate`` implies for these features and their correlations.
+    baseline_
+        Mean and standard deviation of each feature's statistic between a chunk of the
+        reference and the rest of it.
     """
 
     def __init__(
@@ -337,11 +375,16 @@ class DriftDetector:
         bins: int = 10,
         chunks: int = 20,
         false_alert_rate: float = 0.01,
+        window_false_alert_rate: float | None = None,
         workers: int | None = None,
         ordered: bool = False,
     ) -> None:
         if bins < 2 or chunks < 4 or not 0 < false_alert_rate < 1:
             raise ValidationError("bins >= 2, chunks >= 4 and 0 < false_alert_rate < 1")
+        if window_false_alert_rate is not None and not 0 < window_false_alert_rate < 0.5:
+            raise ValidationError(
+                f"window_false_alert_rate must be within (0, 0.5), got {window_false_alert_rate}"
+            )
         if workers is not None and workers < 1:
             raise ValidationError(f"workers must be at least 1, not {workers}")
         self.features = features
@@ -349,6 +392,7 @@ class DriftDetector:
         self.bins = bins
         self.chunks = chunks
         self.false_alert_rate = false_alert_rate
+        self.window_false_alert_rate = window_false_alert_rate
         self.workers = workers
         self.ordered = ordered
 
@@ -370,20 +414,31 @@ class DriftDetector:
         self.categories_: dict[str, pa.Array] = {}
         self.ref_counts_: dict[str, np.ndarray] = {}
         self.vectors_: dict[str, np.ndarray] = {}
+        self.cells_: dict[str, _Cells | None] = {}
+        self.spread_: dict[str, np.ndarray] = {}
+        self.excess_: dict[str, float] = {}
         self.thresholds_: dict[str, float] = {}
         self.baseline_: dict[str, tuple[float, float]] = {}
         self.window_size_: dict[str, int] = {}
         self.calibration_rest_: dict[str, int] = {}
         self.reference_rows_: dict[str, int] = {}
+        self._levels: dict[tuple[str, int], float] = {}
+        self._nulls: dict[tuple[str, int, int], np.ndarray] = {}
         for name in names:
             self.kinds_[name] = _kind(table.column(name).type, name in self.categorical)
         # Each feature draws from its own stream, so the levels do not depend on the threads.
         seeds = np.random.SeedSequence(0).spawn(len(names))
+        self._seeds = dict(zip(names, seeds, strict=True))
         jobs = list(zip(names, seeds, strict=True))
         learned = self._map(lambda job: self._fit_one(*job, table), jobs, rows)
         for name, state in zip(names, learned, strict=True):
             for attr, value in state.items():
                 getattr(self, attr)[name] = value
+        self.feature_false_alert_rate_ = self._feature_rate(table, names)
+        excess = self._map(self._excess, names, rows)
+        self.excess_ = dict(zip(names, excess, strict=True))
+        for name in names:
+            self.thresholds_[name] = self.threshold(name, self.window_size_[name])
         return self
 
     def _fit_one(self, name: str, seed: np.random.SeedSequence, table: pa.Table) -> dict:
@@ -396,12 +451,16 @@ class DriftDetector:
             state["categories_"] = categories
         values, _ = _values_of(col, kind, name, "reference", categories)
         state["reference_rows_"] = len(values)
+        state["cells_"] = None
         if kind == "numeric":
             edges = np.unique(_quantiles(values, np.linspace(0, 1, self.bins + 1)[1:-1]))
             state.update(sorted_=values, prefix_=_prefix(values), edges_=edges)
             state["ref_counts_"] = _counts(values, edges)
+            state["cells_"] = _numeric_cells(values)
         elif kind == "categorical":
-            state["ref_counts_"] = np.bincount(values, minlength=len(categories) + 1)
+            counts = np.bincount(values, minlength=len(categories) + 1)
+            state["ref_counts_"] = counts
+            state["cells_"] = _Cells(np.arange(len(categories)), counts[:-1] / len(values))
         else:
             state["vectors_"] = values
         rng = np.random.default_rng(seed)
@@ -409,7 +468,7 @@ class DriftDetector:
             spread, size, rest = self._calibrate_ordered(kind, col, values, rng)
         else:
             spread, size, rest = self._calibrate(kind, values, rng)
-        state["thresholds_"] = float(np.quantile(spread, 1 - self.false_alert_rate)) + 1e-12
+        state["spread_"] = spread
         state["baseline_"] = (float(np.mean(spread)), float(np.std(spread)))
         state.update(window_size_=size, calibration_rest_=rest)
         return state
@@ -475,19 +534,172 @@ class DriftDetector:
             return _ks_spread(raw[order], np.sort(rank[blocks], axis=1)), size, n - size
         return _chi2_spread(raw, blocks), size, n - size
 
+    # -- alert levels -------------------------------------------------------------------------
     def threshold(self, name: str, rows: int) -> float:
-        """The alert level for a window of ``rows`` rows: KS and MMD shrink with larger
-        samples, so the level calibrated at one window size is rescaled to another."""
-        level = self.thresholds_[name]
-        kind = self.kinds_[name]
-        if kind == "categorical":
-            return level
+        """The alert level for a window of ``rows`` rows: healthy windows of that size pass it
+        but for ``feature_false_alert_rate_`` of them."""
+        key = (name, rows)
+        level = self._levels.get(key)
+        if level is None:
+            level = self._levels[key] = self._level(name, rows)
+        return level
+
+    def _level(self, name: str, m: int) -> float:
+        kind, alpha = self.kinds_[name], self.feature_false_alert_rate_
+        if kind == "vector":
+            return self._vector_level(name, alpha, m) + 1e-12
         n = self.reference_rows_[name]
-        c = self.window_size_[name]
-        ratio = (1 / rows + 1 / n) / (1 / c + 1 / self.calibration_rest_[name])
+        level = self._null_level(name, alpha, m, n)
+        excess = self.excess_.get(name, 0.0)
+        if excess > 0:
+            # KS (and the root of chi-square per pair of rows) is a distance: a window's
+            # distance to the reference is at most its sampling noise plus how far its stretch
+            # of time sits from the whole. The reference's own stretches passed the null level
+            # by ``excess``, which a window carries whatever its length; one shorter than the
+            # stretches gets it scaled up, as its noise is.
+            pairs = _pairs(m, n)
+            grow = max(
+                1.0, np.sqrt(_pairs(self.window_size_[name], self.calibration_rest_[name]) / pairs)
+            )
+            if kind == "numeric":
+                level += excess * grow
+            else:
+                level = pairs * (np.sqrt(level / pairs) + excess * grow) ** 2
+        return float(level) + 1e-12
+
+    def _null_level(self, name: str, alpha: float, m: int, n: int) -> float:
+        """The level that a share ``alpha`` of windows of m rows pass against a reference of n
+        rows, both drawn from the same distribution."""
+        kind, cells = self.kinds_[name], self.cells_[name]
+        if cells is None:  # a continuous number: the two-sample KS law, n m / (n + m) pairs
+            return _ks_level(alpha, max(round(_pairs(m, n)), 1))
+        # Draws are made for sizes on a 2% grid (windows that lost some nulls differ in size
+        # by a few rows) and KS rescaled from there; chi-square does not scale with the rows.
+        grid = max(round(NULL_GRID ** round(np.log(m) / np.log(NULL_GRID))), 1)
+        key = (name, grid, n)
+        draws = self._nulls.get(key)
+        if draws is None:
+            seed = self._seeds[name]
+            rng = np.random.default_rng(
+                np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, grid, n))
+            )
+            draws = self._nulls[key] = _null_sample(cells.shares, grid, n, kind, rng)
+        level = _draws_level(draws, alpha, 2 if kind == "numeric" else 1)
+        if kind == "numeric":
+            level *= np.sqrt(_pairs(grid, n) / _pairs(m, n))
+        # Where merged cells hold a continuum of values the draws see the walk only at their
+        # edges and miss its excursions in between: Broadie, Glasserman and Kou's correction
+        # for a Brownian path watched at steps of `gap` lifts the level by 0.5826 sqrt(gap),
+        # here in KS units and for the share of the rows it concerns.
+        return level + 0.5826 * cells.coarse * np.sqrt(cells.gap / _pairs(m, n))
+
+    def _excess(self, name: str) -> float:
+        """How far the reference's own healthy stretches (``ordered``) pass the null level at
+        their size, as a distance; 0 when they do not, or when the rows are not in order."""
+        kind = self.kinds_[name]
+        if not self.ordered or kind == "vector":
+            return 0.0
+        alpha = self.feature_false_alert_rate_
+        size, rest = self.window_size_[name], self.calibration_rest_[name]
+        seen = float(np.quantile(self.spread_[name], 1 - alpha))
+        null = self._null_level(name, alpha, size, rest)
+        if kind == "categorical":  # chi-square grows with the rows: compare distances
+            pairs = _pairs(size, rest)
+            seen, null = np.sqrt(seen / pairs), np.sqrt(null / pairs)
+        return max(float(seen - null), 0.0)
+
+    def _vector_level(self, name: str, alpha: float, m: int) -> float:
+        """MMD has no law to read a level from: a gamma fitted to the reference's own chunks
+        (the null of a squared MMD is a weighted sum of chi-squares), rescaled to the window;
+        no tighter than the chunks themselves with ``ordered``."""
+        spread = self.spread_[name]
+        mean, var = float(np.mean(spread)), float(np.var(spread))
+        level = float(np.max(spread))
+        if mean > 0 and var > 0:
+            level = float(sstats.gamma.isf(alpha, mean * mean / var, scale=var / mean))
+        if self.ordered:
+            level = max(level, float(np.quantile(spread, 1 - alpha)))
+        # mmd compares at most MMD_ROWS rows of each side, and its null mean goes as 1/m + 1/n.
+        size, rest = self.window_size_[name], self.calibration_rest_[name]
+        n = self.reference_rows_[name]
+        ratio = (1 / min(m, MMD_ROWS) + 1 / min(n, MMD_ROWS)) / (
+            1 / min(size, MMD_ROWS) + 1 / min(rest, MMD_ROWS)
+        )
         if self.ordered:  # rows in time order are not independent: a longer window keeps it
             ratio = max(ratio, 1.0)
-        return float(level * (np.sqrt(ratio) if kind == "numeric" else ratio))
+        return level * ratio
+
+    def _feature_rate(self, table: pa.Table, names: list[str]) -> float:
+        """The per-feature rate: ``false_alert_rate``, or the one at which healthy windows
+        alert on any feature at ``window_false_alert_rate``.
+
+        Independent features would need Šidák's 1 - (1 - r)^(1/k); correlated ones alert
+        together, so fewer tests are in effect. How many is measured on healthy windows drawn
+        from the reference (stretches of it with ``ordered``): with each feature alerting on
+        its own top ``a`` share of them, the share of windows alerting on any feature gives
+        the effective count k' (1 - (1 - a)^k'), and the rate is Šidák's for k' tests. A
+        Gaussian copula of the statistics would not do: near-copies of a feature have KS
+        statistics far more alike in the tail than in the bulk."""
+        rate = self.window_false_alert_rate
+        if rate is None:
+            return self.false_alert_rate
+        k = len(names)
+        sidak = float(-np.expm1(np.log1p(-rate) / k))
+        if k == 1:
+            return sidak
+        rng = np.random.default_rng(np.random.SeedSequence(1))
+        rows = table.num_rows
+        size = min(JOINT_ROWS, rows)
+        if self.ordered:
+            take = np.arange(0, rows, -(-rows // size))
+        else:
+            take = np.sort(rng.choice(rows, size, replace=False))
+        n = len(take)
+        w = max(min(JOINT_WINDOW, n // 10), 2)
+        if self.ordered:
+            windows = rng.integers(0, n - w + 1, JOINT_DRAWS)[:, None] + np.arange(w)
+        else:  # disjoint windows of random permutations
+            per = n // w
+            perms = [rng.permutation(n)[: per * w] for _ in range(-(-JOINT_DRAWS // per))]
+            windows = np.concatenate(perms).reshape(-1, w)[:JOINT_DRAWS]
+        picked = pa.array(take)
+        stats = self._map(
+            lambda name: self._joint_statistic(table.column(name).take(picked), name, windows),
+            names,
+            rows,
+        )
+        # Each feature alerts on exactly its top `top` windows: ties (discrete statistics, or
+        # a vector's, not measured here) are broken at random.
+        top = max(JOINT_TOP, round(JOINT_DRAWS * sidak))
+        alerted = np.zeros(JOINT_DRAWS, dtype=bool)
+        for stat in stats:
+            alerted[np.lexsort((rng.random(JOINT_DRAWS), stat))[-top:]] = True
+        share = top / JOINT_DRAWS
+        effective = np.log1p(-alerted.mean()) / np.log1p(-share)
+        return float(np.clip(-np.expm1(np.log1p(-rate) / max(effective, 1.0)), sidak, rate))
+
+    def _joint_statistic(self, col: Any, name: str, windows: np.ndarray) -> np.ndarray:
+        """The feature's statistic between each window (rows of positions in ``col``) and the
+        rest of ``col``, on the cells of its values (quantile bins for continuous numbers)."""
+        kind = self.kinds_[name]
+        if kind == "vector":
+            return np.zeros(len(windows))
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if kind == "categorical":
+            categories = self.categories_[name]
+            codes = pc.index_in(col.cast(pa.string()), value_set=categories)
+            codes = pc.fill_null(codes, len(categories)).to_numpy(zero_copy_only=False)
+            return _window_vs_rest(codes.astype(np.int64), len(categories), windows, kind)
+        cells = self.cells_[name]
+        if cells is None:
+            q = np.linspace(0, 1, JOINT_BINS + 1)[1:-1]
+            upper = np.append(np.unique(_quantiles(self.sorted_[name], q)), np.inf)
+        else:
+            upper = cells.upper
+        x = col.to_numpy(zero_copy_only=False).astype(np.float64)
+        codes = np.searchsorted(upper, x, side="left")
+        codes[np.isnan(x)] = len(upper)  # missing: in no cell
+        return _window_vs_rest(codes, len(upper), windows, kind)
 
     # -- scoring a window ---------------------------------------------------------------------
     def score(self, current: Any, *, features: list[str] | None = None) -> DriftReport:
@@ -614,6 +826,128 @@ def _chi2_spread(codes: np.ndarray, windows: np.ndarray) -> np.ndarray:
     offset = width * np.arange(draws)[:, None]
     picked = np.bincount((codes[windows] + offset).ravel(), minlength=draws * width)
     return np.array([chi2(total - w, w)[0] for w in picked.reshape(draws, width)])
+
+
+@dataclass(frozen=True, slots=True)
+class _Cells:
+    """A discrete feature's cells and the reference's share of each: its categories, or the
+    distinct values of a number (``upper`` the largest value in each cell). ``coarse`` is the
+    share of the rows in cells that merge many distinct values, ``gap`` the largest such
+    cell's share."""
+
+    upper: np.ndarray
+    shares: np.ndarray
+    coarse: float = 0.0
+    gap: float = 0.0
+
+
+def _numeric_cells(sorted_values: np.ndarray) -> _Cells | None:
+    """The cells of a number whose values repeat (counts, flags, rounded amounts); None for a
+    continuous one, whose KS follows the two-sample law. Beyond NULL_CELLS distinct values the
+    small ones are merged (a value holding 1/NULL_CELLS of the rows keeps its own cell)."""
+    n = len(sorted_values)
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=new[1:])
+    ends = np.append(np.flatnonzero(new)[1:], n)  # rows up to each distinct value
+    mass = np.diff(ends, prepend=0)
+    if mass.max() <= TIE_SHARE * n:
+        return None
+    if len(ends) <= NULL_CELLS:
+        return _Cells(sorted_values[ends - 1], mass / n)
+    big = mass * NULL_CELLS >= n
+    keep = np.diff(ends * NULL_CELLS // n, prepend=0) > 0
+    keep |= big
+    keep[:-1] |= big[1:]  # a large value's cell starts where the one below it ends
+    keep[-1] = True
+    shares = np.diff(ends[keep], prepend=0) / n
+    values = np.diff(np.flatnonzero(keep), prepend=-1)  # distinct values per cell
+    coarse = values >= COARSE_VALUES
+    gap = float(shares[coarse].max()) if coarse.any() else 0.0
+    return _Cells(sorted_values[ends[keep] - 1], shares, float(shares[coarse].sum()), gap)
+
+
+def _pairs(m: float, n: float) -> float:
+    """The effective sample size of two samples, m n / (m + n): KS and chi-square per pair
+    scale with its root."""
+    return m * n / (m + n)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ks_level(alpha: float, pairs: int) -> float:
+    """The level two continuous samples with ``pairs`` effective rows pass but for ``alpha``."""
+    return float(sstats.kstwo.isf(alpha, pairs))
+
+
+def _null_sample(
+    shares: np.ndarray, m: int, n: int, kind: str, rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted draws of the statistic (KS for numbers, chi-square for categories) between a
+    window of m rows and a reference of n, both drawn from ``shares``: every draw carries the
+    reference's own sampling error, as a live window's comparison does."""
+    draws = int(np.clip(NULL_BUDGET // len(shares), NULL_MIN_DRAWS, NULL_DRAWS))
+    # Poisson counts, twice as fast as multinomial ones: given its total each draw is a
+    # multinomial sample, and its size, m or n give or take a root, barely moves the law.
+    cur = rng.poisson(m * shares, size=(draws, len(shares)))
+    ref = rng.poisson(n * shares, size=(draws, len(shares)))
+    return np.sort(_ks_rows(ref, cur) if kind == "numeric" else _chi2_rows(ref, cur))
+
+
+def _draws_level(draws: np.ndarray, alpha: float, power: int) -> float:
+    """The level a share ``alpha`` of the (sorted) draws pass. Where the draws are many enough
+    it is read off them: the value with the share above it nearest ``alpha``, since the
+    statistic of discrete data sits on a lattice. Further out the tail of ``statistic **
+    power`` (KS squared, chi-square) is extended as an exponential, its scale the draws' mean
+    excess: both tails are of that shape."""
+    b = len(draws)
+    q = max(alpha, TAIL_FROM)
+    near = np.unique(draws[int(b * max(1 - 4 * q, 0)) :])
+    above = (b - np.searchsorted(draws, near, side="right")) / b
+    near, above = near[above > 0], above[above > 0]
+    if len(near) == 0:  # every draw is the same: only a value never seen alerts
+        return float(draws[-1])
+    i = int(np.argmin(np.abs(np.log(above / q))))
+    level, share = float(near[i]), float(above[i])
+    if alpha >= TAIL_FROM:
+        return level
+    scale = float(np.mean(draws[draws > level] ** power - level**power))
+    return float((level**power + scale * np.log(share / alpha)) ** (1 / power))
+
+
+def _ks_rows(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """KS between each row of ``cur`` and of ``ref``, both counts over the same ordered cells."""
+    a = np.cumsum(ref, axis=1) / np.maximum(ref.sum(axis=1, keepdims=True), 1)
+    b = np.cumsum(cur, axis=1) / np.maximum(cur.sum(axis=1, keepdims=True), 1)
+    return np.abs(a - b).max(axis=1)
+
+
+def _chi2_rows(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """:func:`chi2`'s statistic for each row pair of count tables at once."""
+    ref, cur = ref.astype(np.float64), cur.astype(np.float64)
+    col = ref + cur
+    r1, r2 = ref.sum(axis=1, keepdims=True), cur.sum(axis=1, keepdims=True)
+    share = col / np.maximum(r1 + r2, 1)
+    e1, e2 = r1 * share, r2 * share
+    used = col > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(used, (ref - e1) ** 2 / e1 + (cur - e2) ** 2 / e2, 0.0)
+    stat = terms.sum(axis=1)
+    stat[used.sum(axis=1) < 2] = 0.0
+    return stat
+
+
+def _window_vs_rest(codes: np.ndarray, cells: int, windows: np.ndarray, kind: str) -> np.ndarray:
+    """The statistic between each window (a row of positions in ``codes``) and the rest, from
+    cell counts (codes of ``cells`` or more are in no cell)."""
+    draws = len(windows)
+    width = cells + 1
+    codes = np.minimum(codes, cells)
+    total = np.bincount(codes, minlength=width)
+    offset = width * np.arange(draws)[:, None]
+    cur = np.bincount((codes[windows] + offset).ravel(), minlength=draws * width)
+    cur = cur.reshape(draws, width)
+    ref, cur = (total - cur)[:, :cells], cur[:, :cells]
+    return _ks_rows(ref, cur) if kind == "numeric" else _chi2_rows(ref, cur)
 
 
 def _cores() -> int:
