@@ -27,7 +27,7 @@ from keel.jobs.store import JobState
 from keel.jobs.worker import job_in
 from keel.log import OFFSET, PARTITION
 
-__all__ = ["DAY_S", "LoopController", "pause", "resume"]
+__all__ = ["DAY_S", "LoopController", "pause", "resume", "version_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class LoopController:
 
         if policy.job != "retrain":
             return None
-        argv = keel_argv(str(self.project.config_path), "train", model, now=now)
+        argv = keel_argv(str(self.project.config_path), "retrain", model, now=now)
         if policy.holdout_s:
             argv += ["--holdout", f"{policy.holdout_s:g}s"]
         if policy.window_s:
@@ -313,7 +313,7 @@ class LoopController:
         if job.state is not JobState.SUCCEEDED:
             return [done, self._close(route, done, f"no candidate: the job {job.state}")]
         model = self._model(route)
-        version = self._version_of(model, job.id)
+        version = version_of(self.project.registry, model, job.id)
         if version is None:
             return [done, self._close(route, done, "the job registered no version")]
         graded = self._grade(route, version)
@@ -350,17 +350,6 @@ class LoopController:
             },
         )
         return [done, candidate]
-
-    def _version_of(self, model: str, job: str) -> Any:
-        """The version job ``job`` registered: recorded in its training lineage, or named
-        by the challenger move it made (a fine-tune)."""
-        registry = self.project.registry
-        for v in reversed(registry.versions(model)[-20:]):
-            if (v.lineage.get("training") or {}).get("job") == job:
-                return v
-        moves = registry.alias_history(model, "challenger")
-        number = next((m.to_version for m in reversed(moves) if job_in(m.reason) == job), None)
-        return None if number is None else registry.get(model, number)
 
     def _grade(self, route: str, version: Any) -> dict[str, Any] | None:
         """The retrain's holdout ``metric`` beside the serving version's on the same rows
@@ -519,6 +508,18 @@ class LoopController:
             return self.project.registry.get(name, alias).ref
         except NotFoundError:
             return None
+
+
+def version_of(registry: Any, model: str, job: str) -> Any:
+    """The version of ``model`` that job ``job`` registered (None if it registered none):
+    recorded in its training lineage, or named by the challenger move it made (a
+    fine-tune)."""
+    for v in reversed(registry.versions(model)):
+        if (v.lineage.get("training") or {}).get("job") == job:
+            return v
+    moves = registry.alias_history(model, "challenger")
+    number = next((m.to_version for m in reversed(moves) if job_in(m.reason) == job), None)
+    return None if number is None else registry.get(model, number)
 
 
 def pause(project: Any, route: str, *, by: str = "operator", clock: Clock | None = None) -> None:

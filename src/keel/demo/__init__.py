@@ -26,6 +26,7 @@ from keel.demo.data_steps import (
     time_ordered_chunks,
 )
 from keel.demo.jobs_step import show_jobs
+from keel.demo.loop_step import show_loop
 from keel.demo.model_steps import show_registry, show_serving, show_training
 from keel.demo.monitor_step import show_monitoring
 from keel.demo.recommend_step import show_recommendations
@@ -186,9 +187,11 @@ def _run(
     trained = show_training(console, project, result)
     show_registry(console, project, trained, result)
     show_serving(console, project, result, quick=quick)
-    show_monitoring(console, project, shop, result, days=days, quick=quick)
+    drifted = show_monitoring(console, project, shop, result, days=days, quick=quick)
     show_recommendations(console, project, shop, result, quick=quick)
     show_jobs(console, project, result)
+    if drifted is not None:
+        show_loop(console, project, drifted, result, days=days, quick=quick)
     _summary(console, project, result)
     return result
 

@@ -89,14 +89,15 @@ def show_jobs(console: Console, project: Project, result: DemoResult) -> None:
     result.jobs_too_big_reason = huge_reason
     result.jobs_seconds = seconds
     if done.state is JobState.SUCCEEDED:
+        from keel.controller.loop import version_of
         from keel.training import reproduce_model
 
-        version = project.registry.get("fraud", "challenger")
+        version = version_of(project.registry, "fraud", done.id)
         with console.status(f"   retraining {version.ref} from its lineage…"):
             rep = reproduce_model(project.registry, project.features, "fraud", version.version)
         result.jobs_resumed_identical = rep.identical
         console.print(
-            f"   the preempted retrain registered {version.ref} (fraud@challenger); retrained "
+            f"   the preempted retrain registered {version.ref}; retrained "
             f"from its lineage without interruption: "
             + (
                 "[green]byte-identical[/]"

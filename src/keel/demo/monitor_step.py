@@ -28,6 +28,7 @@ from keel.shop import EVENTS, LABELS, PAYMENTS, Shop
 DRIFT = {"price_scale": 1.3, "buy_share": 0.9, "new_device_share": 0.4, "untracked_share": 0.7}
 TICK_S = 120.0  # shop seconds per tick: payments are scored within 2 minutes
 CHUNK = 64  # payments per request
+SETTLE_DAYS = 3  # as the fraud model's labels settle
 
 
 def show_monitoring(
@@ -38,7 +39,8 @@ def show_monitoring(
     *,
     days: float,
     quick: bool,
-) -> None:
+) -> Shop | None:
+    """Returns the drifted shop, where it stands (None when the step was skipped)."""
 
     from keel.monitoring import Monitor, history, times_level
     from keel.serving import InferenceServer
@@ -46,7 +48,7 @@ def show_monitoring(
 
     cfg = next(r for r in project.settings.routes if r.name == "fraud")
     if cfg.monitor is None:
-        return
+        return None
     if quick:  # a small shop: smaller windows to see several
         cfg = msgspec.structs.replace(
             cfg, monitor=msgspec.structs.replace(cfg.monitor, window_rows=100)
@@ -78,7 +80,7 @@ def show_monitoring(
             monitor.fit()
     except ValidationError as exc:  # a shop too small to calibrate on
         console.print(f"   [yellow]skipped[/]: {exc}")
-        return
+        return None
     ref = monitor.reference_
     console.print(
         f"   reference: {ref.version}'s training set ({ref.rows:,} rows, {len(ref.features)} "
@@ -126,9 +128,10 @@ def show_monitoring(
                     drift_window = monitor.windows_
     server.routes["fraud"].predictions.flush()
     records += monitor.step()
-    # Two shop days later every outcome is in (a legitimate payment is confirmed a day or
-    # two after it): the realized loss of each window, beside what was estimated before.
-    for tick in world.stream(rate=rate, tick_s=3_600, duration_s=2 * 86_400):
+    # Three shop days later the outcomes are in (a legitimate payment is confirmed a day or
+    # more after it): the realized loss of each window, beside what was estimated before.
+    # (The shop's own events of those days are not kept: only the outcomes matter here.)
+    for tick in world.stream(rate=rate, tick_s=3_600, duration_s=SETTLE_DAYS * 86_400):
         if tick[LABELS.name].num_rows:
             log.append(LABELS.name, tick[LABELS.name])
     monitor.step()
@@ -170,6 +173,7 @@ def show_monitoring(
         f"   {scored:,} payments over {2 * phase_days:g} shop days scored and monitored in "
         f"{time.perf_counter() - started:.1f} s; report: [cyan]{report}[/]"
     )
+    return world
 
 
 def _estimated(records: list[dict[str, Any]]) -> float | None:

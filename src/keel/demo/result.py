@@ -50,3 +50,10 @@ class DemoResult:
     jobs_seconds: float = 0.0
     jobs_resumed_identical: bool = False
     jobs_too_big_reason: str = ""
+    loop_steps: list[str] = field(default_factory=list)
+    loop_promoted: str = ""
+    loop_seconds: float = 0.0
+    loop_alert_hours: float | None = None
+    loop_promoted_hours: float | None = None
+    loop_realized_before: float | None = None
+    loop_realized_after: float | None = None

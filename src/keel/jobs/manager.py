@@ -91,7 +91,8 @@ def keel_argv(config_path: str, kind: str, target: str | None, *, now: float) ->
         case "train":
             return [*base, "train", str(target), "--until", until]
         case "retrain":
-            return [*base, "train", str(target), "--until", until, "--shadow"]
+            # Registered, not shadowed: the loop grades a retrain before it is a challenger.
+            return [*base, "train", str(target), "--until", until]
         case "fine-tune":
             return [*base, "fine-tune", str(target), "--until", until]
         case "training-set":

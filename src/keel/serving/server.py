@@ -456,7 +456,9 @@ class InferenceServer:
             route.canary_stats = CanaryStats(started_at=self.clock.now())
             if route.canary_batcher is None:
                 route.canary_batcher = self._batcher(route, lambda: route.canary, "-canary")
-        if shadow_dep is None:
+        if shadow_dep is None or shadow_dep.version == route.current.version:
+            # (A shadow alias pointing at the version served — after its promotion — has
+            # nothing to compare until the next candidate moves it.)
             route.shadow, route.shadow_state = None, None
             return
         if route.shadow_runner is None:

@@ -1,0 +1,216 @@
+"""Demo step: the loop, unattended. The drifted shop of the monitoring step keeps selling; the
+monitor's alert becomes a retrain job, the job a version graded on the freshest labelled
+payments, the version a shadow, the shadow's evidence a promotion — and the realized loss comes
+back near its healthy level, with no one at the keyboard."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from keel.clock import ManualClock
+from keel.demo.data_steps import progress_bar
+from keel.demo.http import serving
+from keel.demo.monitor_step import CHUNK, SETTLE_DAYS, TICK_S
+from keel.demo.result import DemoResult
+from keel.project import Project
+from keel.shop import EVENTS, LABELS, PAYMENTS, Shop
+
+#: Shop seconds per real second: a retrain job (a few seconds here) takes a couple of shop
+#: hours, as it would on a busy platform.
+PACE = 1_800.0
+AFTER_ALERT_S = 12 * 3_600.0  # the goal: recovered within 12 shop hours of the alert
+MAX_S = 36 * 3_600.0  # the step gives up after 36 shop hours
+
+
+def show_loop(
+    console: Console,
+    project: Project,
+    shop: Shop,
+    result: DemoResult,
+    *,
+    days: float,
+    quick: bool,
+) -> None:
+    from keel.controller import Controller, LoopController
+    from keel.controller.trail import read
+    from keel.monitoring import Monitor, history
+    from keel.serving import InferenceServer
+    from keel.serving.client import call
+
+    cfg = next(r for r in project.settings.routes if r.name == "fraud")
+    if cfg.loop is None or cfg.monitor is None or cfg.shadow is None:
+        return
+    if quick:  # as in the monitoring step: a small shop's windows are smaller
+        cfg = msgspec.structs.replace(
+            cfg, monitor=msgspec.structs.replace(cfg.monitor, window_rows=100)
+        )
+    policy = cfg.loop
+    console.print(
+        "[bold]14. The loop, unattended[/]: the drifted shop keeps selling; the route's policy "
+        f"({' or '.join(policy.on)} → {policy.job}, graded on the freshest "
+        f"{policy.holdout_s / 3600:g} settled hours, shadowed, promoted on evidence) runs with "
+        "no one at the keyboard"
+    )
+    clock = ManualClock(shop.now.timestamp())
+    server = InferenceServer(
+        [cfg],
+        registry=project.registry,
+        features=project.features,
+        log_=project.log,
+        clock=clock,
+        features_at=clock.now,
+    )
+    server.load_all()
+    # The traffic step set a shadow of its own while serving; the loop's is keel.toml's.
+    server.set_traffic("fraud", shadow=cfg.shadow)
+    monitor = Monitor(
+        cfg, log_=project.log, registry=project.registry, features=project.features, clock=clock
+    )
+    traffic = Controller(server, project.registry)
+    loop = LoopController(project, routes=[cfg], clock=clock)
+    manager = project.job_manager()
+    first = len(list(read(project.log, "fraud")))
+    rate = result.appended.get(EVENTS.name, 0) / (days * 86_400)
+    start = clock.now()
+    alert_at = promoted_at = None
+    promoted = ""
+    started = time.perf_counter()
+    with serving(server) as port, progress_bar(console) as progress:
+        url = f"http://127.0.0.1:{port}"
+        task = progress.add_task("shop hours, the loop running", total=round(MAX_S / 3600))
+        ticks = shop.stream(rate=rate, tick_s=TICK_S, duration_s=MAX_S)
+        for tick in ticks:
+            paced = time.perf_counter() + TICK_S / PACE
+            for name, table in tick.items():
+                if table.num_rows:
+                    project.log.append(name, table)
+            project.features.materialize()
+            clock.advance(TICK_S)
+            rows = [
+                {k: r[k] for k in ("payment_id", "card_id", "user_id", "amount")}
+                for r in tick[PAYMENTS.name].to_pylist()
+            ]
+            for i in range(0, len(rows), CHUNK):
+                call(url, "/v1/routes/fraud/predict", {"rows": rows[i : i + CHUNK]})
+            server.routes["fraud"].predictions.flush()
+            monitor.step()
+            traffic.step()
+            manager.tick()
+            for event in loop.step():
+                if event.kind == "trigger" and alert_at is None:
+                    alert_at = event.at.timestamp()
+                if event.kind == "swap":
+                    promoted_at, promoted = event.at.timestamp(), event.payload["version"]
+            progress.update(task, completed=(clock.now() - start) / 3600)
+            if alert_at is not None and clock.now() - alert_at >= AFTER_ALERT_S and promoted:
+                break
+            time.sleep(max(0.0, paced - time.perf_counter()))
+        server.routes["fraud"].predictions.flush()
+        monitor.step()
+    manager.close()
+    seconds = time.perf_counter() - started
+    # The outcomes of those payments arrive over the next days.
+    for tick in shop.stream(rate=rate, tick_s=3_600, duration_s=SETTLE_DAYS * 86_400):
+        if tick[LABELS.name].num_rows:
+            project.log.append(LABELS.name, tick[LABELS.name])
+    monitor.step()
+
+    trail = list(read(project.log, "fraud"))[first:]
+    _timeline(console, trail, start)
+    windows = [w for w in history(project.log, "fraud") if _at(w["end"]) > start]
+    _windows(console, windows, promoted)
+    result.loop_steps = [e.kind for e in trail]
+    result.loop_promoted = promoted
+    result.loop_seconds = seconds
+    if alert_at is not None:
+        result.loop_alert_hours = (alert_at - start) / 3600
+    if promoted_at is not None and alert_at is not None:
+        result.loop_promoted_hours = (promoted_at - alert_at) / 3600
+    before = [w for w in windows if w["version"] != promoted]
+    after = [w for w in windows if w["version"] == promoted]
+    in_time = [
+        w for w in after if alert_at is not None and _at(w["end"]) <= alert_at + AFTER_ALERT_S
+    ]
+    result.loop_realized_before = _realized(before)
+    result.loop_realized_after = _realized(in_time or after)
+    healthy = result.realized_before
+    if promoted and healthy and result.loop_realized_after is not None:
+        ratio = result.loop_realized_after / healthy
+        colour = "green" if ratio <= 2 else "red"
+        console.print(
+            f"   {promoted} took over {result.loop_promoted_hours or 0:.1f} shop hours after the "
+            f"alert; realized logloss of its payments within 12 hours of the alert "
+            f"[{colour}]{result.loop_realized_after:.4f}[/] — {ratio:.1f}× the healthy "
+            f"{healthy:.4f}, against {result.loop_realized_before or 0:.4f} under the old "
+            f"version ({seconds:.0f} s, all unattended)"
+        )
+    else:
+        console.print(
+            f"   [yellow]no version was promoted within {MAX_S / 3600:g} shop hours[/]: "
+            f"{', '.join(result.loop_steps) or 'no step taken'}"
+        )
+
+
+def _timeline(console: Console, trail: list[Any], start: float) -> None:
+    from keel.cli.loop import STYLE
+    from keel.controller.trail import chains
+
+    tree = Tree("[bold]the loop's trail[/] (keel loop fraud): each step names its cause")
+    for chain in chains(trail):
+        root = chain[0]
+        node = tree.add(_line(root, start, STYLE))
+        for e in chain[1:]:
+            node.add(_line(e, start, STYLE))
+    console.print(tree)
+
+
+def _line(e: Any, start: float, styles: dict[str, str]) -> str:
+    hours = (e.at.timestamp() - start) / 3600
+    style = styles.get(e.kind, "")
+    return f"+{hours:4.1f} h [{style}]{e.kind}[/]: {e.summary}"
+
+
+def _windows(console: Console, windows: list[dict[str, Any]], promoted: str) -> None:
+    table = Table(
+        title="fraud route while the loop ran",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    for col in ("win", "shop time", "version", "drifted", "est. loss", "realized"):
+        table.add_column(col, justify="left" if col in ("shop time", "version") else "right")
+    for w in windows:
+        perf = w["performance"] or {}
+        realized = perf.get("realized")
+        new = w["version"] == promoted
+        table.add_row(
+            str(w["window"]),
+            w["end"][5:16].replace("T", " "),
+            f"[green]{w['version']}[/]" if new else w["version"],
+            f"{sum(f['drifted'] for f in w['features'])}/{len(w['features'])}",
+            "—" if not perf else f"{perf['estimated']:.4f}",
+            "—" if realized is None else f"{realized:.4f}",
+        )
+    console.print(table)
+
+
+def _at(iso: str) -> float:
+    return datetime.fromisoformat(iso).astimezone(UTC).timestamp()
+
+
+def _realized(windows: list[dict[str, Any]]) -> float | None:
+    pairs = [
+        (w["performance"]["realized"], w["performance"].get("labelled", 0))
+        for w in windows
+        if w["performance"] and w["performance"].get("realized") is not None
+    ]
+    rows = sum(n for _, n in pairs)
+    return sum(v * n for v, n in pairs) / rows if rows else None
