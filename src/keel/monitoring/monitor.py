@@ -172,6 +172,7 @@ class Monitor:
             features=names + out_names,
             categorical=self.config.categorical,
             false_alert_rate=self.config.false_alert_rate,
+            window_false_alert_rate=self.config.window_false_alert_rate,
             ordered=True,
         ).fit(table)
         self.reference_ = Reference(version.ref, table, names, out_names, table.num_rows)
@@ -208,6 +209,7 @@ class Monitor:
             features=watched,
             categorical=self.config.categorical,
             false_alert_rate=self.config.false_alert_rate,
+            window_false_alert_rate=self.config.window_false_alert_rate,
             ordered=True,
         ).fit(reference)
         version = table["version"][table.num_rows - 1].as_py()
@@ -264,7 +266,7 @@ class Monitor:
                 "baseline_std": std,
                 "level": det.threshold(name, size),
                 "window_rows": size,
-                "false_alert_rate": det.false_alert_rate,
+                "false_alert_rate": getattr(det, "feature_false_alert_rate_", det.false_alert_rate),
             }
         est = self.estimator_
         if est is not None:
