@@ -67,6 +67,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "11. Monitoring",
         "12. Recommendations",
         "13. Jobs",
+        "14. The loop, unattended",
     ):
         assert step in text
     # The recommender is trained, then fine-tuned on the drifting shop: each cycle's child is
@@ -92,3 +93,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     }
     assert result.jobs_preemptions == 1 and result.jobs_resumed_identical
     assert "request > maximum capacity (64 > 3)" in result.jobs_too_big_reason
+    # The loop ran unattended on the drifted shop: an alert became a retrain job whose
+    # version was graded on the freshest labelled payments, each step on the trail.
+    assert result.loop_steps[:3] == ["trigger", "job", "job_done"]
+    assert "candidate" in result.loop_steps or "decision" in result.loop_steps
