@@ -685,7 +685,18 @@ class InferenceServer:
 
     def _follow_shadow(self, name: str, shadow: ShadowConfig) -> None:
         """The alias a route shadows moved (``keel train --shadow``): load the new candidate
-        beside the old one; the old keeps the shadow if the new one fails to load."""
+        beside the old one; the old keeps the shadow if the new one fails to load. The
+        route's shadow settings as they are now are kept (one set while the event waited
+        wins over the ones it was read with)."""
+        route = self.routes.get(name)
+        if route is not None and route.config.shadow is not None:
+            shadow = route.config.shadow
+            try:
+                target = self.registry.get(*shadow.model.split("@", 1)).ref
+            except KeelError:
+                target = None
+            if route.shadow is not None and route.shadow.version == target:
+                return  # already compared
         try:
             self.set_traffic(name, shadow=shadow)
         except Exception:
