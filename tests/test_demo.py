@@ -97,3 +97,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # version was graded on the freshest labelled payments, each step on the trail.
     assert result.loop_steps[:3] == ["trigger", "job", "job_done"]
     assert "candidate" in result.loop_steps or "decision" in result.loop_steps
+    if result.loop_promoted:
+        # Promoted with no one at the keyboard: the chain ran to the monitor following it,
+        # and the payments it scored lost far less than the drifted champion's.
+        assert {"candidate", "decision", "swap", "monitoring"} <= set(result.loop_steps)
+        assert result.loop_realized_after is not None and result.loop_realized_before
+        assert result.loop_realized_after < 0.5 * result.loop_realized_before
