@@ -18,7 +18,7 @@ from rich.tree import Tree
 from keel.clock import ManualClock
 from keel.demo.data_steps import progress_bar
 from keel.demo.http import serving
-from keel.demo.monitor_step import CHUNK, SETTLE_DAYS, TICK_S
+from keel.demo.monitor_step import CHUNK, SETTLE_DAYS, TICK_S, _realized
 from keel.demo.result import DemoResult
 from keel.project import Project
 from keel.shop import EVENTS, LABELS, PAYMENTS, Shop
@@ -204,13 +204,3 @@ def _windows(console: Console, windows: list[dict[str, Any]], promoted: str) -> 
 
 def _at(iso: str) -> float:
     return datetime.fromisoformat(iso).astimezone(UTC).timestamp()
-
-
-def _realized(windows: list[dict[str, Any]]) -> float | None:
-    pairs = [
-        (w["performance"]["realized"], w["performance"].get("labelled", 0))
-        for w in windows
-        if w["performance"] and w["performance"].get("realized") is not None
-    ]
-    rows = sum(n for _, n in pairs)
-    return sum(v * n for v, n in pairs) / rows if rows else None
