@@ -51,5 +51,15 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def span(seconds: float) -> str:
+    """A length of time for a person: ``42 s``, ``12 min``, ``3.5 h``."""
+    seconds = max(seconds, 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def short_time(t: datetime | None) -> str:
     return "—" if t is None else t.strftime("%Y-%m-%d %H:%M")

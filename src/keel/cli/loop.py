@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.tree import Tree
 
-from keel.cli._common import console, friendly, project
+from keel.cli._common import console, friendly, project, span
 
 URL = typer.Option("http://127.0.0.1:8000", "--url", help="the server's address")
 
@@ -118,7 +118,7 @@ def loop(
         tree = Tree(f"[bold]{start.at:%Y-%m-%d %H:%M:%S}[/] {_line(start)}")
         for e in chain[1:]:
             offset = (e.at - start.at).total_seconds()
-            tree.add(f"+{_span(offset):>7} {_line(e)}")
+            tree.add(f"+{span(offset):>7} {_line(e)}")
         console.print(tree)
     if len(groups) > last:
         console.print(f"[dim]({len(groups) - last} earlier chains; --last N shows more)[/]")
@@ -127,14 +127,6 @@ def loop(
 def _line(e: Any) -> str:
     style = STYLE.get(e.kind, "")
     return f"[{style}]{e.kind}[/]: {e.summary}" if style else f"{e.kind}: {e.summary}"
-
-
-def _span(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
 
 
 def register(root: typer.Typer) -> None:

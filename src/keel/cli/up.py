@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from keel.cli._common import console, friendly, project
+from keel.cli._common import console, friendly, project, span
 from keel.errors import ValidationError
 
 
@@ -140,7 +140,7 @@ def _show(doc: Any) -> None:
     sup = doc.supervisor
     if sup.running:
         console.print(
-            f"[green]keel up[/] runs (pid {sup.pid}, for {_duration(time.time() - sup.since)})"
+            f"[green]keel up[/] runs (pid {sup.pid}, for {span(time.time() - sup.since)})"
             + (f", server {escape(sup.url)}" if sup.url else "")
         )
     else:
@@ -154,7 +154,7 @@ def _show(doc: Any) -> None:
                 c.name,
                 _state(c.state, c.crash_loop),
                 "—" if c.pid is None else str(c.pid),
-                "—" if c.uptime_s is None else _duration(c.uptime_s),
+                "—" if c.uptime_s is None else span(c.uptime_s),
                 str(c.restarts),
                 escape(c.last_exit or "—"),
             )
@@ -235,15 +235,6 @@ def _shadow(s: Any) -> str:
         if s.discrepancy is not None:
             text += f", discrepancy {s.discrepancy:.4g}"
     return text
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(seconds, 0.0)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def register(app: typer.Typer) -> None:
