@@ -35,6 +35,7 @@ class Run:
 
     def __init__(self, kind: str, root: Path, out: Path, log: Path) -> None:
         self.log = log
+        self.said = ""  # what it printed after ``ready``, read once it ended
         with open(log, "ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, str(SCRIPT), kind, str(root), str(out)],
@@ -52,7 +53,10 @@ class Run:
 
     def wait(self, timeout: float) -> int:
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
+            if self.proc.stdout is not None:
+                self.said = self.proc.stdout.read()
+            return code
         finally:
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
@@ -91,8 +95,13 @@ def test_killed_ten_times_ends_with_the_uninterrupted_weights(tmp_path: Path, ki
         run.proc.send_signal(sig)
         code = run.wait(120)
         if sig == signal.SIGTERM:
-            # Stopped at a checkpoint it wrote (or finished the last step before the signal).
-            assert code in (143, 0), run.errors()
+            # Stopped at a checkpoint it wrote, or finished the last step before the signal
+            # (and then exited, or the signal ended it after its fit returned).
+            if code == 143:
+                assert run.said.startswith("preempted"), run.said + run.errors()
+            else:
+                assert code in (0, -signal.SIGTERM), run.errors()
+                assert run.said.startswith("trained"), run.said + run.errors()
         else:
             assert code == -signal.SIGKILL
         # A run killed after it wrote its result (and before it exited) wrote it whole.
