@@ -10,7 +10,9 @@ For each window of ``window_rows`` logged predictions, :class:`Monitor` measures
 - the staleness of every joined feature, as served;
 - request skew: entity concentration, each version's share against the configured split, and
   training/serving skew (the same entity's features rebuilt offline at the served time,
-  compared with what was served).
+  compared with what was served);
+- for a tree model (LightGBM, XGBoost), global feature importance: the mean absolute TreeSHAP
+  contribution of every model input over the window's rows, beside the reference's.
 
 The reference is the model version's training set, rebuilt from its lineage. Each window is
 one ``window`` event on the ``keel.monitor`` topic, which also records where the next window
@@ -45,6 +47,7 @@ from keel.prediction_log import KEY_PREFIX, META, OUTPUT_PREFIX, STALE_PREFIX, t
 __all__ = ["MONITOR", "Monitor", "events", "history"]
 
 KEEP_WINDOWS = 50  # windows whose request ids still wait for their labels
+IMPORTANCE_ROWS = 5_000  # reference rows sampled (seeded) for its global importance
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,8 @@ class Reference:
     outputs: list[str]
     rows: int
     labelled: int = 0
+    # Mean |TreeSHAP contribution| per feature over the reference (tree models only).
+    importance: dict[str, float] | None = None
 
 
 @dataclass
@@ -114,6 +119,7 @@ class Monitor:
         self.reference_: Reference | None = None
         self.detector_: DriftDetector | None = None
         self.estimator_: LossEstimator | None = None
+        self.explainer_: Any = None  # a TreeExplainer of the reference's model, if a tree model
         self._pending: list[_Pending] = []
         self._unrestored: tuple[list[tuple[int, int, int]], dict[int, tuple[float, int]]] = ([], {})
         self._labels: Any = None
@@ -128,6 +134,7 @@ class Monitor:
         from keel.runtimes import runtime_for
 
         name, _, ref = self.route.model.partition("@")
+        self.explainer_ = None
         if self.config.reference_rows:
             return self._fit_from_log(self.config.reference_rows)
         if self.route.model.startswith("builtin:"):
@@ -156,9 +163,7 @@ class Monitor:
             raise ValidationError(
                 f"{version.ref}'s training set has no column {missing[0]!r} that the model takes"
             )
-        matrix = np.column_stack(
-            [train[n].to_numpy(zero_copy_only=False).astype(np.float64) for n in names]
-        )
+        matrix = _matrix(train, names)
         outputs = runtime.predict({runtime.inputs[0].name: matrix})
         columns = {n: train[n] for n in names}
         out_names = []
@@ -176,6 +181,7 @@ class Monitor:
             ordered=True,
         ).fit(table)
         self.reference_ = Reference(version.ref, table, names, out_names, table.num_rows)
+        self._fit_importance(runtime, matrix)
         self._fit_estimator(train, table, names, out_names)
         return self
 
@@ -217,6 +223,19 @@ class Monitor:
         if self.windows_ == 0:
             self.next_offset_ = max(self.next_offset_, int(table.column(OFFSET)[-1].as_py()) + 1)
         return self
+
+    def _fit_importance(self, runtime: Any, matrix: np.ndarray) -> None:
+        """For a tree model: its explainer, and the reference's global importance over a
+        seeded sample of at most ``IMPORTANCE_ROWS`` of its rows."""
+        from keel.explain import TreeExplainer, methods_for
+
+        if "tree" not in methods_for(runtime):
+            return
+        self.explainer_ = TreeExplainer(runtime, features=self.reference_.features)
+        if len(matrix) > IMPORTANCE_ROWS:
+            rng = np.random.default_rng(0)
+            matrix = matrix[np.sort(rng.choice(len(matrix), IMPORTANCE_ROWS, replace=False))]
+        self.reference_.importance = _mean_abs(self.explainer_, matrix)
 
     def _fit_estimator(
         self, train: pa.Table, table: pa.Table, names: list[str], outputs: list[str]
@@ -426,6 +445,7 @@ class Monitor:
             "performance": self._performance(window),
             "staleness": staleness(window),
             "skew": self._skew(window),
+            "importance": self._importance(window),
         }
         record["alerts"] = self._alerts(record)
         self._publish("window", record)
@@ -470,6 +490,19 @@ class Monitor:
             "alert": bool(est.alert),
             "realized": None,
             "labelled": 0,
+        }
+
+    def _importance(self, window: pa.Table) -> dict[str, Any] | None:
+        """The window's global importance (mean |contribution| per model input, in the
+        model's raw output) beside the reference's; None for a model that is no tree model."""
+        ref = self.reference_
+        if self.explainer_ is None or ref is None or ref.importance is None:
+            return None
+        return {
+            "features": _mean_abs(self.explainer_, _matrix(window, ref.features)),
+            "reference": dict(ref.importance),
+            "method": self.explainer_.method,
+            "output": self.explainer_.output,
         }
 
     def _alerts(self, record: dict[str, Any]) -> list[str]:
@@ -618,6 +651,20 @@ class Monitor:
                 _Pending(index, dict(zip(ids, scores, strict=True)), value * labelled, labelled)
             )
         self._pending[:0] = restored
+
+
+def _matrix(table: pa.Table, names: list[str]) -> np.ndarray:
+    """The columns ``names`` of ``table`` as a float64 matrix (nulls as NaN)."""
+    return np.column_stack(
+        [table[n].cast(pa.float64()).to_numpy(zero_copy_only=False) for n in names]
+    )
+
+
+def _mean_abs(explainer: Any, matrix: np.ndarray) -> dict[str, float]:
+    """Global importance: each feature's mean absolute contribution over the rows."""
+    explained = explainer.explain(matrix)
+    means = np.abs(explained.contributions).mean(axis=0)
+    return dict(zip(explained.features, means.tolist(), strict=True))
 
 
 def _empty(column: Any) -> bool:

@@ -1,9 +1,10 @@
 """``keel monitor report``: one self-contained HTML file from a route's monitored windows.
 
 The report shows, for a route, the at-a-glance verdict of the latest window, the alerts per
-window, each drifted feature's statistic over time against its alert level, prediction drift,
-estimated versus realized performance, feature staleness, skew, the calibration (baseline and
-chosen levels) and reference-versus-current distributions of what drifted.
+window, each drifted feature's statistic over time against its alert level, a tree model's
+global feature importance per window (and whose share moved after the first drift), prediction
+drift, estimated versus realized performance, feature staleness, skew, the calibration
+(baseline and chosen levels) and reference-versus-current distributions of what drifted.
 
 Plots are drawn with matplotlib's object API (a ``Figure`` on an Agg canvas, never pyplot), so
 rendering changes no global state and is safe from several threads; they are embedded as
@@ -38,6 +39,8 @@ __all__ = ["write_report"]
 MAX_DISTRIBUTIONS = 12
 MAX_TRENDS = 24
 MAX_STALENESS_LINES = 8
+MAX_IMPORTANCE_LINES = 10
+MAX_MOVERS = 3
 MAX_TIMELINE_ROWS = 100
 MAX_CATEGORIES = 10
 PCA_ROWS = 5_000
@@ -183,6 +186,7 @@ def _context(
         "trends": trends,
         "trends_omitted": ever[MAX_TRENDS:],
         "quiet": quiet,
+        "importance": _importance(windows, history),
         "prediction_plot": prediction_plot,
         "performance_plot": _performance_plot(windows, history),
         "staleness": _staleness(windows, history),
@@ -199,6 +203,98 @@ def _series(history: list[dict], name: str) -> list[dict | None]:
 
 def _name(entries: Sequence[dict | None]) -> str:
     return next(str(e.get("feature", "prediction")) for e in entries if e)
+
+
+def _importance(windows: list[Any], history: list[dict]) -> dict[str, Any] | None:
+    """Per window, the mean |contribution| of the features most important in the latest
+    reference; the latest window against that reference; and the features whose share of
+    the total importance moved most from before the first drifted window to after it."""
+    with_importance = [(w, h) for w, h in zip(windows, history, strict=True) if h.get("importance")]
+    if not with_importance:
+        return None
+    window, latest = with_importance[-1]
+    imp = latest["importance"]
+    reference, current = imp.get("reference") or {}, imp.get("features") or {}
+    ranked = sorted(
+        dict.fromkeys([*reference, *current]),
+        key=lambda k: -reference[k] if _finite(reference.get(k)) else 1.0,
+    )
+    top = ranked[:MAX_IMPORTANCE_LINES]
+    ref_share, cur_share = _shares_of(reference), _shares_of(current)
+    rows = [
+        {
+            "feature": k,
+            "reference": reference.get(k),
+            "latest": current.get(k),
+            "change": current[k] - reference[k]
+            if _finite(current.get(k)) and _finite(reference.get(k))
+            else None,
+            "reference_share": ref_share.get(k),
+            "latest_share": cur_share.get(k),
+        }
+        for k in top
+    ]
+    lines = {
+        k: [((h.get("importance") or {}).get("features") or {}).get(k) for h in history]
+        for k in top
+    }
+    levels = {
+        k: [((h.get("importance") or {}).get("reference") or {}).get(k) for h in history]
+        for k in top
+    }
+    # Drifted as the rest of the report has it: the first window with alerts.
+    first = next((i for i, h in enumerate(history) if h.get("alerts")), None)
+    drifted = windows[first] if first is not None else None
+    unit = {"raw": "raw output"}.get(imp.get("output"), imp.get("output") or "model output")
+    return {
+        "window": window,
+        "method": imp.get("method") or "tree",
+        "unit": unit,
+        "plot": _importance_plot(windows, lines, levels, drifted, ylabel=f"mean |SHAP| ({unit})"),
+        "rows": rows,
+        "omitted": len(ranked) - len(top),
+        "drifted": drifted,
+        "movers": _movers(history, first),
+    }
+
+
+def _shares_of(importance: dict[str, Any]) -> dict[str, float]:
+    values = {k: v for k, v in importance.items() if _finite(v)}
+    total = sum(values.values())
+    return {k: v / total for k, v in values.items()} if total > 0 else {}
+
+
+def _movers(history: list[dict], first: int | None) -> list[dict[str, Any]]:
+    """The features whose share of total importance moved most from before the first drifted
+    window (``history[first]``) to it and after: mean shares over the windows of its version,
+    against the reference's shares when no window of that version came before it."""
+    if first is None:
+        return []
+    version = history[first].get("version")
+    same = [
+        (i, h["importance"])
+        for i, h in enumerate(history)
+        if h.get("importance") and h.get("version") == version
+    ]
+    after = [_shares_of(imp.get("features") or {}) for i, imp in same if i >= first]
+    before = [_shares_of(imp.get("features") or {}) for i, imp in same if i < first]
+    if not after:
+        return []
+    if not before:
+        reference = next(imp for i, imp in same if i >= first).get("reference") or {}
+        before = [_shares_of(reference)]
+    names = list(dict.fromkeys(k for shares in before + after for k in shares))
+    moved = [
+        {
+            "feature": k,
+            "before": sum(s.get(k, 0.0) for s in before) / len(before),
+            "after": sum(s.get(k, 0.0) for s in after) / len(after),
+        }
+        for k in names
+    ]
+    moved = [m for m in moved if abs(m["after"] - m["before"]) > 1e-9]
+    moved.sort(key=lambda m: -abs(m["after"] - m["before"]))
+    return moved[:MAX_MOVERS]
 
 
 def _staleness(windows: list[Any], history: list[dict]) -> dict[str, Any] | None:
@@ -416,6 +512,44 @@ def _lines_plot(
         # Labels passed explicitly so a name starting with "_" is not hidden from the legend.
         ax.legend(handles, labels, fontsize=7, loc="best", frameon=False)
     return _encode(fig, title)
+
+
+def _importance_plot(
+    windows: list[Any],
+    lines: dict[str, list[Any]],
+    levels: dict[str, list[Any]],
+    drifted: Any,
+    *,
+    ylabel: str,
+) -> _Plot:
+    """Each feature's importance per window (solid) and its reference's (dotted, same
+    colour); a vertical line at the first drifted window."""
+    title = "feature importance per window"
+    fig, (ax,) = _figure(7.0, 3.0)
+    handles, labels, values = [], [], []
+    for label, ys in lines.items():
+        xy = [(w, y) for w, y in zip(windows, ys, strict=True) if _finite(y)]
+        if not xy:
+            continue
+        (line,) = ax.plot(*zip(*xy, strict=True), marker="o", ms=2.5, lw=1.1)
+        ref = [(w, y) for w, y in zip(windows, levels[label], strict=True) if _finite(y)]
+        if ref:
+            ax.plot(
+                *zip(*ref, strict=True), ls=":", lw=1, color=line.get_color(), drawstyle="steps-mid"
+            )
+        handles.append(line)
+        labels.append(_text(label))
+        values += [y for _, y in xy + ref]
+    if _finite(drifted):
+        ax.axvline(drifted, color=ALERT_COLOR, ls="--", lw=1)
+    _log_if_wide(ax, values)
+    _windows_axis(ax, title, ylabel)
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="best", frameon=False)
+    note = "dotted: the reference's importance" + (
+        f"; dashed red: the first drifted window ({drifted})" if drifted is not None else ""
+    )
+    return _encode(fig, title, note)
 
 
 def _distribution_plot(
