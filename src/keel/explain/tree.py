@@ -106,23 +106,23 @@ class TreeExplainer(Explainer):
 
     def _predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(contributions with the bias as last column, raw margin), for the last class."""
+        # One pass of the trees: the raw margin is the contributions' sum (TreeSHAP's local
+        # accuracy), not a second prediction — which would double the cost of a request.
         if self.library == "lightgbm":
             contrib = np.asarray(self.booster.predict(rows, pred_contrib=True, num_threads=1))
-            raw = np.asarray(self.booster.predict(rows, raw_score=True, num_threads=1))
             classes = int(self.booster.num_model_per_iteration())
             if classes > 1:
                 contrib = contrib.reshape(len(rows), classes, -1)[:, -1, :]
-                raw = raw[:, -1]
         else:
             import xgboost
 
             names = self.features if self.booster.feature_names is not None else None
             dm = xgboost.DMatrix(rows, feature_names=names)
             contrib = np.asarray(self.booster.predict(dm, pred_contribs=True))
-            raw = np.asarray(self.booster.predict(dm, output_margin=True))
             if contrib.ndim == 3:
-                contrib, raw = contrib[:, -1, :], raw[:, -1]
-        return contrib.astype(np.float64), raw.astype(np.float64).reshape(-1)
+                contrib = contrib[:, -1, :]
+        contrib = contrib.astype(np.float64)
+        return contrib, contrib.sum(axis=1)
 
     def explain(self, x: np.ndarray) -> Explanation:
         rows = check_rows(x, self.features)
