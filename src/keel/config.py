@@ -33,6 +33,7 @@ __all__ = [
     "LOOP_TRIGGERS",
     "LOSSES",
     "CanaryConfig",
+    "ExplainConfig",
     "FastPathConfig",
     "LabelsConfig",
     "LoopConfig",
@@ -263,6 +264,52 @@ LOOP_TRIGGERS = ("performance", "drift", "schedule")
 LOOP_JOBS = ("retrain", "fine-tune")
 
 
+#: How a route's predictions are explained (see keel.explain): exact TreeSHAP for tree
+#: models, budgeted Kernel SHAP for any tabular model, or a registered surrogate.
+EXPLAIN_METHODS = ("tree", "kernel", "surrogate")
+
+
+class ExplainConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How ``POST /v1/routes/{route}/explain`` answers.
+
+    ``method`` is the default when a request names none (``auto``: exact TreeSHAP for tree
+    models, else the surrogate when there is one, else Kernel SHAP). Kernel SHAP summarizes
+    the version's training set (found through its lineage) into ``background`` k-means
+    centers and evaluates ``samples`` coalitions per row against each; a request whose rows
+    would need more than ``max_evaluations`` model evaluations is refused (400) before any
+    work. ``surrogate`` ("tree" or "linear") fits a small model on the served version's own
+    outputs over its training set, registers it as ``MODEL-surrogate`` with its fidelity,
+    and rebuilds it whenever the route's version changes. ``audit`` is the share of served
+    predictions whose explanation is written to the ``keel.explanations`` topic."""
+
+    method: str = "auto"
+    samples: int = 2048
+    background: int = 20
+    max_evaluations: int = 4_000_000
+    surrogate: str | None = None
+    audit: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.method not in ("auto", *EXPLAIN_METHODS):
+            raise ValidationError(
+                f"explain method must be auto or one of {', '.join(EXPLAIN_METHODS)}, got "
+                f"{self.method!r}"
+            )
+        if self.surrogate not in (None, "tree", "linear"):
+            raise ValidationError(
+                f"explain surrogate must be 'tree' or 'linear', got {self.surrogate!r}"
+            )
+        if self.method == "surrogate" and self.surrogate is None:
+            raise ValidationError("explain method 'surrogate' needs surrogate = 'tree' or 'linear'")
+        if self.samples < 2 or self.background < 1 or self.max_evaluations < 1:
+            raise ValidationError(
+                "explain samples (>= 2), background (>= 1) and max_evaluations (>= 1) must be "
+                "positive"
+            )
+        if not 0 <= self.audit <= 1:
+            raise ValidationError(f"explain audit must be within [0, 1], got {self.audit}")
+
+
 class LoopConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """What the controller does for a route on its own.
 
@@ -346,6 +393,7 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     shadow: ShadowConfig | None = None
     monitor: MonitorConfig | None = None
     loop: LoopConfig | None = None
+    explain: ExplainConfig = msgspec.field(default_factory=ExplainConfig)
     default_k: int = 10
     max_k: int = 100
 

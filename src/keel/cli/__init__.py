@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from keel.cli import explain as explain_cli
 from keel.cli import features as features_cli
 from keel.cli import finetune as finetune_cli
 from keel.cli import jobs as jobs_cli
@@ -42,6 +43,7 @@ finetune_cli.register(app)
 jobs_cli.register(app)
 up_cli.register(app)
 loop_cli.register(app)
+explain_cli.register(app)
 
 
 @app.callback()

@@ -156,14 +156,7 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
     async def predict(request: Request) -> Response:
         name = request.path_params["route"]
         route = server.route(name)
-        body = await _body(request)
-        try:
-            doc = _decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise ValidationError(f"request body is not JSON: {exc}") from None
-        rows = doc.get("rows") if isinstance(doc, dict) else None
-        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-            raise ValidationError('predict needs {"rows": [{...}, ...]} with at least one row')
+        _, rows = _rows(await _body(request), "predict")
         outputs, version, stale = await server.infer(
             name,
             Rows(rows, len(rows)),
@@ -182,6 +175,17 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
                 "staleness_s": stale or {},
             }
         )
+
+    async def explain(request: Request) -> Response:
+        name = request.path_params["route"]
+        server.route(name)
+        doc, rows = _rows(await _body(request), "explain")
+        method, top = doc.get("method"), doc.get("top")
+        if method is not None and not isinstance(method, str):
+            raise ValidationError("explain's 'method' must be a string")
+        if top is not None and (not isinstance(top, int) or isinstance(top, bool) or top < 1):
+            raise ValidationError("explain's 'top' must be a positive integer")
+        return _json(await server.explanations.explain(name, rows, method=method, top=top))
 
     async def reload(request: Request) -> Response:
         import asyncio
@@ -283,6 +287,7 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
             HttpRoute("/v1/routes", h(list_routes)),
             HttpRoute("/v1/routes", h(put_route), methods=["POST"]),
             HttpRoute("/v1/routes/{route}/predict", h(predict), methods=["POST"]),
+            HttpRoute("/v1/routes/{route}/explain", h(explain), methods=["POST"]),
             HttpRoute("/v1/routes/{route}/reload", h(reload), methods=["POST"]),
             HttpRoute("/v1/routes/{route}/traffic", h(get_traffic)),
             HttpRoute("/v1/routes/{route}/traffic", h(set_traffic), methods=["POST"]),
@@ -298,6 +303,18 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
 class TrafficRequest(msgspec.Struct, forbid_unknown_fields=True):
     canary: CanaryConfig | msgspec.UnsetType | None = msgspec.UNSET
     shadow: ShadowConfig | msgspec.UnsetType | None = msgspec.UNSET
+
+
+def _rows(body: bytes, what: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A predict-shaped body: ``{"rows": [{...}, ...], ...}``."""
+    try:
+        doc = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"request body is not JSON: {exc}") from None
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise ValidationError(f'{what} needs {{"rows": [{{...}}, ...]}} with at least one row')
+    return doc, rows
 
 
 def _plain(values: np.ndarray) -> Any:

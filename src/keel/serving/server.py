@@ -26,6 +26,7 @@ from keel.errors import KeelError, NotFoundError, ValidationError, did_you_mean
 from keel.log import Topic
 from keel.runtimes.recommend import RANKING, is_recommender
 from keel.serving.batcher import Batcher
+from keel.serving.explaining import Explanations
 from keel.serving.predictions import PredictionLog, prediction_columns
 from keel.serving.retrieval import USER, check_route
 from keel.serving.routes import Deployed, Route, RouteConfig, Rows, Tensors, load, run_batch
@@ -141,6 +142,7 @@ class InferenceServer:
         self._watcher: threading.Thread | None = None
         self._follower: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.explanations = Explanations(self)
 
     # -- lifecycle -----------------------------------------------------------------------
     def load_all(self) -> None:
@@ -211,6 +213,7 @@ class InferenceServer:
             asyncio.run_coroutine_threadsafe(old.batcher.close(), self._loop)
         if old is not None and old.predictions is not None:
             old.predictions.close()
+        self.explanations.follow(route)
         return route
 
     def _runtime_traffic(
@@ -309,6 +312,7 @@ class InferenceServer:
 
     async def stop(self) -> None:
         self._watch_stop.set()
+        self.explanations.close()
         for route in self.routes.values():
             self.snapshot(route, force=True)
             for b in (route.batcher, route.canary_batcher):
@@ -384,6 +388,7 @@ class InferenceServer:
                 route.predictions.offer(
                     payload, used, outputs, version, (time.perf_counter() - started) * 1000, stale
                 )
+            self.explanations.audit(route, used, version, payload)
             return outputs, version, stale
         except Exception as exc:
             status = type(exc).__name__
@@ -648,6 +653,7 @@ class InferenceServer:
                 return {"route": name, "swapped": False, "serving": before}
             route.swap(fresh)
             route.last_error = None
+            self.explanations.follow(route)
             st = route.shadow_state
             if st is not None and st.candidate == fresh.version and st.status == "comparing":
                 st.status = "promoted"  # the candidate is the primary now
