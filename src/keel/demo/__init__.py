@@ -25,6 +25,7 @@ from keel.demo.data_steps import (
     show_lookups,
     time_ordered_chunks,
 )
+from keel.demo.explain_step import show_explanations
 from keel.demo.jobs_step import show_jobs
 from keel.demo.loop_step import show_loop
 from keel.demo.model_steps import show_registry, show_serving, show_training
@@ -192,6 +193,7 @@ def _run(
     show_jobs(console, project, result)
     if drifted is not None:
         show_loop(console, project, drifted, result, days=days, quick=quick)
+    show_explanations(console, project, result)
     _summary(console, project, result)
     return result
 
@@ -251,4 +253,14 @@ def _summary(console: Console, project: Project, result: DemoResult) -> None:
         )
         table.add_row("", f"keel -c {cfg} queues")
         table.add_row("", f"keel -c {cfg} jobs submit retrain fraud --wait")
+    if result.explain_version:
+        ms = result.explain_ms
+        line = (
+            f"{result.explain_version} explained exactly (TreeSHAP) in {ms['tree']:.2f} ms a "
+            f"payment, {ms['tree'] / ms['predict']:.1f}× predict"
+        )
+        if result.surrogate_model:
+            line += f"; surrogate {result.surrogate_model} R² {result.surrogate_r2:.3f}"
+        table.add_row("explain", line)
+        table.add_row("", f"keel -c {cfg} explain fraud --row '{{\"card_id\": 1, ...}}'")
     console.print(Panel(table, title="Keel so far", expand=False))

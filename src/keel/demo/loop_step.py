@@ -140,7 +140,7 @@ def show_loop(
         w for w in after if alert_at is not None and _at(w["end"]) <= alert_at + AFTER_ALERT_S
     ]
     result.loop_realized_before = _realized(before)
-    result.loop_realized_after = _realized(in_time or after)
+    result.loop_realized_after = _realized(in_time)
     healthy = result.realized_before
     if promoted and healthy and result.loop_realized_after is not None:
         ratio = result.loop_realized_after / healthy
@@ -149,8 +149,13 @@ def show_loop(
             f"   {promoted} took over {result.loop_promoted_hours or 0:.1f} shop hours after the "
             f"alert; realized logloss of its payments within 12 hours of the alert "
             f"[{colour}]{result.loop_realized_after:.4f}[/] — {ratio:.1f}× the healthy "
-            f"{healthy:.4f}, against {result.loop_realized_before or 0:.4f} under the old "
-            f"version ({seconds:.0f} s, all unattended)"
+            f"{healthy:.4f}, against {result.realized_after or 0:.4f} for the drifted "
+            f"champion in step 11 ({seconds:.0f} s, all unattended)"
+        )
+    elif promoted:
+        console.print(
+            f"   {promoted} took over {result.loop_promoted_hours or 0:.1f} shop hours after the "
+            "alert; [yellow]none of its payments within 12 hours of the alert was labelled[/]"
         )
     else:
         console.print(

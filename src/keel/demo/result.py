@@ -57,3 +57,12 @@ class DemoResult:
     loop_promoted_hours: float | None = None
     loop_realized_before: float | None = None
     loop_realized_after: float | None = None
+    explain_version: str = ""
+    explain_top: list[list[str]] = field(default_factory=list)
+    explain_additive: bool = False
+    explain_ms: dict[str, float] = field(default_factory=dict)
+    surrogate_model: str = ""
+    surrogate_r2: float | None = None
+    surrogate_rank: float | None = None
+    surrogate_same_top: int = 0
+    kernel_evaluations: int = 0
