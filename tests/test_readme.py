@@ -39,4 +39,8 @@ def test_readme_toml_is_valid_configuration(tmp_path) -> None:
         assert settings.routes and settings.routes[0].name == "fraud"
         route = settings.routes[0]
         # Each block shows one part of a route's configuration, and it must take effect.
-        assert route.fast_path is not None or route.monitor is not None
+        assert (
+            route.fast_path is not None
+            or route.monitor is not None
+            or route.explain.surrogate is not None
+        )
