@@ -230,3 +230,23 @@ def test_keel_explain_prints_each_rows_contributions(world, running) -> None:
     shown = [n for n in NAMES if n in out.output]
     assert len(shown) == 2  # the two largest contributions only
     assert bad.exit_code != 0 and "JSON object" in bad.output
+
+
+def test_a_surrogate_that_cannot_be_built_ahead_of_requests_is_reported(world, caplog) -> None:
+    server = server_for(world, surrogate="tree")
+    route = server.routes["fraud"]
+    server.explanations.prepare(route, "surrogate").result(60)
+    # A version registered without its training set: nothing to fit a surrogate on.
+    model, _ = world.train(seed=3, trees=20)
+    bare = world.registry.register("fraud", model)
+    world.registry.set_alias("fraud", "champion", bare.version)
+    with caplog.at_level("WARNING", logger="keel.serving.explaining"):
+        assert server.reload("fraud")["serving"] == bare.ref
+        built = server.explanations.prepare(route, "surrogate")
+        with pytest.raises(KeelError):
+            built.result(60)
+        deadline = time.monotonic() + 30
+        while f"no surrogate for {bare.ref}" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert f"route fraud: no surrogate for {bare.ref}" in caplog.text
+    server.explanations.close()

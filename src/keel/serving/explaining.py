@@ -50,7 +50,7 @@ from keel.serving.routes import Deployed, Route, Tensors, rows_to_tensors
 
 __all__ = ["EXPLANATIONS", "SURROGATE_SUFFIX", "Explanations", "OverBudget", "training_matrix"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: Explanations of sampled served predictions, for audit.
 EXPLANATIONS = Topic(
@@ -176,7 +176,10 @@ class Explanations:
         """The route's version changed (or it was added): rebuild its surrogate now, so the
         first request for one does not wait for it."""
         if route.config.explain.surrogate is not None and methods_for(route.current.runtime):
-            self.prepare(route, "surrogate")
+            version = route.current.version
+            self.prepare(route, "surrogate").add_done_callback(
+                lambda fut: _report_failed_build(fut, route.name, version)
+            )
 
     def _build(self, route: Route, deployed: Deployed, method: str) -> Prepared:
         runtime = deployed.runtime
@@ -268,7 +271,7 @@ class Explanations:
             description=f"a {kind} surrogate of {deployed.version}, fitted on its outputs "
             f"({surrogate.output}) over its training set",
         )
-        log.info("route %s: surrogate %s of %s registered", route.name, v.ref, deployed.version)
+        logger.info("route %s: surrogate %s of %s registered", route.name, v.ref, deployed.version)
         return Prepared(
             surrogate.explainer(), {"model": v.ref, "kind": kind, "fidelity": surrogate.fidelity}
         )
@@ -387,9 +390,9 @@ class Explanations:
             ]
             log_.append(EXPLANATIONS.name, records)
         except KeelError as exc:
-            log.warning("route %s: audit explanation failed: %s", route.name, exc)
+            logger.warning("route %s: audit explanation failed: %s", route.name, exc)
         except Exception:
-            log.exception("route %s: audit explanation failed", route.name)
+            logger.exception("route %s: audit explanation failed", route.name)
 
 
 def _ids(route: Route, rows: Any, n: int) -> list[str]:
@@ -407,3 +410,15 @@ def _exists(registry: Any, name: str) -> bool:
     except KeelError:
         return False
     return True
+
+
+def _report_failed_build(fut: Future[Any], route: str, version: str) -> None:
+    """A surrogate built ahead of any request has no caller to raise to: say it failed (the
+    next request for one retries the build and answers its error)."""
+    if fut.cancelled():
+        return
+    exc = fut.exception()
+    if isinstance(exc, KeelError):
+        logger.warning("route %s: no surrogate for %s: %s", route, version, exc)
+    elif exc is not None:
+        logger.error("route %s: surrogate of %s failed", route, version, exc_info=exc)
