@@ -102,11 +102,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.loop_steps[:3] == ["trigger", "job", "job_done"]
     assert result.loop_promoted, result.loop_steps
     assert {"candidate", "decision", "swap", "monitoring"} <= set(result.loop_steps)
-    # The recovery: the promoted version's payments within 12 shop hours of the alert lost at
-    # most twice the healthy champion's (measured 1.3-1.35x over three runs), where the
-    # drifted champion lost more than five times as much (asserted above).
+    # The recovery, payment by payment: what the loop's versions scored within 12 shop hours
+    # of the alert (a few hundred labelled payments) lost at most twice the healthy champion's
+    # (measured 1.1x with a 2-day training window, 2.2x with the 6-day one it replaced), where
+    # the drifted champion lost more than five times as much (asserted above).
     healthy, drifted = result.realized_before, result.realized_after
-    assert result.loop_realized_after is not None
+    assert result.loop_realized_after is not None and result.loop_realized_rows >= 100
     assert result.loop_realized_after <= 2 * healthy < drifted
     # Explanations: the riskiest payments' scores split into their features' contributions,
     # as served — exact (they add up to the served score) — and a registered surrogate of the

@@ -80,7 +80,8 @@ def show_loop(
     first = len(list(read(project.log, "fraud")))
     rate = result.appended.get(EVENTS.name, 0) / (days * 86_400)
     start = clock.now()
-    alert_at = promoted_at = None
+    alert_at = promoted_at = first_swap_at = None
+    swaps: list[str] = []
     promoted = ""
     started = time.perf_counter()
     with serving(server) as port, progress_bar(console) as progress:
@@ -109,6 +110,8 @@ def show_loop(
                     alert_at = event.at.timestamp()
                 if event.kind == "swap":
                     promoted_at, promoted = event.at.timestamp(), event.payload["version"]
+                    swaps.append(promoted)
+                    first_swap_at = first_swap_at or promoted_at
             progress.update(task, completed=(clock.now() - start) / 3600)
             if alert_at is not None and clock.now() - alert_at >= AFTER_ALERT_S and promoted:
                 break
@@ -134,23 +137,34 @@ def show_loop(
         result.loop_alert_hours = (alert_at - start) / 3600
     if promoted_at is not None and alert_at is not None:
         result.loop_promoted_hours = (promoted_at - alert_at) / 3600
-    before = [w for w in windows if w["version"] != promoted]
-    after = [w for w in windows if w["version"] == promoted]
-    in_time = [
-        w for w in after if alert_at is not None and _at(w["end"]) <= alert_at + AFTER_ALERT_S
-    ]
+    before = [w for w in windows if w["version"] not in swaps]
     result.loop_realized_before = _realized(before)
-    result.loop_realized_after = _realized(in_time)
+    # The recovery, per payment rather than per window (a window can straddle a swap): every
+    # payment the loop's versions scored from the first swap to 12 shop hours after the alert,
+    # joined with its label as the monitor joins them.
+    by_version: dict[str, tuple[float, int]] = {}
+    if first_swap_at is not None and alert_at is not None:
+        by_version = _realized_by_version(project, cfg, first_swap_at, alert_at + AFTER_ALERT_S)
+    total = sum(n for v, (_, n) in by_version.items() if v in swaps)
+    if total:
+        result.loop_realized_after = (
+            sum(loss * n for v, (loss, n) in by_version.items() if v in swaps) / total
+        )
+        result.loop_realized_rows = total
     healthy = result.realized_before
     if promoted and healthy and result.loop_realized_after is not None:
         ratio = result.loop_realized_after / healthy
         colour = "green" if ratio <= 2 else "red"
+        each = ", ".join(
+            f"{v} {loss:.4f} over {n}" for v, (loss, n) in by_version.items() if v in swaps
+        )
         console.print(
             f"   {promoted} took over {result.loop_promoted_hours or 0:.1f} shop hours after the "
-            f"alert; realized logloss of its payments within 12 hours of the alert "
-            f"[{colour}]{result.loop_realized_after:.4f}[/] — {ratio:.1f}× the healthy "
-            f"{healthy:.4f}, against {result.realized_after or 0:.4f} for the drifted "
-            f"champion in step 11 ({seconds:.0f} s, all unattended)"
+            f"alert; realized logloss of the {total} labelled payments the loop's versions "
+            f"scored within 12 hours of the alert [{colour}]{result.loop_realized_after:.4f}[/] "
+            f"({each}) — {ratio:.1f}× the healthy {healthy:.4f}, against "
+            f"{result.realized_after or 0:.4f} for the drifted champion in step 11 "
+            f"({seconds:.0f} s, all unattended)"
         )
     elif promoted:
         console.print(
@@ -162,6 +176,50 @@ def show_loop(
             f"   [yellow]no version was promoted within {MAX_S / 3600:g} shop hours[/]: "
             f"{', '.join(result.loop_steps) or 'no step taken'}"
         )
+
+
+def _realized_by_version(
+    project: Project, cfg: Any, since: float, until: float
+) -> dict[str, tuple[float, int]]:
+    """Each version's realized loss (and labelled rows) over the route's logged predictions
+    served between ``since`` and ``until``, joined with the labels on the log."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from keel.monitoring.concept import row_loss
+    from keel.prediction_log import OUTPUT_PREFIX, topic_name
+
+    labels = cfg.monitor.labels
+    got: dict[str, float] = {}
+    consumer = project.log.consumer("demo-loop-labels", labels.topic)
+    while (batch := consumer.poll(100_000)).num_rows:
+        for i, y in zip(batch[labels.id].to_pylist(), batch[labels.label].to_pylist(), strict=True):
+            if y is not None:
+                got[str(i)] = float(y)
+    topic = topic_name(cfg.name)
+    offset, end = project.log.seek(topic, 0, since), project.log.end_offsets(topic)[0]
+    per: dict[str, tuple[list[float], list[float]]] = {}
+    while offset < end:
+        rows = project.log.read(topic, 0, offset, 50_000)
+        if not rows.num_rows:
+            break
+        offset += rows.num_rows
+        rows = rows.filter(pc.less_equal(rows["ts"], datetime.fromtimestamp(until, UTC)))
+        score = next(c for c in rows.column_names if c.startswith(OUTPUT_PREFIX))
+        for v, i, s in zip(
+            rows["version"].to_pylist(),
+            rows["request_id"].to_pylist(),
+            rows[score].to_pylist(),
+            strict=True,
+        ):
+            if i in got and s is not None:
+                ys, ss = per.setdefault(v, ([], []))
+                ys.append(got[i])
+                ss.append(s)
+    return {
+        v: (float(row_loss(cfg.monitor.loss, np.array(ys), np.array(ss)).mean()), len(ys))
+        for v, (ys, ss) in per.items()
+    }
 
 
 def _timeline(console: Console, trail: list[Any], start: float) -> None:

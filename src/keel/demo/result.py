@@ -57,6 +57,7 @@ class DemoResult:
     loop_promoted_hours: float | None = None
     loop_realized_before: float | None = None
     loop_realized_after: float | None = None
+    loop_realized_rows: int = 0
     explain_version: str = ""
     explain_top: list[list[str]] = field(default_factory=list)
     explain_additive: bool = False
