@@ -248,6 +248,12 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
+    return build_world(tmp_path)
+
+
+def build_world(tmp_path: Path) -> World:
+    """Card payments over the last day in a SQLite log, the ``card`` view materialized, and
+    fraud@1 (alias ``champion``) trained on them."""
     log = open_log(f"sqlite:///{tmp_path / 'log.db'}")
     log.create_topic(
         Topic(

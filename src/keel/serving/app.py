@@ -27,6 +27,7 @@ from keel.config import CanaryConfig, ShadowConfig
 from keel.errors import KeelError, ValidationError
 from keel.runtimes.recommend import RANKING, is_recommender, ranked_lists
 from keel.serving.batcher import Overloaded
+from keel.serving.openapi import openapi_document
 from keel.serving.protocol import HEADER, decode_request, encode_response
 from keel.serving.routes import RouteConfig, Rows
 from keel.serving.server import InferenceServer
@@ -102,6 +103,16 @@ def _deadline(request: Request) -> float | None:
     return value
 
 
+def _priority(request: Request) -> int:
+    raw = request.headers.get("x-keel-priority")
+    if raw is None:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValidationError(f"x-keel-priority must be an integer, got {raw!r}") from None
+
+
 def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlette:
     """The ASGI app for ``server`` (routes are loaded before it takes traffic); requests
     over ``max_body`` bytes are refused with 413."""
@@ -124,11 +135,16 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
 
     async def model_metadata(request: Request) -> Response:
         route = server.route(request.path_params["model"])
-        rt = route.current.runtime
+        loaded = route.current
+        if "version" in request.path_params:
+            version = server.check_version(route, request.path_params["version"])
+            if route.canary is not None and version == route.canary.version:
+                loaded = route.canary
+        rt = loaded.runtime
         return _json(
             {
                 "name": route.name,
-                "versions": [route.current.version],
+                "versions": [loaded.version],
                 "platform": rt.platform,
                 "inputs": [s.to_dict() for s in rt.inputs],
                 "outputs": [s.to_dict() for s in rt.outputs],
@@ -136,18 +152,29 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
         )
 
     async def model_ready(request: Request) -> Response:
-        server.route(request.path_params["model"])
+        route = server.route(request.path_params["model"])
+        if "version" in request.path_params:
+            server.check_version(route, request.path_params["version"])
         return _json({"name": request.path_params["model"], "ready": True})
 
     async def infer(request: Request) -> Response:
         name = request.path_params["model"]
         route = server.route(name)
         body = await _body(request)
-        raw_len = request.headers.get(HEADER)
-        req = decode_request(body, int(raw_len) if raw_len is not None else None)
-        payload = route.check_tensors(req.inputs, route.current.runtime)
+        req = decode_request(body, request.headers.get(HEADER))
+        wanted = request.path_params.get("version")
+        loaded = route.current
+        if wanted is not None:
+            version = server.check_version(route, wanted)
+            if route.canary is not None and version == route.canary.version:
+                loaded = route.canary
+        payload = route.check_tensors(req.inputs, loaded.runtime)
         outputs, version, _ = await server.infer(
-            name, payload, deadline_ms=_deadline(request), key=request.headers.get("x-keel-key")
+            name,
+            payload,
+            deadline_ms=_deadline(request),
+            key=request.headers.get("x-keel-key"),
+            version=wanted,
         )
         content, headers = encode_response(name, version, req.id, outputs, req)
         media = "application/octet-stream" if headers else "application/json"
@@ -161,7 +188,7 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
             name,
             Rows(rows, len(rows)),
             deadline_ms=_deadline(request),
-            priority=int(request.headers.get("x-keel-priority", "0")),
+            priority=_priority(request),
         )
         if is_recommender(route.current.runtime) and RANKING[0] in outputs:
             predictions = ranked_lists(outputs)  # each row as long as its own k
@@ -250,7 +277,10 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
     async def record_decision(request: Request) -> Response:
         name = request.path_params["route"]
         route = server.route(name)
-        doc = _decoder.decode(await _body(request))
+        try:
+            doc = _decoder.decode(await _body(request))
+        except msgspec.DecodeError as exc:
+            raise ValidationError(f"request body is not JSON: {exc}") from None
         if not isinstance(doc, dict) or doc.get("action") not in DECISIONS:
             raise ValidationError(f"a decision needs an 'action': one of {', '.join(DECISIONS)}")
         if doc["action"] == "reject" and route.shadow_state is not None:
@@ -263,6 +293,9 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
         for name, route in server.routes.items():
             server.metrics.queue.labels(name).set(route.batcher.depth)
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(request: Request) -> Response:
+        return _json(openapi_document())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -293,6 +326,7 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
             HttpRoute("/v1/routes/{route}/traffic", h(set_traffic), methods=["POST"]),
             HttpRoute("/v1/routes/{route}/decisions", h(record_decision), methods=["POST"]),
             HttpRoute("/metrics", h(metrics)),
+            HttpRoute("/openapi.json", h(openapi)),
         ],
         lifespan=lifespan,
     )

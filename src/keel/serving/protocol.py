@@ -9,9 +9,10 @@ asked for with ``binary_data`` (what ``tritonclient`` does by default).
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -36,39 +37,68 @@ class InferRequest:
     binary_default: bool
 
 
-def decode_request(body: bytes, header_length: int | None) -> InferRequest:
-    """Parse an infer request body (JSON, or JSON header + binary tensors)."""
+class _Parameters(msgspec.Struct):
+    """The request parameters Keel reads (others are allowed and ignored, as in KServe)."""
+
+    binary_data_size: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    binary_data: bool = False
+    binary_data_output: bool = False
+
+
+class _Input(msgspec.Struct):
+    name: str
+    datatype: str
+    shape: list[Annotated[int, msgspec.Meta(ge=0)]]
+    data: Any = msgspec.UNSET
+    parameters: _Parameters | None = None
+
+
+class _Output(msgspec.Struct):
+    name: str
+    parameters: _Parameters | None = None
+
+
+class _Request(msgspec.Struct):
+    inputs: Annotated[list[_Input], msgspec.Meta(min_length=1)]
+    id: str | None = None
+    outputs: list[_Output] | None = None
+    parameters: _Parameters | None = None
+
+
+_request = msgspec.json.Decoder(_Request)
+
+
+def decode_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Parse an infer request body (JSON, or JSON header + binary tensors); ``header_length``
+    is the raw value of the ``Inference-Header-Content-Length`` header, if any."""
     if header_length is not None:
-        if header_length < 0 or header_length > len(body):
+        if not header_length.isdigit() or int(header_length) > len(body):
             raise ValidationError(
-                f"{HEADER} is {header_length}, but the body has {len(body)} bytes"
+                f"{HEADER} is {header_length!r}, but the body has {len(body)} bytes"
             )
-        head, blob = body[:header_length], body[header_length:]
+        head, blob = body[: int(header_length)], body[int(header_length) :]
     else:
         head, blob = body, b""
+    # msgspec checks the request's shape and names the field that is wrong.
     try:
-        doc = _json.decode(head)
+        doc = _request.decode(head)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(
+            "an infer request needs a non-empty 'inputs' list, each with a 'name', 'datatype', "
+            f"'shape' and 'data': {exc}"
+        ) from None
     except msgspec.DecodeError as exc:
         raise ValidationError(f"request body is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
-        raise ValidationError("an infer request needs a non-empty 'inputs' list")
     arrays: dict[str, np.ndarray] = {}
     offset = 0
-    for i, spec in enumerate(doc["inputs"]):
-        if not isinstance(spec, dict):
-            raise ValidationError(f"inputs[{i}] must be an object")
-        name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-        if (
-            not isinstance(name, str)
-            or datatype not in DATATYPES
-            or not isinstance(shape, list)
-            or not all(isinstance(d, int) and d >= 0 for d in shape)
-        ):
+    for i, spec in enumerate(doc.inputs):
+        name, datatype, shape = spec.name, spec.datatype, spec.shape
+        if datatype not in DATATYPES:
             raise ValidationError(
-                f"inputs[{i}] needs 'name', a 'datatype' in {', '.join(DATATYPES)} and a "
-                "'shape' of non-negative integers"
+                f"inputs[{i}] ({name!r}): datatype {datatype!r} is not one of "
+                f"{', '.join(DATATYPES)}"
             )
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        size = spec.parameters.binary_data_size if spec.parameters else None
         if size is not None:
             if offset + size > len(blob):
                 raise ValidationError(
@@ -78,29 +108,21 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
             offset += size
             arrays[name] = _from_binary(name, raw, datatype, shape)
         else:
-            if "data" not in spec:
+            if spec.data is msgspec.UNSET:
                 raise ValidationError(f"input {name!r} has no 'data'")
-            arrays[name] = _from_json(name, spec["data"], datatype, shape)
-    params = doc.get("parameters") or {}
-    wanted = doc.get("outputs")
-    outputs = None
-    binary: set[str] = set()
-    if isinstance(wanted, list):
-        outputs = []
-        for o in wanted:
-            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
-                raise ValidationError("each of 'outputs' needs a 'name'")
-            outputs.append(o["name"])
-            if (o.get("parameters") or {}).get("binary_data"):
-                binary.add(o["name"])
-    return InferRequest(
-        doc.get("id"), arrays, outputs, binary, bool(params.get("binary_data_output"))
-    )
+            arrays[name] = _from_json(name, spec.data, datatype, shape)
+    outputs = None if doc.outputs is None else [o.name for o in doc.outputs]
+    binary = {o.name for o in doc.outputs or () if o.parameters and o.parameters.binary_data}
+    binary_default = bool(doc.parameters and doc.parameters.binary_data_output)
+    return InferRequest(doc.id, arrays, outputs, binary, binary_default)
 
 
 def _from_json(name: str, data: Any, datatype: str, shape: list[int]) -> np.ndarray:
-    count = int(np.prod(shape)) if shape else 1
-    flat = np.asarray(data, dtype=object if datatype == "BYTES" else DATATYPES[datatype])
+    count = math.prod(shape)
+    try:
+        flat = np.asarray(data, dtype=object if datatype == "BYTES" else DATATYPES[datatype])
+    except (ValueError, TypeError, OverflowError):
+        raise ValidationError(f"input {name!r}: data is not {datatype}") from None
     if datatype != "BYTES" and flat.dtype.kind == "O":
         raise ValidationError(f"input {name!r}: data is not {datatype}")
     flat = flat.reshape(-1)
@@ -112,7 +134,7 @@ def _from_json(name: str, data: Any, datatype: str, shape: list[int]) -> np.ndar
 
 
 def _from_binary(name: str, raw: bytes, datatype: str, shape: list[int]) -> np.ndarray:
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if datatype == "BYTES":
         items, pos = [], 0
         while pos < len(raw):

@@ -341,15 +341,20 @@ class InferenceServer:
         deadline_ms: float | None = None,
         priority: int = 0,
         key: str | None = None,
+        version: str | None = None,
     ) -> tuple[dict[str, np.ndarray], str, Any]:
         """Run one request on a route; returns (outputs, version, staleness or None).
 
         A canary takes the request when its entity key falls in the canary's share; a
-        shadow gets a copy of sampled requests after this one is answered."""
+        shadow gets a copy of sampled requests after this one is answered. A request that
+        names a ``version`` runs on it: the primary's or the canary's, 404 for any other."""
         route = self.route(name)
         started = time.perf_counter()
         canary = route.config.canary
-        if route.canary is not None and canary is not None:
+        if version is not None:
+            if self.check_version(route, version) != route.current.version:
+                return await self._canary(route, payload, deadline_ms, priority, started)
+        elif route.canary is not None and canary is not None:
             entity = route.entity_key(payload, key)
             if entity is not None and bucket(entity) < canary.percent:
                 return await self._canary(route, payload, deadline_ms, priority, started)
@@ -571,6 +576,20 @@ class InferenceServer:
     def shadows_idle(self) -> bool:
         """Whether every shadow copy taken so far has been compared."""
         return all(r.shadow_runner is None or r.shadow_runner.idle for r in self.routes.values())
+
+    def check_version(self, route: Route, version: str) -> str:
+        """The loaded version (primary or canary) that ``version`` names — ``fraud@3`` or
+        just ``3``, as Open Inference Protocol clients give it; 404 for any other."""
+        loaded = [route.current.version]
+        if route.canary is not None:
+            loaded.append(route.canary.version)
+        for v in loaded:
+            if version in (v, v.rpartition("@")[2]):
+                return v
+        raise NotFoundError(
+            f"version {version!r} of route {route.name!r} is not loaded; loaded: "
+            f"{', '.join(loaded)}"
+        )
 
     async def _canary(
         self,
