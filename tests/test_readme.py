@@ -36,6 +36,9 @@ def test_readme_toml_is_valid_configuration(tmp_path) -> None:
             assert [q.name for q in settings.jobs.cluster_queues] == ["training", "serving-jobs"]
             assert settings.jobs.cluster_queue_of("fresh").name == "serving-jobs"
             continue
+        if "[auth]" in block:  # a token as `keel token new` prints it
+            assert [(t.name, t.role) for t in settings.auth.tokens] == [("oncall", "operator")]
+            continue
         assert settings.routes and settings.routes[0].name == "fraud"
         route = settings.routes[0]
         # Each block shows one part of a route's configuration, and it must take effect.

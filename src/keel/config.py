@@ -29,9 +29,12 @@ from keel.jobs.spec import JobsConfig
 __all__ = [
     "COMPARES",
     "CONFIG_FILE",
+    "ENV_TOKENS",
     "LOOP_JOBS",
     "LOOP_TRIGGERS",
     "LOSSES",
+    "ROLES",
+    "AuthConfig",
     "CanaryConfig",
     "ExplainConfig",
     "FastPathConfig",
@@ -41,13 +44,16 @@ __all__ = [
     "RouteConfig",
     "Settings",
     "ShadowConfig",
+    "TokenConfig",
 ]
 
 CONFIG_FILE = "keel.toml"
 ENV_PREFIX = "KEEL_"
-#: KEEL_* variables that are not settings: the config file's path, and what a job's
-#: attempt is told about itself.
-ENV_RESERVED = frozenset({"KEEL_CONFIG", "KEEL_JOB_ID", "KEEL_JOB_ATTEMPT"})
+#: KEEL_* variables that are not settings: the config file's path, what a job's attempt is
+#: told about itself, the server's extra tokens and a client's own token.
+ENV_RESERVED = frozenset(
+    {"KEEL_CONFIG", "KEEL_JOB_ID", "KEEL_JOB_ATTEMPT", "KEEL_AUTH_TOKENS", "KEEL_TOKEN"}
+)
 
 
 class FastPathConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -437,6 +443,79 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
 
 
+#: Roles a server token can have (see keel.serving.auth for what each may reach).
+ROLES = ("admin", "operator", "reader", "client")
+#: Extra tokens for the server, ``name:role:hash`` separated by spaces.
+ENV_TOKENS = "KEEL_AUTH_TOKENS"
+
+
+class TokenConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A named token: its ``role`` and the salted ``hash`` of its secret (never the secret)."""
+
+    name: str
+    role: str
+    hash: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(
+                f"token {self.name!r}: role {self.role!r} is not one of {', '.join(ROLES)}"
+            )
+        parts = self.hash.split("$")
+        if len(parts) != 3 or parts[0] != "scrypt" or not all(_is_hex(p) for p in parts[1:]):
+            raise ConfigError(
+                f"token {self.name!r}: hash must be 'scrypt$<salt hex>$<digest hex>' as "
+                "`keel token new` prints it"
+            )
+
+
+class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[auth]`` in keel.toml: the tokens, and which open levels also need one."""
+
+    tokens: list[TokenConfig] = msgspec.field(default_factory=list)
+    data_token: bool = False
+    metrics_token: bool = False
+    health_token: bool = False
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tokens]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"auth token names must be unique; given twice: {', '.join(twice)}")
+
+    def with_env(self, env: Mapping[str, str] | None = None) -> AuthConfig:
+        """These settings plus the tokens in ``KEEL_AUTH_TOKENS``."""
+        raw = (os.environ if env is None else env).get(ENV_TOKENS, "")
+        extra = []
+        for entry in raw.split():
+            name, _, rest = entry.partition(":")
+            role, _, hashed = rest.partition(":")
+            if not name or not role or not hashed:
+                raise ConfigError(f"{ENV_TOKENS}: {entry!r} is not name:role:hash")
+            extra.append(TokenConfig(name=name, role=role, hash=hashed))
+        if not extra:
+            return self
+        return msgspec.structs.replace(self, tokens=[*self.tokens, *extra])
+
+    def needs_token(self, level: str) -> bool:
+        return (
+            level not in ("health", "metrics", "data")
+            or {
+                "health": self.health_token,
+                "metrics": self.metrics_token,
+                "data": self.data_token,
+            }[level]
+        )
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return bool(text)
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Where Keel keeps its state: one URL per backend and the data folder.
 
@@ -456,6 +535,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     jobs_url: str = "local://"
     routes: list[RouteConfig] = msgspec.field(default_factory=list)
     jobs: JobsConfig = msgspec.field(default_factory=JobsConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
 
     def __post_init__(self) -> None:
         root = Path(self.project_dir).expanduser().resolve()

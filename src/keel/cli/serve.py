@@ -63,9 +63,16 @@ def serve(
 
     from keel.serving import create_app
 
-    server = build_server(project(ctx), route or None)
+    proj = project(ctx)
+    server = build_server(proj, route or None)
+    auth = proj.settings.auth.with_env()
     names = ", ".join(f"{r.name} ({r.current.version})" for r in server.routes.values())
     console.print(f"serving {names} on http://{host}:{port}")
+    if not auth.tokens:
+        console.print(
+            "[yellow]no [auth] tokens: anyone who reaches this address may change routes and "
+            "traffic[/] (keel token new NAME --role operator makes one)"
+        )
     stop = threading.Event()
     if server.registry is not None:
         # The embedded default runs the controller beside the routes it decides for.
@@ -79,7 +86,7 @@ def serve(
         ).start()
     try:
         uvicorn.run(
-            create_app(server),
+            create_app(server, auth=auth),
             host=host,
             port=port,
             log_level="warning",
@@ -268,3 +275,26 @@ def post(port: int, path: str, body: Any) -> Any:
 def register(app: typer.Typer) -> None:
     app.command("serve")(friendly(serve))
     app.command("bench")(friendly(bench))
+    tokens = typer.Typer(help="Tokens for the server's control plane and data plane.")
+    tokens.command("new")(friendly(token_new))
+    app.add_typer(tokens, name="token")
+
+
+def token_new(
+    name: str = typer.Argument(..., help="the token's name, as the audit trail shows it"),
+    role: str = typer.Option("operator", help="admin, operator, reader or client"),
+) -> None:
+    """Make a token: prints the secret once (for KEEL_TOKEN) and the [[auth.tokens]] entry
+    that keel.toml keeps (its salted hash, never the secret)."""
+    from keel.config import TokenConfig
+    from keel.serving.auth import hash_token, new_token
+
+    token = new_token()
+    entry = TokenConfig(name=name, role=role, hash=hash_token(token))
+    console.print(f"token (shown once; give it as KEEL_TOKEN): {token}", soft_wrap=True)
+    console.print("add to keel.toml:", soft_wrap=True)
+    console.print(
+        f'[[auth.tokens]]\nname = "{entry.name}"\nrole = "{entry.role}"\nhash = "{entry.hash}"',
+        markup=False,
+        soft_wrap=True,
+    )

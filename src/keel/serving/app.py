@@ -18,14 +18,16 @@ import msgspec
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
 from keel import __version__
-from keel.config import CanaryConfig, ShadowConfig
+from keel.config import AuthConfig, CanaryConfig, ShadowConfig
 from keel.errors import KeelError, ValidationError
 from keel.runtimes.recommend import RANKING, is_recommender, ranked_lists
+from keel.serving.auth import Authenticator, AuthMiddleware
 from keel.serving.batcher import Overloaded
 from keel.serving.openapi import openapi_document
 from keel.serving.protocol import HEADER, decode_request, encode_response
@@ -33,7 +35,7 @@ from keel.serving.routes import RouteConfig, Rows
 from keel.serving.server import InferenceServer
 from keel.serving.traffic import CANARY_ACTIONS
 
-__all__ = ["MAX_BODY", "create_app"]
+__all__ = ["ACCESS", "MAX_BODY", "create_app"]
 
 log = logging.getLogger(__name__)
 MAX_BODY = 32 * 1024 * 1024
@@ -113,9 +115,42 @@ def _priority(request: Request) -> int:
         raise ValidationError(f"x-keel-priority must be an integer, got {raw!r}") from None
 
 
-def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlette:
+#: Each HTTP route's access level (see keel.serving.auth): who may call it once tokens are
+#: configured. A route missing here needs an admin token.
+ACCESS: dict[tuple[str, str], str] = {
+    ("GET", "/v2/health/live"): "health",
+    ("GET", "/v2/health/ready"): "health",
+    ("GET", "/v2"): "metrics",
+    ("GET", "/metrics"): "metrics",
+    ("GET", "/openapi.json"): "metrics",
+    ("GET", "/v2/models/{model}"): "data",
+    ("GET", "/v2/models/{model}/versions/{version}"): "data",
+    ("GET", "/v2/models/{model}/ready"): "data",
+    ("GET", "/v2/models/{model}/versions/{version}/ready"): "data",
+    ("POST", "/v2/models/{model}/infer"): "data",
+    ("POST", "/v2/models/{model}/versions/{version}/infer"): "data",
+    ("POST", "/v1/routes/{route}/predict"): "data",
+    ("POST", "/v1/routes/{route}/explain"): "data",
+    ("GET", "/v1/routes"): "read",
+    ("GET", "/v1/routes/{route}/traffic"): "read",
+    ("POST", "/v1/routes/{route}/reload"): "operate",
+    ("POST", "/v1/routes/{route}/traffic"): "operate",
+    ("POST", "/v1/routes/{route}/decisions"): "operate",
+    ("POST", "/v1/routes"): "admin",
+}
+
+
+def _level(method: str, template: str) -> str | None:
+    return ACCESS.get(("GET" if method == "HEAD" else method, template))
+
+
+def create_app(
+    server: InferenceServer, *, max_body: int = MAX_BODY, auth: AuthConfig | None = None
+) -> Starlette:
     """The ASGI app for ``server`` (routes are loaded before it takes traffic); requests
-    over ``max_body`` bytes are refused with 413."""
+    over ``max_body`` bytes are refused with 413. With tokens in ``auth``, each route needs
+    a token whose role reaches its level in ``ACCESS``; control-plane calls are audited on
+    ``keel.audit`` either way."""
 
     async def live(request: Request) -> Response:
         return _json({"live": True})
@@ -329,6 +364,14 @@ def create_app(server: InferenceServer, *, max_body: int = MAX_BODY) -> Starlett
             HttpRoute("/openapi.json", h(openapi)),
         ],
         lifespan=lifespan,
+        middleware=[
+            Middleware(
+                AuthMiddleware,
+                authenticator=Authenticator(auth or AuthConfig()),
+                level_of=_level,
+                log_=server.log,
+            )
+        ],
     )
     app.state.max_body = max_body
     return app

@@ -2,12 +2,14 @@
 
 Used by ``keel traffic``, ``keel bench`` and the remote controller. Errors the server answers
 come back as a :class:`KeelError` with its message and status; a server that does not answer
-is an :class:`UnavailableError`.
+is an :class:`UnavailableError`. A server with tokens (see :mod:`keel.serving.auth`) is called
+with the bearer token in ``KEEL_TOKEN``, unless one is given.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from typing import Any
@@ -17,14 +19,20 @@ from keel.errors import KeelError, UnavailableError
 __all__ = ["call"]
 
 
-def call(url: str, path: str, body: Any = None, *, timeout: float = 300) -> Any:
+def call(
+    url: str, path: str, body: Any = None, *, timeout: float = 300, token: str | None = None
+) -> Any:
     """``GET url+path`` (or ``POST`` with ``body`` as JSON); returns the decoded JSON."""
     data = None if body is None else json.dumps(body).encode()
+    headers = {"content-type": "application/json"}
+    token = token or os.environ.get("KEEL_TOKEN")
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     req = urllib.request.Request(
         url.rstrip("/") + path,
         data=data,
         method="GET" if body is None else "POST",
-        headers={"content-type": "application/json"},
+        headers=headers,
     )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
