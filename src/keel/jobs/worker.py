@@ -168,7 +168,7 @@ def process_started(pid: int | None) -> float | None:
     if stat is not None:
         fields = stat[stat.rindex(")") + 2 :].split()
         return None if fields[0] in ("Z", "X") else float(fields[19])
-    import psutil  # other systems; installed with distributed
+    import psutil  # other systems (the jobs extra)
 
     try:
         proc = psutil.Process(pid)
