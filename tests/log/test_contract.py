@@ -187,6 +187,25 @@ def test_consumer_group_commits_and_resumes(log: Log) -> None:
     assert log.groups("ev") == ["g"]
 
 
+def test_iterating_a_consumer_stops_at_the_end_the_log_had_when_it_began(log: Log) -> None:
+    log.create_topic(topic())
+    log.append("ev", rows(30))
+    c = log.consumer("it", "ev")
+    seen: list[int] = []
+    appended: list[int] = []
+    for batch in c:
+        seen += batch["seq"].to_pylist()
+        # A producer writes while the consumer iterates (each batch, up to 5 times).
+        if len(appended) < 50:
+            more = rows(10, start=1_000 + len(appended))
+            log.append("ev", more)
+            appended += [r["seq"] for r in more]
+    assert sorted(seen) == list(range(30))
+    # What was appended meanwhile is there for the next iteration.
+    assert c.lag() == len(appended) > 0
+    assert sorted(pa.concat_tables(list(c))["seq"].to_pylist()) == appended
+
+
 def test_consumer_resumes_in_a_new_process(log: Log, log_url: str) -> None:
     log.create_topic(topic())
     log.append("ev", rows(60))

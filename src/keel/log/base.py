@@ -503,6 +503,10 @@ class Consumer:
 
     def poll(self, max_records: int = 10_000) -> pa.Table:
         """Up to ``max_records`` new records, taken from the partitions in turn."""
+        return self._poll(max_records, None)
+
+    def _poll(self, max_records: int, until: list[int] | None) -> pa.Table:
+        """As :meth:`poll`, reading no partition past ``until`` (end offsets), if given."""
         parts = list(self._positions)
         tables = []
         remaining = max_records
@@ -510,7 +514,10 @@ class Consumer:
             if remaining <= 0:
                 break
             p = parts[(self._next + i) % len(parts)]
-            table = self._log.read(self.topic.name, p, self._positions[p], remaining)
+            wanted = remaining if until is None else min(remaining, until[p] - self._positions[p])
+            if wanted <= 0:
+                continue
+            table = self._log.read(self.topic.name, p, self._positions[p], wanted)
             if table.num_rows:
                 self._positions[p] = int(table.column(OFFSET)[-1].as_py()) + 1
                 tables.append(table)
@@ -521,9 +528,11 @@ class Consumer:
         return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
     def __iter__(self) -> Iterator[pa.Table]:
-        """Poll until caught up with the end of the log as it was when iteration began."""
+        """Poll until caught up with the end of the log as it was when iteration began:
+        records appended meanwhile are left for the next poll."""
+        ends = self._log.end_offsets(self.topic.name)
         while True:
-            batch = self.poll()
+            batch = self._poll(10_000, ends)
             if batch.num_rows == 0:
                 return
             yield batch
