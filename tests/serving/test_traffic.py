@@ -510,3 +510,17 @@ def test_a_route_shadowing_an_alias_not_set_yet_serves_and_starts_when_it_is(
     # Any alias not set yet waits the same way.
     other = make(world, ManualClock(1_000_000.0), shadow=ShadowConfig(model="fraud@next"))
     assert other.routes["fraud"].shadow is None
+
+
+def test_a_shadow_grades_labels_by_the_monitors_rule() -> None:
+    from keel.monitoring.concept import row_loss
+    from keel.serving.shadowing import label_losses
+
+    y = np.array([1.0, 0.0, 1.0, 0.0])
+    primary = np.array([0.5, 0.5, 0.49, 0.1])  # a 0.5 score is a positive, for both
+    candidate = np.array([0.9, 0.2, 0.51, 0.7])
+    p_loss, c_loss = label_losses("error", y, primary, candidate)
+    assert p_loss.tolist() == [0.0, 1.0, 1.0, 0.0] == row_loss("error", y, primary).tolist()
+    assert c_loss.tolist() == [0.0, 0.0, 0.0, 1.0]
+    p_abs, _ = label_losses("abs", y, primary, candidate)
+    np.testing.assert_allclose(p_abs, [0.5, 0.5, 0.51, 0.1])

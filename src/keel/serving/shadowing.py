@@ -166,7 +166,10 @@ class ShadowRunner:
                     log.exception("route %s: the shadow candidate did not start", self.route.name)
                 finally:
                     self._prepared.set()
-            self._join_labels()
+            try:
+                self._join_labels()
+            except Exception:  # labels that are not 0/1 for an error loss, say
+                log.exception("route %s: shadow labels could not be joined", self.route.name)
             if not self._queue:
                 self._wake.clear()
                 self._wake.wait(0.05)
@@ -239,17 +242,16 @@ class ShadowRunner:
             return
         ids = batch.column(labels.id).to_pylist()
         ys = batch.column(labels.label).to_pylist()
-        p_loss, deltas = [], []
+        joined = []
         for key, y in zip(ids, ys, strict=True):
             pair = self._awaiting.pop(key, None)
-            if pair is None or y is None:
-                continue
-            lp, lc = (_loss(labels.loss, float(y), s) for s in pair)
-            p_loss.append(lp)
-            deltas.append(lc - lp)
-        if deltas:
+            if pair is not None and y is not None:
+                joined.append((float(y), *pair))
+        if joined:
+            y, primary, candidate = np.array(joined, dtype=np.float64).T
+            p_loss, c_loss = label_losses(labels.loss, y, primary, candidate)
             st.primary_loss.update_many(p_loss)
-            st.label_delta.update_many(deltas)
+            st.label_delta.update_many(c_loss - p_loss)
             self.on_update(self.route)
 
     def _compare(self, items: list[Item]) -> None:
@@ -424,7 +426,12 @@ def _pad(parts: list[np.ndarray], fill: float) -> np.ndarray:
     return out
 
 
-def _loss(kind: str, y: float, score: float) -> float:
-    if kind == "error":
-        return float(round(score) != y)
-    return abs(y - score)
+def label_losses(
+    kind: str, labels: np.ndarray, primary: np.ndarray, candidate: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each version's per-row loss against the labels, by the monitor's rule
+    (:func:`keel.monitoring.concept.row_loss`: a score of 0.5 counts as positive), so that a
+    shadow and the monitor grade a version alike."""
+    from keel.monitoring.concept import row_loss
+
+    return row_loss(kind, labels, primary), row_loss(kind, labels, candidate)
