@@ -43,6 +43,18 @@ def test_keel_toml_in_the_project_folder_is_found(tmp_path: Path) -> None:
         pytest.param("", {"KEEL_LOGURL": "x"}, "KEEL_LOGURL names no setting", id="env"),
         pytest.param("name = 3\n", {}, "Expected `str`", id="type"),
         pytest.param("name = \n", {}, "not valid TOML", id="toml"),
+        pytest.param(
+            'offline_url = "s3://bucket/offline"\n',
+            {},
+            "offline store is a local folder .* s3:// is not supported",
+            id="offline-s3",
+        ),
+        pytest.param(
+            '[[routes]]\nname = "fraud"\nmodel = "fraud@1"\nruntime = "onnx"\n',
+            {},
+            "runtime 'onnx' cannot be chosen",
+            id="route-runtime",
+        ),
     ],
 )
 def test_bad_settings_are_refused_by_name(tmp_path: Path, text, env, message) -> None:
@@ -131,3 +143,8 @@ def test_a_ramp_may_resume_at_a_step_or_stay_rolled_back() -> None:
     assert CanaryConfig(model="m@c", steps=[5, 25, 100], percent=25).percent == 25.0
     assert CanaryConfig(model="m@c", steps=[5, 25, 100], percent=0).percent == 0.0
     assert CanaryConfig(model="m@c").percent == 10.0  # no ramp: the default share
+
+
+def test_a_file_url_offline_store_is_a_local_folder(tmp_path: Path) -> None:
+    s = Settings.load(env={"KEEL_OFFLINE_URL": f"file://{tmp_path}/history"})
+    assert s.offline_url == f"{tmp_path}/history"

@@ -408,6 +408,11 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValidationError(f"route name {self.name!r} is invalid")
         if self.device not in ("cpu", "cuda"):
             raise ValidationError(f"route {self.name!r}: device must be 'cpu' or 'cuda'")
+        if self.runtime != "auto":
+            raise ValidationError(
+                f"route {self.name!r}: runtime {self.runtime!r} cannot be chosen; the runtime "
+                "follows the model's registered format (leave runtime = 'auto')"
+            )
         if self.max_batch_size < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
             raise ValidationError(f"route {self.name!r}: batch policy values must be positive")
         if not self.model.startswith("builtin:") and "@" not in self.model:
@@ -551,6 +556,14 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if not self.artifacts_url:
             self.artifacts_url = f"{self.data_dir}/artifacts"
         check_jobs_url(self.jobs_url)  # the executors' own rule, no backend imported
+        scheme = self.offline_url.partition("://")[0] if "://" in self.offline_url else ""
+        if scheme and scheme != "file":
+            raise ValidationError(
+                f"offline_url {self.offline_url!r}: the offline store is a local folder (or "
+                f"file://); {scheme}:// is not supported"
+            )
+        if scheme == "file":
+            self.offline_url = self.offline_url[len("file://") :]
         self.log_url = _resolve_sqlite(self.log_url, root)
         self.registry_url = _resolve_sqlite(self.registry_url, root)
         self.online_url = _resolve_sqlite(self.online_url, root)
