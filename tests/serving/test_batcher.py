@@ -190,3 +190,31 @@ def test_batching_never_changes_a_prediction(gbm_runtime, data, sizes, max_batch
 
     for a, g in zip(alone, asyncio.run(go()), strict=True):
         np.testing.assert_allclose(g, a, rtol=1e-12, atol=1e-12)
+
+
+def test_a_drained_batcher_answers_everything_queued_and_running() -> None:
+    gate = threading.Event()
+    sizes: list[int] = []
+
+    def slow(payloads):
+        gate.wait(5)
+        sizes.append(len(payloads))
+        return [p * 2 for p in payloads]
+
+    async def go() -> tuple[list[int], Exception]:
+        b = Batcher(slow, max_batch_size=2, max_wait_ms=0)
+        pending = [asyncio.ensure_future(b.submit(i)) for i in range(7)]
+        await asyncio.sleep(0.05)  # the first batch is running, the rest queued
+        drained = asyncio.ensure_future(b.drain(timeout_s=10))
+        await asyncio.sleep(0.05)
+        gate.set()
+        await drained
+        try:
+            await b.submit(99)
+        except Overloaded as exc:
+            late = exc
+        return list(await asyncio.gather(*pending)), late
+
+    answers, late = asyncio.run(go())
+    assert answers == [i * 2 for i in range(7)] and sum(sizes) == 7
+    assert "replaced" in str(late)

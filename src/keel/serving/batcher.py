@@ -82,6 +82,8 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"keel-batch-{name}")
+        self._draining = False
+        self._closed = False
         self._batch_s = 0.0  # moving average of one forward pass, for shedding decisions
         self._item_s = 0.0  # moving average of a forward pass per request
 
@@ -103,6 +105,8 @@ class Batcher:
         self, payload: Any, *, deadline_s: float | None = None, priority: int = 0
     ) -> Any:
         """Queue ``payload`` and wait for its result. ``deadline_s`` is relative to now."""
+        if self._closed:
+            raise Overloaded(f"route {self.name!r} was replaced; send the request again", 0.1)
         self._ensure_running()
         now = time.monotonic()
         if len(self._heap) >= self.max_queue:
@@ -135,6 +139,19 @@ class Batcher:
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
+    async def drain(self, timeout_s: float = 60.0) -> None:
+        """Answer every request queued or running, then stop: what a route that is replaced
+        (a new device or batch policy) does with its old batcher, so that the swap loses
+        nothing. Whatever is still queued after ``timeout_s`` is refused as by :meth:`close`."""
+        self._draining = True
+        if self._wake is not None:
+            self._wake.set()
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        self._closed = True
+        await self.close()
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -151,6 +168,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             while not self._heap:
+                if self._draining:
+                    return
                 self._wake.clear()
                 await self._wake.wait()
             batch = self._take()

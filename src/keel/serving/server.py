@@ -210,7 +210,8 @@ class InferenceServer:
         self._configured[cfg.name] = configured
         self._source[cfg.name] = "configured" if runtime is None else "runtime"
         if old is not None and old.batcher is not None and self._loop is not None:
-            asyncio.run_coroutine_threadsafe(old.batcher.close(), self._loop)
+            # New requests reach the new route from here on; the old one answers its own.
+            asyncio.run_coroutine_threadsafe(old.batcher.drain(), self._loop)
         if old is not None and old.predictions is not None:
             old.predictions.close()
         self.explanations.follow(route)
