@@ -137,13 +137,19 @@ class PredictionLog:
                 return 0
             try:
                 table = self._table(items)
-            except (KeyError, ValueError) as exc:
-                # A swapped-in version with other inputs than the log was made for.
-                self.skipped += sum(used.n for _, used, *_ in items)
-                log.error(
-                    "route %s: prediction log skipped %d rows: %s", self.route, len(items), exc
-                )
-                return 0
+            except (KeyError, ValueError):
+                # Some request's inputs are not the ones the log was made for (a version
+                # swapped in with other inputs): those are skipped, the others written.
+                tables = []
+                for item in items:
+                    try:
+                        tables.append(self._table([item]))
+                    except (KeyError, ValueError) as exc:
+                        self.skipped += item[1].n
+                        log.error("route %s: prediction log skipped a request: %s", self.route, exc)
+                if not tables:
+                    return 0
+                table = pa.concat_tables(tables)
             self.log.append(self.topic.name, table)
             self.written += table.num_rows
             return table.num_rows

@@ -376,7 +376,10 @@ class InferenceServer:
                 result = await asyncio.to_thread(
                     run_batch, fast_route, [payload], self.features, route.fast
                 )
-                outputs, version, stale, used = result[0]
+                outputs, version, stale, _ = result[0]
+                # Another model with its own inputs: not the route's version that the
+                # prediction log, the monitor and a shadow comparison are about.
+                return outputs, version, stale
             else:
                 self.metrics.queue.labels(name).set(route.batcher.depth)
                 outputs, version, stale, used = await route.batcher.submit(
@@ -705,9 +708,23 @@ class InferenceServer:
                 for route in list(self.routes.values()):
                     if route.config.model == moved:
                         self.reload(route.name)
+                    fast = route.config.fast_path
+                    if fast is not None and fast.model == moved:
+                        self._reload_fast(route, fast.model)
                     shadow = route.config.shadow
                     if shadow is not None and shadow.model == moved:
                         self._follow_shadow(route.name, shadow)
+
+    def _reload_fast(self, route: Route, model: str) -> None:
+        """The fast path's alias moved: load the new version, then switch to it (a version
+        that fails to load leaves the old one answering)."""
+        try:
+            fresh = load(model, self.registry, device="cpu", indexes=self.indexes)
+        except Exception:
+            log.exception("route %s: fast path %s failed to load; keeping it", route.name, model)
+            return
+        route.fast = fresh
+        log.info("route %s: fast path now %s", route.name, fresh.version)
 
     def _follow_shadow(self, name: str, shadow: ShadowConfig) -> None:
         """The alias a route shadows moved (``keel train --shadow``): load the new candidate
