@@ -343,3 +343,20 @@ class Running:
 @pytest.fixture
 def running() -> Iterator[type[Running]]:
     yield Running
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Running]]:
+    """One world for a whole module, its fraud route (fraud@champion with the card features)
+    served over HTTP on 127.0.0.1."""
+    from keel.config import RouteConfig
+    from keel.serving import InferenceServer, create_app
+
+    world = build_world(tmp_path_factory.mktemp("world"))
+    cfg = RouteConfig(name="fraud", model="fraud@champion", features=["card"], max_wait_ms=2)
+    server = InferenceServer(
+        [cfg], registry=world.registry, features=world.features, log_=world.log
+    )
+    server.load_all()
+    with Running(create_app(server)) as srv:
+        yield world, srv

@@ -5,36 +5,19 @@ afterwards."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from conftest import Running, World, build_world
-from keel.config import RouteConfig
-from keel.serving import InferenceServer, create_app
 from keel.serving.openapi import fuzzing_document, openapi_document
 
 #: Cases per operation in CI (19 operations).
 EXAMPLES = 25
 
 
-@pytest.fixture(scope="module")
-def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Running]]:
-    world = build_world(tmp_path_factory.mktemp("fuzz"))
-    cfg = RouteConfig(name="fraud", model="fraud@champion", features=["card"], max_wait_ms=2)
-    server = InferenceServer(
-        [cfg], registry=world.registry, features=world.features, log_=world.log
-    )
-    server.load_all()
-    with Running(create_app(server)) as srv:
-        yield world, srv
-
-
-def test_every_http_route_is_documented(fuzzed) -> None:
-    _, srv = fuzzed
+def test_every_http_route_is_documented(module_server) -> None:
+    _, srv = module_server
     served = httpx.get(f"{srv.url}/openapi.json").json()
     assert served == openapi_document()
     from starlette.routing import Route
@@ -58,8 +41,8 @@ schema = schemathesis.openapi.from_dict(fuzzing_document(["fraud"]))
     suppress_health_check=list(HealthCheck),
     database=None,
 )
-def test_fuzzed_requests_never_answer_5xx(case, fuzzed) -> None:
-    _, srv = fuzzed
+def test_fuzzed_requests_never_answer_5xx(case, module_server) -> None:
+    _, srv = module_server
     response = case.call(base_url=srv.url, timeout=30)
     # The one 5xx by design: a deadline the route cannot meet is shed at once with 503 and
     # Retry-After (a load balancer's signal to go elsewhere), never a crash.
