@@ -42,6 +42,7 @@ __all__ = [
     "LoopConfig",
     "MonitorConfig",
     "RouteConfig",
+    "ServeConfig",
     "Settings",
     "ShadowConfig",
     "TokenConfig",
@@ -448,6 +449,24 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
 
 
+class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[serve]`` in keel.toml: what one request may ask of the server (``keel serve`` and
+    ``keel features serve``). Over a limit answers 413 naming it; a client that takes longer
+    than ``body_timeout_s`` to send its body answers 408, and an idle connection is closed
+    after ``keep_alive_s``, so slow clients cannot hold the server's workers."""
+
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_rows: int = 10_000
+    max_keys: int = 1_000
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            if getattr(self, name) <= 0:
+                raise ValidationError(f"serve {name} must be positive, got {getattr(self, name)}")
+
+
 #: Roles a server token can have (see keel.serving.auth for what each may reach).
 ROLES = ("admin", "operator", "reader", "client")
 #: Extra tokens for the server, ``name:role:hash`` separated by spaces.
@@ -541,6 +560,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     routes: list[RouteConfig] = msgspec.field(default_factory=list)
     jobs: JobsConfig = msgspec.field(default_factory=JobsConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    serve: ServeConfig = msgspec.field(default_factory=ServeConfig)
 
     def __post_init__(self) -> None:
         root = Path(self.project_dir).expanduser().resolve()

@@ -225,4 +225,12 @@ def serve(
 
     from keel.features.http import create_app
 
-    uvicorn.run(create_app(project(ctx).features), host=host, port=port, log_level="warning")
+    proj = project(ctx)
+    settings = proj.settings
+    uvicorn.run(
+        create_app(proj.features, auth=settings.auth.with_env(), limits=settings.serve),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_keep_alive=int(settings.serve.keep_alive_s),
+    )

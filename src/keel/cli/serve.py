@@ -86,11 +86,12 @@ def serve(
         ).start()
     try:
         uvicorn.run(
-            create_app(server, auth=auth),
+            create_app(server, auth=auth, limits=proj.settings.serve),
             host=host,
             port=port,
             log_level="warning",
             access_log=False,
+            timeout_keep_alive=int(proj.settings.serve.keep_alive_s),
             loop="uvloop",
             http="httptools",
         )

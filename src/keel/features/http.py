@@ -19,12 +19,16 @@ from typing import Any
 
 import msgspec
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from keel.config import AuthConfig, ServeConfig
 from keel.errors import KeelError
 from keel.features.store import FeatureStore
+from keel.serving.app import read_body
+from keel.serving.auth import Authenticator, AuthMiddleware
 
 __all__ = ["FeatureRequest", "create_app"]
 
@@ -45,18 +49,44 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(_encoder.encode(body), status_code=status, media_type="application/json")
 
 
-def create_app(store: FeatureStore, *, follow: bool = True, interval_s: float = 0.2) -> Starlette:
-    """A Starlette app serving ``store``; with ``follow`` it materializes in the background."""
+def create_app(
+    store: FeatureStore,
+    *,
+    follow: bool = True,
+    interval_s: float = 0.2,
+    auth: AuthConfig | None = None,
+    limits: ServeConfig | None = None,
+) -> Starlette:
+    """A Starlette app serving ``store``; with ``follow`` it materializes in the background.
+    Lookups are the data plane (see :mod:`keel.serving.auth`): open unless ``auth`` asks
+    for a token there; at most ``limits.max_keys`` keys a lookup."""
+    limits = limits or ServeConfig()
 
     async def features(request: Request) -> Response:
         try:
-            req = _decoder.decode(await request.body())
+            req = _decoder.decode(await read_body(request, limits))
         except msgspec.ValidationError as exc:
             return _json({"error": f"invalid request: {exc}"}, 400)
         except msgspec.DecodeError as exc:
             return _json({"error": f"request body is not JSON: {exc}"}, 400)
+        except KeelError as exc:
+            return _json({"error": str(exc)}, exc.status_code)
+        keys = (
+            len(req.keys)
+            if isinstance(req.keys, list)
+            else max((len(v) for v in req.keys.values()), default=0)
+        )
+        if keys > limits.max_keys:
+            return _json(
+                {
+                    "error": f"a lookup takes at most {limits.max_keys:,} keys "
+                    f"(serve.max_keys); got {keys:,}"
+                },
+                413,
+            )
         try:
-            result = store.get_online(req.features, req.keys, at=req.at)
+            # Off the event loop: an online store may be a network round trip away.
+            result = await asyncio.to_thread(store.get_online, req.features, req.keys, at=req.at)
         except KeelError as exc:
             return _json({"error": str(exc)}, exc.status_code)
         except Exception:
@@ -98,4 +128,15 @@ def create_app(store: FeatureStore, *, follow: bool = True, interval_s: float = 
             Route("/healthz", health, methods=["GET"]),
         ],
         lifespan=lifespan,
+        middleware=[
+            Middleware(
+                AuthMiddleware,
+                authenticator=Authenticator(auth or AuthConfig()),
+                level_of=lambda method, path: ACCESS.get((method, path)),
+            )
+        ],
     )
+
+
+#: The feature server's access levels (see keel.serving.auth).
+ACCESS = {("POST", "/v1/features"): "data", ("GET", "/healthz"): "health"}

@@ -8,6 +8,7 @@ and answered as a generic 500 — the server lives on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -24,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route as HttpRoute
 
 from keel import __version__
-from keel.config import AuthConfig, CanaryConfig, ShadowConfig
+from keel.config import AuthConfig, CanaryConfig, ServeConfig, ShadowConfig
 from keel.errors import KeelError, ValidationError
 from keel.runtimes.recommend import RANKING, is_recommender, ranked_lists
 from keel.serving.auth import Authenticator, AuthMiddleware
@@ -35,10 +36,9 @@ from keel.serving.routes import RouteConfig, Rows
 from keel.serving.server import InferenceServer
 from keel.serving.traffic import CANARY_ACTIONS
 
-__all__ = ["ACCESS", "MAX_BODY", "create_app"]
+__all__ = ["ACCESS", "create_app", "read_body"]
 
 log = logging.getLogger(__name__)
-MAX_BODY = 32 * 1024 * 1024
 #: What a controller decides: on a shadow, then on a canary (see keel.serving.traffic).
 DECISIONS = ("promote", "reject", *CANARY_ACTIONS)
 _encoder = msgspec.json.Encoder()
@@ -76,20 +76,53 @@ def _guard(handler: Handler) -> Handler:
 
 
 async def _body(request: Request) -> bytes:
-    limit = request.app.state.max_body
+    return await read_body(request, request.app.state.limits)
+
+
+async def read_body(request: Request, limits: ServeConfig) -> bytes:
+    """The request's body, within ``limits``: 413 over ``max_body_bytes`` (told by
+    Content-Length, or found while reading), 408 when it is not sent within
+    ``body_timeout_s``."""
+    limit = limits.max_body_bytes
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(
-            f"request body of {int(length):,} bytes is over the {limit:,}-byte limit"
+            f"request body of {int(length):,} bytes is over the {limit:,}-byte limit "
+            "(serve.max_body_bytes)"
         )
-    body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLarge(f"request body is over the {limit:,}-byte limit")
-    return body
+
+    async def read() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(
+                    f"request body is over the {limit:,}-byte limit (serve.max_body_bytes)"
+                )
+        return bytes(body)
+
+    try:
+        return await asyncio.wait_for(read(), limits.body_timeout_s)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {limits.body_timeout_s:g} s "
+            "(serve.body_timeout_s)"
+        ) from None
+
+
+def check_rows(n: int, limits: ServeConfig, what: str) -> None:
+    if n > limits.max_rows:
+        raise PayloadTooLarge(
+            f"{what} takes at most {limits.max_rows:,} rows a request (serve.max_rows); got {n:,}"
+        )
 
 
 class PayloadTooLarge(KeelError):
     status_code = 413
+
+
+class RequestTimeout(KeelError):
+    status_code = 408
 
 
 def _deadline(request: Request) -> float | None:
@@ -145,12 +178,19 @@ def _level(method: str, template: str) -> str | None:
 
 
 def create_app(
-    server: InferenceServer, *, max_body: int = MAX_BODY, auth: AuthConfig | None = None
+    server: InferenceServer,
+    *,
+    max_body: int | None = None,
+    auth: AuthConfig | None = None,
+    limits: ServeConfig | None = None,
 ) -> Starlette:
-    """The ASGI app for ``server`` (routes are loaded before it takes traffic); requests
-    over ``max_body`` bytes are refused with 413. With tokens in ``auth``, each route needs
-    a token whose role reaches its level in ``ACCESS``; control-plane calls are audited on
-    ``keel.audit`` either way."""
+    """The ASGI app for ``server`` (routes are loaded before it takes traffic). Requests
+    over ``limits`` (or ``max_body`` bytes, if given) are refused with 413. With tokens in
+    ``auth``, each route needs a token whose role reaches its level in ``ACCESS``;
+    control-plane calls are audited on ``keel.audit`` either way."""
+    limits = limits or ServeConfig()
+    if max_body is not None:
+        limits = msgspec.structs.replace(limits, max_body_bytes=max_body)
 
     async def live(request: Request) -> Response:
         return _json({"live": True})
@@ -197,6 +237,8 @@ def create_app(
         route = server.route(name)
         body = await _body(request)
         req = decode_request(body, request.headers.get(HEADER))
+        for array in req.inputs.values():
+            check_rows(len(array) if array.ndim else 1, request.app.state.limits, "infer")
         wanted = request.path_params.get("version")
         loaded = route.current
         if wanted is not None:
@@ -219,6 +261,7 @@ def create_app(
         name = request.path_params["route"]
         route = server.route(name)
         _, rows = _rows(await _body(request), "predict")
+        check_rows(len(rows), request.app.state.limits, "predict")
         outputs, version, stale = await server.infer(
             name,
             Rows(rows, len(rows)),
@@ -242,6 +285,7 @@ def create_app(
         name = request.path_params["route"]
         server.route(name)
         doc, rows = _rows(await _body(request), "explain")
+        check_rows(len(rows), request.app.state.limits, "explain")
         method, top = doc.get("method"), doc.get("top")
         if method is not None and not isinstance(method, str):
             raise ValidationError("explain's 'method' must be a string")
@@ -250,8 +294,6 @@ def create_app(
         return _json(await server.explanations.explain(name, rows, method=method, top=top))
 
     async def reload(request: Request) -> Response:
-        import asyncio
-
         result = await asyncio.to_thread(server.reload, request.path_params["route"])
         return _json(result, 200 if "error" not in result else 409)
 
@@ -281,8 +323,6 @@ def create_app(
         )
 
     async def put_route(request: Request) -> Response:
-        import asyncio
-
         try:
             cfg = msgspec.json.decode(await _body(request), type=RouteConfig)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -294,8 +334,6 @@ def create_app(
         return _json(server.traffic(request.path_params["route"]))
 
     async def set_traffic(request: Request) -> Response:
-        import asyncio
-
         name = request.path_params["route"]
         server.route(name)
         try:
@@ -373,7 +411,7 @@ def create_app(
             )
         ],
     )
-    app.state.max_body = max_body
+    app.state.limits = limits
     return app
 
 
