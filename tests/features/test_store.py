@@ -415,3 +415,37 @@ def test_http_endpoint_over_a_real_socket(log: Log, tmp_path: Path) -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_an_online_store_kept_across_a_new_log_is_rebuilt_from_it(tmp_path: Path) -> None:
+    online = f"sqlite:///{tmp_path / 'online.db'}"
+    logs = []
+    for name, events in (("old", 10), ("new", 3)):
+        log = open_log(f"sqlite:///{tmp_path / name}.db")
+        log.create_topic(
+            Topic(
+                "pay",
+                {"ts": "timestamp", "user_id": "int64", "amount": "float64", "country": "string?"},
+                event_time="ts",
+                key="user_id",
+                partitions=2,
+            )
+        )
+        pay(
+            log,
+            *[
+                (1, timedelta(minutes=i), 5.0 if name == "old" else 1.0, "DE")
+                for i in range(events)
+            ],
+        )
+        logs.append(log)
+    old = store_for(logs[0], tmp_path / "a", online=online)
+    old.materialize()
+    at = T0 + timedelta(minutes=30)
+    assert old.get_online(["u"], [1], at=at).values["u__count_1h"].tolist() == [10]
+    old.online.close()
+    # The same online store, pointed at another log: its aggregates are that log's.
+    new = store_for(logs[1], tmp_path / "b", online=online)
+    assert new.materialize()["u"].events == 3
+    got = new.get_online(["u"], [1], at=at).values
+    assert got["u__count_1h"].tolist() == [3] and got["u__amount_sum_2h"].tolist() == [3.0]

@@ -206,6 +206,16 @@ def test_iterating_a_consumer_stops_at_the_end_the_log_had_when_it_began(log: Lo
     assert sorted(pa.concat_tables(list(c))["seq"].to_pylist()) == appended
 
 
+def test_a_log_keeps_its_identity_and_another_log_has_its_own(log: Log, log_url: str) -> None:
+    again = open_log(log_url)
+    try:
+        assert len(log.identity) == 32 and again.identity == log.identity
+    finally:
+        again.close()
+    other = open_log("sqlite://")
+    assert other.identity != log.identity
+
+
 def test_consumer_resumes_in_a_new_process(log: Log, log_url: str) -> None:
     log.create_topic(topic())
     log.append("ev", rows(60))

@@ -8,6 +8,7 @@ states together with the new offsets and watermarks in one atomic step.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from keel.features.tiles import SEQ_BITS, Layout, TileState, concat
 from keel.log import OFFSET, PARTITION, Log
 
 __all__ = ["NO_WATERMARK", "MaterializeStats", "Materializer", "late_mask"]
+
+logger = logging.getLogger(__name__)
 
 NO_WATERMARK = np.iinfo(np.int64).min
 
@@ -75,6 +78,7 @@ class Materializer:
         # Once: hashing the definition reads the transform's source code, and a follower
         # polling every 0.2 s would otherwise do it on every poll, beside a serving thread.
         self.fingerprint = view.fingerprint
+        self.log_identity = log.identity
 
     def step(self, max_records: int = 200_000) -> MaterializeStats:
         """Consume what is available (up to ``max_records`` per partition) and commit it."""
@@ -111,7 +115,20 @@ class Materializer:
             # The definition changed: the stored tiles mean something else now.
             self.store.clear(self.view.name)
             progress = Progress()
+        if progress.log and progress.log != self.log_identity:
+            # Offsets into another log (an online store kept while the log was replaced):
+            # its states are that log's aggregates. Rebuild from this one.
+            logger.warning(
+                "view %s: the online store was materialized from another log (%s, not %s); "
+                "rebuilding it from this log",
+                self.view.name,
+                progress.log,
+                self.log_identity,
+            )
+            self.store.clear(self.view.name)
+            progress = Progress()
         progress.fingerprint = self.fingerprint
+        progress.log = self.log_identity
         return progress
 
     def apply(self, batches: dict[int, pa.Table], progress: Progress) -> MaterializeStats:

@@ -189,6 +189,18 @@ class Log(ABC):
     def _delete_before(self, topic: Topic, partition: int, offset: int) -> int:
         """Delete whole segments ending at or before ``offset``; return how many."""
 
+    @abstractmethod
+    def _identity(self) -> str:
+        """The log's identity, made once when the log was created and stored with it."""
+
+    @property
+    def identity(self) -> str:
+        """A random id this log was given when it was created: what a consumer that keeps
+        offsets elsewhere (an online store) records, to tell this log from another one."""
+        if not getattr(self, "_identity_cache", None):
+            self._identity_cache = self._identity()
+        return self._identity_cache
+
     def close(self) -> None:  # noqa: B027 - backends without resources need nothing here
         """Release connections."""
 

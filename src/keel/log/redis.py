@@ -11,6 +11,7 @@ All keys of a topic share one hash tag, so the scheme also works on Redis Cluste
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,6 +65,11 @@ class RedisLog(Log):
 
     def close(self) -> None:
         self._redis.close()
+
+    def _identity(self) -> str:
+        key = f"{self.prefix}:identity"
+        self._redis.set(key, uuid.uuid4().hex, nx=True)
+        return self._redis.get(key).decode()
 
     # -- keys ---------------------------------------------------------------------------
     def _k(self, topic: str, suffix: str) -> str:

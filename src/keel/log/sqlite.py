@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -47,6 +48,10 @@ CREATE TABLE IF NOT EXISTS segments (
     data BLOB NOT NULL,
     UNIQUE (topic, partition, base)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS group_offsets (
     grp TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -98,6 +103,14 @@ class SQLiteLog(Log):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _identity(self) -> str:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('identity', ?)",
+                (uuid.uuid4().hex,),
+            )
+            return db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()[0]
 
     # -- topics -------------------------------------------------------------------------
     def _save_topic(self, topic: Topic, exist_ok: bool) -> Topic:

@@ -30,6 +30,8 @@ class Progress(msgspec.Struct, kw_only=True):
     late: int = 0
     updated_at: float = 0.0
     fingerprint: str = ""
+    #: The identity of the log the offsets are in (:attr:`keel.log.Log.identity`).
+    log: str = ""
 
     def encode(self) -> bytes:
         return msgspec.json.encode(self)
