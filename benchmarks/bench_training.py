@@ -15,17 +15,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from keel.config import CONFIG_FILE
-from keel.demo.data_steps import time_ordered_chunks
+from keel.demo.data_steps import append_history, demo_shop
 from keel.project import Project, init_project
-from keel.shop import Shift, Shop
 from keel.training import CheckpointStore, Preempted, RunContext, Torch
 
 TORCH_JOB = dict(module_kwargs={"hidden": [1024, 1024, 512]}, batch_size=256, seed=3)
@@ -36,22 +33,8 @@ def shop_project(root: Path, users: int, days: float) -> Project:
     project = Project.load(root / CONFIG_FILE)
     project.apply()
     now = datetime.now(UTC).replace(microsecond=0)
-    shop = Shop(
-        seed=7,
-        n_users=users,
-        n_items=2_000,
-        start=now - timedelta(days=days),
-        shift=Shift(fraud_browse_share=0.3, fraud_rate=0.05),
-    )
-    for name, table in shop.catalog().items():
-        project.log.append(name, table)
-    history = {
-        name: t.filter(pc.less_equal(t["ts"], pa.scalar(now, t.schema.field("ts").type)))
-        for name, t in shop.history(days=days).items()
-    }
-    for chunk in time_ordered_chunks(history):
-        for name, table in chunk.items():
-            project.log.append(name, table)
+    shop = demo_shop(seed=7, users=users, items=2_000, days=days, now=now)
+    append_history(project.log, shop, days=days, now=now)
     project.features.land()
     return project
 

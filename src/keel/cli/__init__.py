@@ -16,6 +16,7 @@ from keel.cli import loop as loop_cli
 from keel.cli import monitor as monitor_cli
 from keel.cli import registry as registry_cli
 from keel.cli import serve as serve_cli
+from keel.cli import shop as shop_cli
 from keel.cli import traffic as traffic_cli
 from keel.cli import train as train_cli
 from keel.cli import up as up_cli
@@ -44,6 +45,7 @@ jobs_cli.register(app)
 up_cli.register(app)
 loop_cli.register(app)
 explain_cli.register(app)
+shop_cli.register(app)
 
 
 @app.callback()
@@ -66,7 +68,10 @@ def init(
     """Write a working example project: keel.toml and a definitions module."""
     root = init_project(directory, name=name, force=force)
     console.print(f"[green]created[/] {root / 'keel.toml'} and {root / 'definitions.py'}")
-    console.print(f"next: cd {directory} && keel apply && keel log topics")
+    console.print(
+        f"next: cd {directory} && keel apply && keel shop generate --days 14 "
+        "(sample data: the demo's shop)"
+    )
 
 
 @app.command("apply")

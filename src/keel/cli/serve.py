@@ -70,7 +70,7 @@ def serve(
     console.print(f"serving {names} on http://{host}:{port}")
     if not auth.tokens:
         console.print(
-            "[yellow]no [auth] tokens: anyone who reaches this address may change routes and "
+            "[yellow]no \\[auth] tokens: anyone who reaches this address may change routes and "
             "traffic[/] (keel token new NAME --role operator makes one)"
         )
     stop = threading.Event()

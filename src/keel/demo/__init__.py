@@ -8,11 +8,9 @@ from __future__ import annotations
 import tempfile
 import time
 from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -20,10 +18,11 @@ from rich.table import Table
 from keel.cli.log import stats_table
 from keel.config import CONFIG_FILE
 from keel.demo.data_steps import (
+    append_history,
+    demo_shop,
     progress_bar,
     show_features,
     show_lookups,
-    time_ordered_chunks,
 )
 from keel.demo.explain_step import show_explanations
 from keel.demo.jobs_step import show_jobs
@@ -34,7 +33,7 @@ from keel.demo.recommend_step import show_recommendations
 from keel.demo.result import DemoResult
 from keel.errors import ValidationError
 from keel.project import Project, init_project
-from keel.shop import EVENTS, Shift, Shop
+from keel.shop import EVENTS
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -98,41 +97,22 @@ def _run(
     result = DemoResult(project_dir=root)
 
     now = datetime.now(UTC).replace(microsecond=0)
-    # Some fraud rings browse and buy in the victim's account first, so an active account
-    # alone does not tell a real shopper, and some fraud poses as the victim. A high-risk shop
-    # (5% of payments fraud): a small shop's few days still hold enough fraud for the model,
-    # its two-day holdout, and the monitor's loss estimator to learn from and be judged on.
-    shop = Shop(
-        seed=seed,
-        n_users=users,
-        n_items=items,
-        start=now - timedelta(days=days),
-        shift=Shift(fraud_browse_share=0.3, fraud_rate=0.05),
-    )
-    for name, table in shop.catalog().items():
-        log.append(name, table)
-        result.appended[name] = table.num_rows
-
+    shop = demo_shop(seed=seed, users=users, items=items, days=days, now=now)
     console.print(
         f"[bold]2. History[/]: {days:g} days of a shop with {users:,} users and "
         f"{items:,} items, streamed in time order"
     )
-    history = {
-        # Labels arrive hours to days after a payment: those not yet known now stay unknown.
-        name: table.filter(
-            pc.less_equal(table.column("ts"), pa.scalar(now, table.schema.field("ts").type))
-        )
-        for name, table in shop.history(days=days).items()
-    }
-    total = sum(t.num_rows for t in history.values())
     start = time.perf_counter()
+    landed = {"total": 0}
     with progress_bar(console) as progress:
-        task = progress.add_task("history → log", total=total)
-        for chunk in time_ordered_chunks(history):
-            for name, table in chunk.items():
-                log.append(name, table)
-                result.appended[name] = result.appended.get(name, 0) + table.num_rows
-                progress.advance(task, table.num_rows)
+        task = progress.add_task("history → log", total=None)
+
+        def advance(done: int, of: int) -> None:
+            progress.update(task, completed=done, total=of)
+            landed["total"] = of
+
+        result.appended = append_history(log, shop, days=days, now=now, progress=advance)
+    total = landed["total"]
     result.history_seconds = time.perf_counter() - start
     console.print(
         f"   {total:,} events in {result.history_seconds:.1f} s "

@@ -196,7 +196,10 @@ def create_app(
         return _json({"live": True})
 
     async def ready(request: Request) -> Response:
-        ok = bool(server.routes) and len(server.routes) == len(server.configs)
+        # Every configured route is serving, or knowingly waiting for its first version.
+        ok = bool(server.configs) and len(server.routes) + len(server.pending) == len(
+            server.configs
+        )
         return _json({"ready": ok}, 200 if ok else 503)
 
     async def metadata(request: Request) -> Response:
@@ -319,6 +322,10 @@ def create_app(
                     else msgspec.to_builtins(r.config.shadow),
                 }
                 for r in server.routes.values()
+            ]
+            + [
+                {"name": name, "model": server.configs[name].model, "serving": None, "why": why}
+                for name, why in server.pending.items()
             ]
         )
 

@@ -22,7 +22,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from keel.clock import Clock, SystemClock
 from keel.config import CanaryConfig, ShadowConfig
-from keel.errors import KeelError, NotFoundError, ValidationError, did_you_mean
+from keel.errors import (
+    KeelError,
+    NotFoundError,
+    UnavailableError,
+    ValidationError,
+    did_you_mean,
+)
 from keel.log import Topic
 from keel.runtimes.recommend import RANKING, is_recommender
 from keel.serving.batcher import Batcher
@@ -42,7 +48,12 @@ from keel.serving.traffic import (
 )
 from keel.serving.traffic_log import TrafficIndex
 
-__all__ = ["TRAFFIC", "UNSET", "InferenceServer"]
+__all__ = ["TRAFFIC", "UNSET", "InferenceServer", "NotTrained"]
+
+
+class NotTrained(UnavailableError):
+    """A route whose model has no version to serve yet."""
+
 
 #: Traffic settings, shadow evidence snapshots and controller decisions, in order.
 TRAFFIC = Topic(
@@ -143,12 +154,22 @@ class InferenceServer:
         self._follower: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.explanations = Explanations(self)
+        #: Routes with no model version to serve yet, and why.
+        self.pending: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     def load_all(self) -> None:
-        """Load and warm every route's model (before taking traffic)."""
-        for cfg in self.configs.values():
-            self.add(cfg)
+        """Load and warm every route's model (before taking traffic). A route whose model
+        has no version yet (a fresh project: nothing trained) does not stop the others: it
+        answers 503 saying so, and loads once a version is registered or its alias moves."""
+        for cfg in list(self.configs.values()):
+            try:
+                self.add(cfg)
+            except NotFoundError as exc:
+                if self.registry is None or cfg.model.startswith("builtin:"):
+                    raise
+                self.pending[cfg.name] = str(exc)
+                log.warning("route %s: nothing to serve yet (%s)", cfg.name, exc)
 
     def add(self, cfg: RouteConfig) -> Route:
         """Load and warm a route (replacing one of the same name) before it takes traffic.
@@ -328,6 +349,13 @@ class InferenceServer:
         try:
             return self.routes[name]
         except KeyError:
+            if name in self.pending:
+                raise NotTrained(
+                    f"route {name!r} has no model to serve yet: {self.pending[name]}. Train "
+                    f"one (keel train {self.configs[name].model.partition('@')[0]} --alias "
+                    f"{self.configs[name].model.partition('@')[2] or 'champion'}); the route "
+                    "loads it then"
+                ) from None
             raise NotFoundError(
                 f"no route {name!r}{did_you_mean(name, self.routes)}; routes: "
                 f"{', '.join(self.routes) or 'none'}"
@@ -702,6 +730,8 @@ class InferenceServer:
                 self._watch_stop.wait(0.2)
                 continue
             for event in batch.to_pylist():
+                if event["event"] in ("registered", "alias_moved"):
+                    self._load_pending(event["model"])
                 if event["event"] != "alias_moved":
                     continue
                 moved = f"{event['model']}@{event['alias']}"
@@ -714,6 +744,24 @@ class InferenceServer:
                     shadow = route.config.shadow
                     if shadow is not None and shadow.model == moved:
                         self._follow_shadow(route.name, shadow)
+
+    def _load_pending(self, model: str) -> None:
+        """A version of ``model`` was registered or an alias of it moved: load the routes
+        that were waiting for one."""
+        for name in list(self.pending):
+            cfg = self.configs[name]
+            if cfg.model.partition("@")[0] != model:
+                continue
+            try:
+                self.add(cfg)
+            except NotFoundError as exc:  # registered, but not yet under the route's alias
+                self.pending[name] = str(exc)
+                continue
+            except Exception:
+                log.exception("route %s: its first version failed to load", name)
+                continue
+            del self.pending[name]
+            log.info("route %s: serving %s", name, self.routes[name].current.version)
 
     def _reload_fast(self, route: Route, model: str) -> None:
         """The fast path's alias moved: load the new version, then switch to it (a version
