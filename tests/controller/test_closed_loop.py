@@ -56,9 +56,13 @@ def shop_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, table in shop.history(days=14).items():
         known = pc.less_equal(table["ts"], pa.scalar(now, table.schema.field("ts").type))
         project.log.append(name, table.filter(known))
-    # A weak champion (two boosting rounds), so that a retrain is graded better than it.
+    # A weak champion, so that a retrain is graded better than it on the holdout's logloss:
+    # two boosting rounds, and positives weighted 50 times, so its scores are far too high
+    # (two rounds alone were, on some days' data, as good as an overfitted retrain).
     declared = project.model("fraud")
-    weak = LightGBM(params={**declared.trainer.params, "num_iterations": 2}, seed=7)
+    weak = LightGBM(
+        params={**declared.trainer.params, "num_iterations": 2, "scale_pos_weight": 50.0}, seed=7
+    )
     project.train(dataclasses.replace(declared, trainer=weak), alias="champion")
     return root
 
@@ -262,7 +266,9 @@ def test_alert_to_job_to_shadow_to_promotion_with_its_causes(
         assert time.monotonic() < deadline, "the retrain did not finish"
         time.sleep(0.2)
     manager.close()
-    done, candidate = loop.step()
+    steps = loop.step()
+    assert [e.kind for e in steps] == ["job_done", "candidate"], [e.summary for e in steps]
+    done, candidate = steps
     assert done.payload["state"] == "succeeded"
     version = candidate.payload["version"]
     # Graded on its holdout beside the (weak) champion on the same rows, then shadowed.
