@@ -95,3 +95,22 @@ def test_version_paths_serve_the_version_they_name(world, running) -> None:
             r = client.post(url, json=_tensor()) if path == "/infer" else client.get(url)
             assert r.status_code == 404, (url, r.text)
             assert "'7'" in r.json()["error"] and "fraud@1, fraud@2" in r.json()["error"]
+
+
+def test_an_unexpected_error_is_a_generic_500_and_unknown_paths_answer_json(
+    world, running, monkeypatch
+) -> None:
+    server = _server(world)
+
+    def broken(name):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server, "traffic", broken)
+    with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
+        r = client.get("/v1/routes/fraud/traffic")
+        assert r.status_code == 500 and r.json() == {"error": "internal error"}
+        assert client.get("/v2/health/live").status_code == 200
+        missing = client.get("/v9/nothing")
+        assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
+        wrong = client.delete("/v1/routes")
+        assert wrong.status_code == 405 and "error" in wrong.json()

@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -51,28 +52,48 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
-def _error(exc: Exception) -> Response:
+async def _keel_error(request: Request, exc: Exception) -> Response:
+    """An intended error: its status and message; an overloaded route adds Retry-After."""
     if isinstance(exc, Overloaded):
         return _json(
             {"error": str(exc)}, 503, {"retry-after": str(max(1, math.ceil(exc.retry_after_s)))}
         )
-    if isinstance(exc, KeelError):
-        return _json({"error": str(exc)}, exc.status_code)
-    log.exception("request failed")
-    return _json({"error": "internal error"}, 500)
+    assert isinstance(exc, KeelError)
+    return _json({"error": str(exc)}, exc.status_code)
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own (404 for an unknown path, 405): JSON like every other error."""
+    assert isinstance(exc, HTTPException)
+    return _json({"error": exc.detail}, exc.status_code, exc.headers)
 
 
-def _guard(handler: Handler) -> Handler:
-    async def wrapped(request: Request) -> Response:
+class CatchAll:
+    """The last resort for a bug: logged with its traceback and answered as a generic 500 on
+    a connection that stays open. (Starlette's handler for ``Exception`` answers too, but
+    re-raises to the server, which then drops the client's keep-alive connection.)"""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def noting(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            return await handler(request)
-        except Exception as exc:
-            return _error(exc)
-
-    return wrapped
+            await self.app(scope, receive, noting)
+        except Exception:
+            log.exception("request failed: %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            await _json({"error": "internal error"}, 500)(scope, receive, send)
 
 
 async def _body(request: Request) -> bytes:
@@ -148,6 +169,215 @@ def _priority(request: Request) -> int:
         raise ValidationError(f"x-keel-priority must be an integer, got {raw!r}") from None
 
 
+# -- handlers: module level, the server from request.app.state -------------------------
+async def live(request: Request) -> Response:
+    return _json({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    # Every configured route is serving, or knowingly waiting for its first version.
+    ok = bool(server.configs) and len(server.routes) + len(server.pending) == len(server.configs)
+    return _json({"ready": ok}, 200 if ok else 503)
+
+
+async def metadata(request: Request) -> Response:
+    return _json(
+        {
+            "name": "keel",
+            "version": __version__,
+            "extensions": ["binary_tensor_data", "keel_routes"],
+        }
+    )
+
+
+async def model_metadata(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    route = server.route(request.path_params["model"])
+    loaded = route.current
+    if "version" in request.path_params:
+        version = server.check_version(route, request.path_params["version"])
+        if route.canary is not None and version == route.canary.version:
+            loaded = route.canary
+    rt = loaded.runtime
+    return _json(
+        {
+            "name": route.name,
+            "versions": [loaded.version],
+            "platform": rt.platform,
+            "inputs": [s.to_dict() for s in rt.inputs],
+            "outputs": [s.to_dict() for s in rt.outputs],
+        }
+    )
+
+
+async def model_ready(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    route = server.route(request.path_params["model"])
+    if "version" in request.path_params:
+        server.check_version(route, request.path_params["version"])
+    return _json({"name": request.path_params["model"], "ready": True})
+
+
+async def infer(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    name = request.path_params["model"]
+    route = server.route(name)
+    body = await _body(request)
+    req = decode_request(body, request.headers.get(HEADER))
+    for array in req.inputs.values():
+        check_rows(len(array) if array.ndim else 1, request.app.state.limits, "infer")
+    wanted = request.path_params.get("version")
+    loaded = route.current
+    if wanted is not None:
+        version = server.check_version(route, wanted)
+        if route.canary is not None and version == route.canary.version:
+            loaded = route.canary
+    payload = route.check_tensors(req.inputs, loaded.runtime)
+    outputs, version, _ = await server.infer(
+        name,
+        payload,
+        deadline_ms=_deadline(request),
+        key=request.headers.get("x-keel-key"),
+        version=wanted,
+    )
+    content, headers = encode_response(name, version, req.id, outputs, req)
+    media = "application/octet-stream" if headers else "application/json"
+    return Response(content, media_type=media, headers=headers)
+
+
+async def predict(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    name = request.path_params["route"]
+    route = server.route(name)
+    _, rows = _rows(await _body(request), "predict")
+    check_rows(len(rows), request.app.state.limits, "predict")
+    outputs, version, stale = await server.infer(
+        name,
+        Rows(rows, len(rows)),
+        deadline_ms=_deadline(request),
+        priority=_priority(request),
+    )
+    if is_recommender(route.current.runtime) and RANKING[0] in outputs:
+        predictions = ranked_lists(outputs)  # each row as long as its own k
+    else:
+        predictions = {k: _plain(v) for k, v in outputs.items()}
+    return _json(
+        {
+            "route": name,
+            "version": version,
+            "predictions": predictions,
+            "staleness_s": stale or {},
+        }
+    )
+
+
+async def explain(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    name = request.path_params["route"]
+    server.route(name)
+    doc, rows = _rows(await _body(request), "explain")
+    check_rows(len(rows), request.app.state.limits, "explain")
+    method, top = doc.get("method"), doc.get("top")
+    if method is not None and not isinstance(method, str):
+        raise ValidationError("explain's 'method' must be a string")
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or top < 1):
+        raise ValidationError("explain's 'top' must be a positive integer")
+    return _json(await server.explanations.explain(name, rows, method=method, top=top))
+
+
+async def reload(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    result = await asyncio.to_thread(server.reload, request.path_params["route"])
+    return _json(result, 200 if "error" not in result else 409)
+
+
+async def list_routes(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    return _json(
+        [
+            {
+                "name": r.name,
+                "model": r.config.model,
+                "serving": r.current.version,
+                "device": r.config.device,
+                "batching": r.config.batching,
+                "max_batch_size": r.config.max_batch_size,
+                "queue": r.batcher.depth,
+                "features": r.config.features,
+                "last_error": r.last_error,
+                "fast_path": None if r.fast is None else r.fast.version,
+                "canary": None if r.config.canary is None else msgspec.to_builtins(r.config.canary),
+                "shadow": None if r.config.shadow is None else msgspec.to_builtins(r.config.shadow),
+            }
+            for r in server.routes.values()
+        ]
+        + [
+            {"name": name, "model": server.configs[name].model, "serving": None, "why": why}
+            for name, why in server.pending.items()
+        ]
+    )
+
+
+async def put_route(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    try:
+        cfg = msgspec.json.decode(await _body(request), type=RouteConfig)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValidationError(f"invalid route: {exc}") from None
+    route = await asyncio.to_thread(server.add, cfg)
+    return _json({"name": route.name, "serving": route.current.version}, 201)
+
+
+async def get_traffic(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    return _json(server.traffic(request.path_params["route"]))
+
+
+async def set_traffic(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    name = request.path_params["route"]
+    server.route(name)
+    try:
+        doc = msgspec.json.decode(await _body(request), type=TrafficRequest)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValidationError(f"invalid traffic settings: {exc}") from None
+    fields = doc.__struct_fields__
+    given = {f: getattr(doc, f) for f in fields if getattr(doc, f) is not msgspec.UNSET}
+    if not given:
+        raise ValidationError("give 'canary' and/or 'shadow' (null removes one)")
+    await asyncio.to_thread(server.set_traffic, name, **given)
+    return _json(server.traffic(name))
+
+
+async def record_decision(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    name = request.path_params["route"]
+    route = server.route(name)
+    try:
+        doc = _decoder.decode(await _body(request))
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"request body is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("action") not in DECISIONS:
+        raise ValidationError(f"a decision needs an 'action': one of {', '.join(DECISIONS)}")
+    if doc["action"] == "reject" and route.shadow_state is not None:
+        route.shadow_state.status = "rejected"
+        server.snapshot(route, force=True)
+    server.publish(name, "decision", doc)
+    return _json({"recorded": True})
+
+
+async def metrics(request: Request) -> Response:
+    server: InferenceServer = request.app.state.server
+    for name, route in server.routes.items():
+        server.metrics.queue.labels(name).set(route.batcher.depth)
+    return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return _json(openapi_document())
+
+
 #: Each HTTP route's access level (see keel.serving.auth): who may call it once tokens are
 #: configured. A route missing here needs an admin token.
 ACCESS: dict[tuple[str, str], str] = {
@@ -192,191 +422,6 @@ def create_app(
     if max_body is not None:
         limits = msgspec.structs.replace(limits, max_body_bytes=max_body)
 
-    async def live(request: Request) -> Response:
-        return _json({"live": True})
-
-    async def ready(request: Request) -> Response:
-        # Every configured route is serving, or knowingly waiting for its first version.
-        ok = bool(server.configs) and len(server.routes) + len(server.pending) == len(
-            server.configs
-        )
-        return _json({"ready": ok}, 200 if ok else 503)
-
-    async def metadata(request: Request) -> Response:
-        return _json(
-            {
-                "name": "keel",
-                "version": __version__,
-                "extensions": ["binary_tensor_data", "keel_routes"],
-            }
-        )
-
-    async def model_metadata(request: Request) -> Response:
-        route = server.route(request.path_params["model"])
-        loaded = route.current
-        if "version" in request.path_params:
-            version = server.check_version(route, request.path_params["version"])
-            if route.canary is not None and version == route.canary.version:
-                loaded = route.canary
-        rt = loaded.runtime
-        return _json(
-            {
-                "name": route.name,
-                "versions": [loaded.version],
-                "platform": rt.platform,
-                "inputs": [s.to_dict() for s in rt.inputs],
-                "outputs": [s.to_dict() for s in rt.outputs],
-            }
-        )
-
-    async def model_ready(request: Request) -> Response:
-        route = server.route(request.path_params["model"])
-        if "version" in request.path_params:
-            server.check_version(route, request.path_params["version"])
-        return _json({"name": request.path_params["model"], "ready": True})
-
-    async def infer(request: Request) -> Response:
-        name = request.path_params["model"]
-        route = server.route(name)
-        body = await _body(request)
-        req = decode_request(body, request.headers.get(HEADER))
-        for array in req.inputs.values():
-            check_rows(len(array) if array.ndim else 1, request.app.state.limits, "infer")
-        wanted = request.path_params.get("version")
-        loaded = route.current
-        if wanted is not None:
-            version = server.check_version(route, wanted)
-            if route.canary is not None and version == route.canary.version:
-                loaded = route.canary
-        payload = route.check_tensors(req.inputs, loaded.runtime)
-        outputs, version, _ = await server.infer(
-            name,
-            payload,
-            deadline_ms=_deadline(request),
-            key=request.headers.get("x-keel-key"),
-            version=wanted,
-        )
-        content, headers = encode_response(name, version, req.id, outputs, req)
-        media = "application/octet-stream" if headers else "application/json"
-        return Response(content, media_type=media, headers=headers)
-
-    async def predict(request: Request) -> Response:
-        name = request.path_params["route"]
-        route = server.route(name)
-        _, rows = _rows(await _body(request), "predict")
-        check_rows(len(rows), request.app.state.limits, "predict")
-        outputs, version, stale = await server.infer(
-            name,
-            Rows(rows, len(rows)),
-            deadline_ms=_deadline(request),
-            priority=_priority(request),
-        )
-        if is_recommender(route.current.runtime) and RANKING[0] in outputs:
-            predictions = ranked_lists(outputs)  # each row as long as its own k
-        else:
-            predictions = {k: _plain(v) for k, v in outputs.items()}
-        return _json(
-            {
-                "route": name,
-                "version": version,
-                "predictions": predictions,
-                "staleness_s": stale or {},
-            }
-        )
-
-    async def explain(request: Request) -> Response:
-        name = request.path_params["route"]
-        server.route(name)
-        doc, rows = _rows(await _body(request), "explain")
-        check_rows(len(rows), request.app.state.limits, "explain")
-        method, top = doc.get("method"), doc.get("top")
-        if method is not None and not isinstance(method, str):
-            raise ValidationError("explain's 'method' must be a string")
-        if top is not None and (not isinstance(top, int) or isinstance(top, bool) or top < 1):
-            raise ValidationError("explain's 'top' must be a positive integer")
-        return _json(await server.explanations.explain(name, rows, method=method, top=top))
-
-    async def reload(request: Request) -> Response:
-        result = await asyncio.to_thread(server.reload, request.path_params["route"])
-        return _json(result, 200 if "error" not in result else 409)
-
-    async def list_routes(request: Request) -> Response:
-        return _json(
-            [
-                {
-                    "name": r.name,
-                    "model": r.config.model,
-                    "serving": r.current.version,
-                    "device": r.config.device,
-                    "batching": r.config.batching,
-                    "max_batch_size": r.config.max_batch_size,
-                    "queue": r.batcher.depth,
-                    "features": r.config.features,
-                    "last_error": r.last_error,
-                    "fast_path": None if r.fast is None else r.fast.version,
-                    "canary": None
-                    if r.config.canary is None
-                    else msgspec.to_builtins(r.config.canary),
-                    "shadow": None
-                    if r.config.shadow is None
-                    else msgspec.to_builtins(r.config.shadow),
-                }
-                for r in server.routes.values()
-            ]
-            + [
-                {"name": name, "model": server.configs[name].model, "serving": None, "why": why}
-                for name, why in server.pending.items()
-            ]
-        )
-
-    async def put_route(request: Request) -> Response:
-        try:
-            cfg = msgspec.json.decode(await _body(request), type=RouteConfig)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise ValidationError(f"invalid route: {exc}") from None
-        route = await asyncio.to_thread(server.add, cfg)
-        return _json({"name": route.name, "serving": route.current.version}, 201)
-
-    async def get_traffic(request: Request) -> Response:
-        return _json(server.traffic(request.path_params["route"]))
-
-    async def set_traffic(request: Request) -> Response:
-        name = request.path_params["route"]
-        server.route(name)
-        try:
-            doc = msgspec.json.decode(await _body(request), type=TrafficRequest)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise ValidationError(f"invalid traffic settings: {exc}") from None
-        fields = doc.__struct_fields__
-        given = {f: getattr(doc, f) for f in fields if getattr(doc, f) is not msgspec.UNSET}
-        if not given:
-            raise ValidationError("give 'canary' and/or 'shadow' (null removes one)")
-        await asyncio.to_thread(server.set_traffic, name, **given)
-        return _json(server.traffic(name))
-
-    async def record_decision(request: Request) -> Response:
-        name = request.path_params["route"]
-        route = server.route(name)
-        try:
-            doc = _decoder.decode(await _body(request))
-        except msgspec.DecodeError as exc:
-            raise ValidationError(f"request body is not JSON: {exc}") from None
-        if not isinstance(doc, dict) or doc.get("action") not in DECISIONS:
-            raise ValidationError(f"a decision needs an 'action': one of {', '.join(DECISIONS)}")
-        if doc["action"] == "reject" and route.shadow_state is not None:
-            route.shadow_state.status = "rejected"
-            server.snapshot(route, force=True)
-        server.publish(name, "decision", doc)
-        return _json({"recorded": True})
-
-    async def metrics(request: Request) -> Response:
-        for name, route in server.routes.items():
-            server.metrics.queue.labels(name).set(route.batcher.depth)
-        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    async def openapi(request: Request) -> Response:
-        return _json(openapi_document())
-
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await server.start()
@@ -385,40 +430,45 @@ def create_app(
         finally:
             await server.stop()
 
-    h = _guard
     app = Starlette(
         routes=[
-            HttpRoute("/v2/health/live", h(live)),
-            HttpRoute("/v2/health/ready", h(ready)),
-            HttpRoute("/v2", h(metadata)),
-            HttpRoute("/v2/models/{model}", h(model_metadata)),
-            HttpRoute("/v2/models/{model}/versions/{version}", h(model_metadata)),
-            HttpRoute("/v2/models/{model}/ready", h(model_ready)),
-            HttpRoute("/v2/models/{model}/versions/{version}/ready", h(model_ready)),
-            HttpRoute("/v2/models/{model}/infer", h(infer), methods=["POST"]),
-            HttpRoute("/v2/models/{model}/versions/{version}/infer", h(infer), methods=["POST"]),
-            HttpRoute("/v1/routes", h(list_routes)),
-            HttpRoute("/v1/routes", h(put_route), methods=["POST"]),
-            HttpRoute("/v1/routes/{route}/predict", h(predict), methods=["POST"]),
-            HttpRoute("/v1/routes/{route}/explain", h(explain), methods=["POST"]),
-            HttpRoute("/v1/routes/{route}/reload", h(reload), methods=["POST"]),
-            HttpRoute("/v1/routes/{route}/traffic", h(get_traffic)),
-            HttpRoute("/v1/routes/{route}/traffic", h(set_traffic), methods=["POST"]),
-            HttpRoute("/v1/routes/{route}/decisions", h(record_decision), methods=["POST"]),
-            HttpRoute("/metrics", h(metrics)),
-            HttpRoute("/openapi.json", h(openapi)),
+            HttpRoute("/v2/health/live", live),
+            HttpRoute("/v2/health/ready", ready),
+            HttpRoute("/v2", metadata),
+            HttpRoute("/v2/models/{model}", model_metadata),
+            HttpRoute("/v2/models/{model}/versions/{version}", model_metadata),
+            HttpRoute("/v2/models/{model}/ready", model_ready),
+            HttpRoute("/v2/models/{model}/versions/{version}/ready", model_ready),
+            HttpRoute("/v2/models/{model}/infer", infer, methods=["POST"]),
+            HttpRoute("/v2/models/{model}/versions/{version}/infer", infer, methods=["POST"]),
+            HttpRoute("/v1/routes", list_routes),
+            HttpRoute("/v1/routes", put_route, methods=["POST"]),
+            HttpRoute("/v1/routes/{route}/predict", predict, methods=["POST"]),
+            HttpRoute("/v1/routes/{route}/explain", explain, methods=["POST"]),
+            HttpRoute("/v1/routes/{route}/reload", reload, methods=["POST"]),
+            HttpRoute("/v1/routes/{route}/traffic", get_traffic),
+            HttpRoute("/v1/routes/{route}/traffic", set_traffic, methods=["POST"]),
+            HttpRoute("/v1/routes/{route}/decisions", record_decision, methods=["POST"]),
+            HttpRoute("/metrics", metrics),
+            HttpRoute("/openapi.json", openapi),
         ],
         lifespan=lifespan,
+        exception_handlers={
+            KeelError: _keel_error,
+            HTTPException: _http_error,
+        },
         middleware=[
+            Middleware(CatchAll),
             Middleware(
                 AuthMiddleware,
                 authenticator=Authenticator(auth or AuthConfig()),
                 level_of=_level,
                 log_=server.log,
-            )
+            ),
         ],
     )
     app.state.limits = limits
+    app.state.server = server
     return app
 
 

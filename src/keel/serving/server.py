@@ -55,6 +55,10 @@ class NotTrained(UnavailableError):
     """A route whose model has no version to serve yet."""
 
 
+class _NoModel(NotFoundError):
+    """The route's own model (not its canary's or shadow's) has no such version."""
+
+
 #: Traffic settings, shadow evidence snapshots and controller decisions, in order.
 TRAFFIC = Topic(
     "keel.traffic",
@@ -165,7 +169,7 @@ class InferenceServer:
         for cfg in list(self.configs.values()):
             try:
                 self.add(cfg)
-            except NotFoundError as exc:
+            except _NoModel as exc:
                 if self.registry is None or cfg.model.startswith("builtin:"):
                     raise
                 self.pending[cfg.name] = str(exc)
@@ -186,7 +190,10 @@ class InferenceServer:
         runtime = self._runtime_traffic(cfg, configured)
         if runtime is not None:
             cfg = msgspec.structs.replace(cfg, canary=runtime[0], shadow=runtime[1])
-        deployed = self._load(cfg, cfg.model)
+        try:
+            deployed = self._load(cfg, cfg.model)
+        except NotFoundError as exc:
+            raise _NoModel(str(exc)) from None
         fast = None
         if cfg.fast_path is not None:
             fast = load(cfg.fast_path.model, self.registry, device="cpu", indexes=self.indexes)
@@ -754,7 +761,7 @@ class InferenceServer:
                 continue
             try:
                 self.add(cfg)
-            except NotFoundError as exc:  # registered, but not yet under the route's alias
+            except _NoModel as exc:  # registered, but not yet under the route's alias
                 self.pending[name] = str(exc)
                 continue
             except Exception:
