@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 
 from bench_training import shop_project
-from keel.serving import InferenceServer, create_app
+from keel.demo.http import serving
+from keel.serving import InferenceServer
 from keel.serving.openapi import fuzzing_document
 
 
@@ -42,22 +40,8 @@ def main() -> None:
             [cfg], registry=project.registry, features=project.features, log_=project.log
         )
         server.load_all()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
-        http = uvicorn.Server(
-            uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="error")
-        )
-        thread = threading.Thread(target=http.run, daemon=True)
-        thread.start()
-        while not http.started:
-            time.sleep(0.02)
-        try:
-            fuzz(url, args.cases)
-        finally:
-            http.should_exit = True
-            thread.join(15)
+        with serving(server) as port:
+            fuzz(f"http://127.0.0.1:{port}", args.cases)
 
 
 def _fuzz_operation(

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -345,18 +345,33 @@ def running() -> Iterator[type[Running]]:
     yield Running
 
 
-@pytest.fixture(scope="module")
-def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Running]]:
-    """One world for a whole module, its fraud route (fraud@champion with the card features)
-    served over HTTP on 127.0.0.1."""
+def fraud_route(world: World, **route_kw: Any) -> Any:
+    """An InferenceServer of the world's fraud route (fraud@champion joining the card
+    features, 2 ms batch window), with ``route_kw`` added to its RouteConfig; loaded."""
     from keel.config import RouteConfig
-    from keel.serving import InferenceServer, create_app
+    from keel.serving import InferenceServer
 
-    world = build_world(tmp_path_factory.mktemp("world"))
-    cfg = RouteConfig(name="fraud", model="fraud@champion", features=["card"], max_wait_ms=2)
+    route_kw.setdefault("max_wait_ms", 2)
+    cfg = RouteConfig(name="fraud", model="fraud@champion", features=["card"], **route_kw)
     server = InferenceServer(
         [cfg], registry=world.registry, features=world.features, log_=world.log
     )
     server.load_all()
-    with Running(create_app(server)) as srv:
+    return server
+
+
+@pytest.fixture
+def fraud_server(world: World) -> Callable[..., Any]:
+    """Makes the world's fraud route's server (see :func:`fraud_route`)."""
+    return lambda **route_kw: fraud_route(world, **route_kw)
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Running]]:
+    """One world for a whole module, its fraud route (fraud@champion with the card features)
+    served over HTTP on 127.0.0.1."""
+    from keel.serving import create_app
+
+    world = build_world(tmp_path_factory.mktemp("world"))
+    with Running(create_app(fraud_route(world))) as srv:
         yield world, srv

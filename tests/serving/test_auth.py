@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from keel.cli import app as cli
 from keel.config import AuthConfig, TokenConfig
 from keel.errors import ConfigError
-from keel.serving import InferenceServer, create_app
+from keel.serving import create_app
 from keel.serving.app import ACCESS
 from keel.serving.auth import AUDIT, GRANTS, Authenticator, hash_token, new_token
 
@@ -27,17 +27,6 @@ def tokens() -> dict[str, tuple[str, TokenConfig]]:
         secret = new_token()
         out[role] = (secret, TokenConfig(name=f"{role}-1", role=role, hash=hash_token(secret)))
     return out
-
-
-def _server(world) -> InferenceServer:
-    from keel.config import RouteConfig
-
-    cfg = RouteConfig(name="fraud", model="fraud@champion", features=["card"], max_wait_ms=2)
-    server = InferenceServer(
-        [cfg], registry=world.registry, features=world.features, log_=world.log
-    )
-    server.load_all()
-    return server
 
 
 def _call(client: httpx.Client, method: str, template: str, token: str | None, rows) -> int:
@@ -55,17 +44,19 @@ def _call(client: httpx.Client, method: str, template: str, token: str | None, r
     return r.status_code
 
 
-def test_every_route_has_an_access_level(world) -> None:
-    app = create_app(_server(world))
+def test_every_route_has_an_access_level(fraud_server, world) -> None:
+    app = create_app(fraud_server())
     routes = {(m, r.path) for r in app.routes if isinstance(r, Route) for m in r.methods}
     assert {k for k in routes if k[0] != "HEAD"} == set(ACCESS)
 
 
 @pytest.mark.parametrize("data_token", [False, True])
-def test_each_route_with_and_without_each_role(world, running, tokens, data_token) -> None:
+def test_each_route_with_and_without_each_role(
+    fraud_server, world, running, tokens, data_token
+) -> None:
     auth = AuthConfig(tokens=[t for _, t in tokens.values()], data_token=data_token)
     with (
-        running(create_app(_server(world), auth=auth)) as srv,
+        running(create_app(fraud_server(), auth=auth)) as srv,
         httpx.Client(base_url=srv.url, timeout=30) as client,
     ):
         for (method, template), level in ACCESS.items():
@@ -86,11 +77,13 @@ def test_each_route_with_and_without_each_role(world, running, tokens, data_toke
                     assert status not in (401, 403), (role, method, template, status)
 
 
-def test_control_plane_changes_are_audited_with_the_token_name(world, running, tokens) -> None:
+def test_control_plane_changes_are_audited_with_the_token_name(
+    fraud_server, world, running, tokens
+) -> None:
     auth = AuthConfig(tokens=[t for _, t in tokens.values()])
     operator, reader = tokens["operator"][0], tokens["reader"][0]
     with (
-        running(create_app(_server(world), auth=auth)) as srv,
+        running(create_app(fraud_server(), auth=auth)) as srv,
         httpx.Client(base_url=srv.url, timeout=30) as client,
     ):
         change = {"shadow": {"model": "fraud@1", "sample": 0.5}}
@@ -118,9 +111,9 @@ def test_control_plane_changes_are_audited_with_the_token_name(world, running, t
     assert json.loads(events[0]["body"]) == change
 
 
-def test_an_open_server_still_audits_who_changed_what(world, running) -> None:
+def test_an_open_server_still_audits_who_changed_what(fraud_server, world, running) -> None:
     with (
-        running(create_app(_server(world))) as srv,
+        running(create_app(fraud_server())) as srv,
         httpx.Client(base_url=srv.url, timeout=30) as client,
     ):
         r = client.post("/v1/routes/fraud/reload")

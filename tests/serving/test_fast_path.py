@@ -9,9 +9,9 @@ import httpx
 import lightgbm
 import pandas as pd
 
-from keel.config import FastPathConfig, MonitorConfig, RouteConfig, ShadowConfig
+from keel.config import FastPathConfig, MonitorConfig, ShadowConfig
 from keel.prediction_log import topic_name
-from keel.serving import InferenceServer, create_app
+from keel.serving import create_app
 
 STRICT = {"x-keel-deadline-ms": "5"}
 
@@ -25,24 +25,13 @@ def _small(world, seed: int, columns: list[str]) -> None:
     world.registry.register("fraud_small", model, training_set=train)
 
 
-def _server(world, **route_kw) -> InferenceServer:
-    cfg = RouteConfig(
-        name="fraud", model="fraud@champion", features=["card"], max_wait_ms=2, **route_kw
-    )
-    server = InferenceServer(
-        [cfg], registry=world.registry, features=world.features, log_=world.log
-    )
-    server.load_all()
-    return server
-
-
-def test_the_fast_path_follows_its_own_alias(world, running) -> None:
+def test_the_fast_path_follows_its_own_alias(fraud_server, world, running) -> None:
     columns = ["card__count_1h", "card__amount_1d", "amount"]
     _small(world, 4, columns)
     _small(world, 5, columns)
     world.registry.set_alias("fraud_small", "fast", 1)
     fast = FastPathConfig(model="fraud_small@fast", features=["card"], below_ms=20)
-    server = _server(world, fast_path=fast)
+    server = fraud_server(fast_path=fast)
     rows = {"rows": world.rows[:2]}
     with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
         first = client.post("/v1/routes/fraud/predict", json=rows, headers=STRICT).json()
@@ -59,7 +48,9 @@ def test_the_fast_path_follows_its_own_alias(world, running) -> None:
         assert relaxed.json()["version"] == "fraud@1"
 
 
-def test_fast_answers_stay_out_of_the_prediction_log_and_the_shadow(world, running) -> None:
+def test_fast_answers_stay_out_of_the_prediction_log_and_the_shadow(
+    fraud_server, world, running
+) -> None:
     _small(world, 4, ["card__count_1h", "amount"])  # other inputs than the route's model
     candidate, train = world.train(seed=2, trees=5)
     world.registry.register("fraud", candidate, training_set=train)
@@ -68,7 +59,7 @@ def test_fast_answers_stay_out_of_the_prediction_log_and_the_shadow(world, runni
         "monitor": MonitorConfig(id="payment_id"),
         "shadow": ShadowConfig(model="fraud@2", sample=1.0),
     }
-    server = _server(world, **cfg)
+    server = fraud_server(**cfg)
     rows = [{**r, "payment_id": 5000 + i} for i, r in enumerate(world.rows[:24])]
     with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
         for i in range(0, 24, 3):

@@ -6,19 +6,8 @@ from __future__ import annotations
 import httpx
 import numpy as np
 
-from keel.config import CanaryConfig, RouteConfig
-from keel.serving import InferenceServer, create_app
-
-
-def _server(world, **route_kw) -> InferenceServer:
-    cfg = RouteConfig(
-        name="fraud", model="fraud@champion", features=["card"], max_wait_ms=2, **route_kw
-    )
-    server = InferenceServer(
-        [cfg], registry=world.registry, features=world.features, log_=world.log
-    )
-    server.load_all()
-    return server
+from keel.config import CanaryConfig
+from keel.serving import create_app
 
 
 def _tensor(rows: int = 2, **spec) -> dict:
@@ -31,8 +20,10 @@ def _tensor(rows: int = 2, **spec) -> dict:
     return {"inputs": [{**doc, **spec}]}
 
 
-def test_malformed_headers_and_bodies_answer_400_naming_the_fault(world, running) -> None:
-    server = _server(world)
+def test_malformed_headers_and_bodies_answer_400_naming_the_fault(
+    fraud_server, world, running
+) -> None:
+    server = fraud_server()
     with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
         rows = {"rows": world.rows[:2]}
         r = client.post("/v1/routes/fraud/predict", json=rows, headers={"x-keel-priority": "hi"})
@@ -71,10 +62,10 @@ def test_malformed_headers_and_bodies_answer_400_naming_the_fault(world, running
         assert client.get("/v2/health/live").status_code == 200
 
 
-def test_version_paths_serve_the_version_they_name(world, running) -> None:
+def test_version_paths_serve_the_version_they_name(fraud_server, world, running) -> None:
     model, train = world.train(seed=2, trees=5)
     world.registry.register("fraud", model, training_set=train)
-    server = _server(world, canary=CanaryConfig(model="fraud@2", percent=1))
+    server = fraud_server(canary=CanaryConfig(model="fraud@2", percent=1))
     x = np.array([[1.0, 50.0, 20.0], [3.0, 400.0, 250.0]])
     with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
         for version, served in (("1", "fraud@1"), ("fraud@1", "fraud@1"), ("2", "fraud@2")):
@@ -98,9 +89,9 @@ def test_version_paths_serve_the_version_they_name(world, running) -> None:
 
 
 def test_an_unexpected_error_is_a_generic_500_and_unknown_paths_answer_json(
-    world, running, monkeypatch
+    fraud_server, world, running, monkeypatch
 ) -> None:
-    server = _server(world)
+    server = fraud_server()
 
     def broken(name):
         raise RuntimeError("a bug")

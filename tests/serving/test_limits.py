@@ -8,26 +8,17 @@ import time
 
 import httpx
 
-from keel.config import AuthConfig, RouteConfig, ServeConfig, TokenConfig
+from keel.config import AuthConfig, ServeConfig, TokenConfig
 from keel.features.http import create_app as feature_app
-from keel.serving import InferenceServer, create_app
+from keel.serving import create_app
 from keel.serving.auth import hash_token, new_token
 
 LIMITS = ServeConfig(max_rows=8, max_keys=5, max_body_bytes=64_000, body_timeout_s=0.5)
 
 
-def _server(world) -> InferenceServer:
-    cfg = RouteConfig(name="fraud", model="fraud@champion", features=["card"], max_wait_ms=2)
-    server = InferenceServer(
-        [cfg], registry=world.registry, features=world.features, log_=world.log
-    )
-    server.load_all()
-    return server
-
-
-def test_rows_per_request_and_a_slow_body_are_limited(world, running) -> None:
+def test_rows_per_request_and_a_slow_body_are_limited(fraud_server, world, running) -> None:
     with (
-        running(create_app(_server(world), limits=LIMITS)) as srv,
+        running(create_app(fraud_server(), limits=LIMITS)) as srv,
         httpx.Client(base_url=srv.url, timeout=30) as client,
     ):
         ok = client.post("/v1/routes/fraud/predict", json={"rows": world.rows[:8]})
