@@ -28,9 +28,8 @@ H = timedelta(hours=1)
 USER = Entity("user", "user_id")
 
 
-@pytest.fixture
-def log() -> Log:
-    log = open_log("sqlite://")
+def payments_log(url: str = "sqlite://") -> Log:
+    log = open_log(url)
     log.create_topic(
         Topic(
             "pay",
@@ -41,6 +40,11 @@ def log() -> Log:
         )
     )
     return log
+
+
+@pytest.fixture
+def log() -> Log:
+    return payments_log()
 
 
 def pay(log: Log, *rows: tuple[int, timedelta, float, str | None]) -> None:
@@ -421,16 +425,7 @@ def test_an_online_store_kept_across_a_new_log_is_rebuilt_from_it(tmp_path: Path
     online = f"sqlite:///{tmp_path / 'online.db'}"
     logs = []
     for name, events in (("old", 10), ("new", 3)):
-        log = open_log(f"sqlite:///{tmp_path / name}.db")
-        log.create_topic(
-            Topic(
-                "pay",
-                {"ts": "timestamp", "user_id": "int64", "amount": "float64", "country": "string?"},
-                event_time="ts",
-                key="user_id",
-                partitions=2,
-            )
-        )
+        log = payments_log(f"sqlite:///{tmp_path / name}.db")
         pay(
             log,
             *[
