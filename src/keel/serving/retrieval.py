@@ -28,7 +28,7 @@ from keel.config import RouteConfig
 from keel.errors import KeelError, ValidationError
 from keel.index import MAX_K
 from keel.runtimes import Runtime
-from keel.serving.routes import Deployed, Route, Rows, Tensors, lookup
+from keel.serving.routes import Answer, Deployed, Route, Rows, Tensors, lookup
 
 __all__ = ["USER", "check_route", "run_retrieval_batch"]
 
@@ -185,7 +185,7 @@ def run_retrieval_batch(
             continue
         kind = {"k": q.k} if q.k is not None else {"item_id": q.items}
         used = Tensors({USER: q.users, **kind, "features": q.features}, len(q.users))
-        results.append((outputs[id(q)], deployed.version, stale.get(id(q)), used))
+        results.append(Answer(outputs[id(q)], deployed.version, stale.get(id(q)), used))
     return results
 
 

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,8 +21,10 @@ from keel.runtimes import BUILTIN_TEXT, Runtime, TextEmbeddingRuntime, runtime_f
 from keel.runtimes.recommend import is_recommender, is_two_tower, published_index
 
 __all__ = [
+    "Answer",
     "Deployed",
     "FastPathConfig",
+    "Prediction",
     "Route",
     "RouteConfig",
     "Rows",
@@ -31,6 +33,24 @@ __all__ = [
     "lookup",
     "run_batch",
 ]
+
+
+class Answer(NamedTuple):
+    """One request's result out of a forward pass: the outputs, the version that answered,
+    each joined feature's staleness (or None) and the model's input exactly as used."""
+
+    outputs: dict[str, np.ndarray]
+    version: str
+    staleness: Any
+    used: Tensors
+
+
+class Prediction(NamedTuple):
+    """What a route answers a request: the outputs, the version and the staleness."""
+
+    outputs: dict[str, np.ndarray]
+    version: str
+    staleness: Any
 
 
 @dataclass(frozen=True)
@@ -186,7 +206,7 @@ def run_batch(
         sliced = {k: v[start : start + p.n] for k, v in out.items()}
         start += p.n
         # The input actually used travels with the result, so a shadow can reuse it.
-        results.append((sliced, deployed.version, joined[i][1] if i in joined else None, p))
+        results.append(Answer(sliced, deployed.version, joined[i][1] if i in joined else None, p))
     return results
 
 

@@ -35,7 +35,16 @@ from keel.serving.batcher import Batcher
 from keel.serving.explaining import Explanations
 from keel.serving.predictions import PredictionLog, prediction_columns
 from keel.serving.retrieval import USER, check_route
-from keel.serving.routes import Deployed, Route, RouteConfig, Rows, Tensors, load, run_batch
+from keel.serving.routes import (
+    Deployed,
+    Prediction,
+    Route,
+    RouteConfig,
+    Rows,
+    Tensors,
+    load,
+    run_batch,
+)
 from keel.serving.shadowing import ShadowRunner
 from keel.serving.traffic import (
     CanaryStats,
@@ -378,7 +387,7 @@ class InferenceServer:
         priority: int = 0,
         key: str | None = None,
         version: str | None = None,
-    ) -> tuple[dict[str, np.ndarray], str, Any]:
+    ) -> Prediction:
         """Run one request on a route; returns (outputs, version, staleness or None).
 
         A canary takes the request when its entity key falls in the canary's share; a
@@ -411,10 +420,13 @@ class InferenceServer:
                 result = await asyncio.to_thread(
                     run_batch, fast_route, [payload], self.features, route.fast
                 )
-                outputs, version, stale, _ = result[0]
+                answer = result[0]
+                if isinstance(answer, BaseException):
+                    raise answer
                 # Another model with its own inputs: not the route's version that the
                 # prediction log, the monitor and a shadow comparison are about.
-                return outputs, version, stale
+                version = answer.version
+                return Prediction(answer.outputs, answer.version, answer.staleness)
             else:
                 self.metrics.queue.labels(name).set(route.batcher.depth)
                 outputs, version, stale, used = await route.batcher.submit(
@@ -433,7 +445,7 @@ class InferenceServer:
                     payload, used, outputs, version, (time.perf_counter() - started) * 1000, stale
                 )
             self.explanations.audit(route, used, version, payload)
-            return outputs, version, stale
+            return Prediction(outputs, version, stale)
         except Exception as exc:
             status = type(exc).__name__
             raise
@@ -637,7 +649,7 @@ class InferenceServer:
         deadline_ms: float | None,
         priority: int,
         started: float,
-    ) -> tuple[dict[str, np.ndarray], str, Any]:
+    ) -> Prediction:
         deployed, stats = route.canary, route.canary_stats
         version = deployed.version if deployed is not None else route.current.version
         ok = False
@@ -649,11 +661,15 @@ class InferenceServer:
             )
             ok = True
             if route.predictions is not None:
-                outputs, served, stale, used = result
                 route.predictions.offer(
-                    payload, used, outputs, served, (time.perf_counter() - started) * 1000, stale
+                    payload,
+                    result.used,
+                    result.outputs,
+                    result.version,
+                    (time.perf_counter() - started) * 1000,
+                    result.staleness,
                 )
-            return result[:3]
+            return Prediction(result.outputs, result.version, result.staleness)
         finally:
             ms = (time.perf_counter() - started) * 1000
             if stats is not None:
