@@ -194,11 +194,7 @@ async def metadata(request: Request) -> Response:
 async def model_metadata(request: Request) -> Response:
     server: InferenceServer = request.app.state.server
     route = server.route(request.path_params["model"])
-    loaded = route.current
-    if "version" in request.path_params:
-        version = server.check_version(route, request.path_params["version"])
-        if route.canary is not None and version == route.canary.version:
-            loaded = route.canary
+    loaded = server.deployed(route, request.path_params.get("version"))
     rt = loaded.runtime
     return _json(
         {
@@ -228,12 +224,7 @@ async def infer(request: Request) -> Response:
     for array in req.inputs.values():
         check_rows(len(array) if array.ndim else 1, request.app.state.limits, "infer")
     wanted = request.path_params.get("version")
-    loaded = route.current
-    if wanted is not None:
-        version = server.check_version(route, wanted)
-        if route.canary is not None and version == route.canary.version:
-            loaded = route.canary
-    payload = route.check_tensors(req.inputs, loaded.runtime)
+    payload = route.check_tensors(req.inputs, server.deployed(route, wanted).runtime)
     outputs, version, _ = await server.infer(
         name,
         payload,

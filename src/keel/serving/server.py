@@ -642,6 +642,16 @@ class InferenceServer:
             f"{', '.join(loaded)}"
         )
 
+    def deployed(self, route: Route, version: str | None) -> Deployed:
+        """The loaded version a request names (see :meth:`check_version`), or the
+        primary when it names none."""
+        if version is None:
+            return route.current
+        named = self.check_version(route, version)
+        if route.canary is not None and named == route.canary.version:
+            return route.canary
+        return route.current
+
     async def _canary(
         self,
         route: Route,
