@@ -11,24 +11,10 @@ import pytest
 
 from keel.features import Aggregate, Entity, FeatureStore, FeatureView, Last, Source
 from keel.features.online import open_online_store
-from keel.log import Log, Topic, open_log
+from keel.log import Log
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 AT = T0 + timedelta(hours=3)
-
-
-def _log(url: str = "sqlite://") -> Log:
-    log = open_log(url)
-    log.create_topic(
-        Topic(
-            "pay",
-            {"ts": "timestamp", "user_id": "int64", "amount": "float64", "country": "string?"},
-            event_time="ts",
-            key="user_id",
-            partitions=2,
-        )
-    )
-    return log
 
 
 def _views() -> list[FeatureView]:
@@ -71,8 +57,10 @@ def _values(store: FeatureStore, view: str) -> dict[str, list]:
     return {k: [str(x) for x in v] for k, v in got.values.items()}
 
 
-def test_states_and_progress_round_trip_like_the_reference(online_url: str, tmp_path) -> None:
-    log = _log()
+def test_states_and_progress_round_trip_like_the_reference(
+    payments_log, online_url: str, tmp_path
+) -> None:
+    log = payments_log()
     _pay(log, 300)
     reference = FeatureStore(log, views=_views(), online="memory://", offline=tmp_path / "r")
     store = FeatureStore(log, views=_views(), online=online_url, offline=tmp_path / "o")
@@ -92,8 +80,10 @@ def test_states_and_progress_round_trip_like_the_reference(online_url: str, tmp_
     assert all(m.tolist() == [True] for m in missing.missing.values())
 
 
-def test_a_commit_replaces_only_its_keys_and_clear_only_its_view(online_url, tmp_path) -> None:
-    log = _log()
+def test_a_commit_replaces_only_its_keys_and_clear_only_its_view(
+    payments_log, online_url, tmp_path
+) -> None:
+    log = payments_log()
     _pay(log, 200)
     store = FeatureStore(log, views=_views(), online=online_url, offline=tmp_path / "o")
     store.materialize()
@@ -120,9 +110,11 @@ def shared_url(request: pytest.FixtureRequest, tmp_path) -> str:
     return f"{server}?prefix={request.getfixturevalue('redis_prefix')}"
 
 
-def test_a_second_client_sees_and_continues_the_state(shared_url: str, tmp_path) -> None:
+def test_a_second_client_sees_and_continues_the_state(
+    payments_log, shared_url: str, tmp_path
+) -> None:
     online_url = shared_url
-    log = _log()
+    log = payments_log()
     _pay(log, 150)
     first = FeatureStore(log, views=_views(), online=online_url, offline=tmp_path / "o")
     first.materialize()

@@ -21,29 +21,15 @@ from keel.features import (
     Source,
 )
 from keel.features.transforms import TextEmbeddingLookup
-from keel.log import Log, Topic, open_log
+from keel.log import Log, Topic
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 H = timedelta(hours=1)
 USER = Entity("user", "user_id")
 
 
-def payments_log(url: str = "sqlite://") -> Log:
-    log = open_log(url)
-    log.create_topic(
-        Topic(
-            "pay",
-            {"ts": "timestamp", "user_id": "int64", "amount": "float64", "country": "string?"},
-            event_time="ts",
-            key="user_id",
-            partitions=2,
-        )
-    )
-    return log
-
-
 @pytest.fixture
-def log() -> Log:
+def log(payments_log) -> Log:
     return payments_log()
 
 
@@ -421,7 +407,9 @@ def test_http_endpoint_over_a_real_socket(log: Log, tmp_path: Path) -> None:
         thread.join(10)
 
 
-def test_an_online_store_kept_across_a_new_log_is_rebuilt_from_it(tmp_path: Path) -> None:
+def test_an_online_store_kept_across_a_new_log_is_rebuilt_from_it(
+    payments_log, tmp_path: Path
+) -> None:
     online = f"sqlite:///{tmp_path / 'online.db'}"
     logs = []
     for name, events in (("old", 10), ("new", 3)):
