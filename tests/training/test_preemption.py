@@ -232,3 +232,17 @@ def _bytes(model) -> bytes:
     if hasattr(model, "model_to_string"):
         return model.model_to_string(num_iteration=-1).encode()
     return bytes(model.save_raw("json"))
+
+
+def test_a_lightgbm_run_that_ends_early_by_itself_is_finished_not_preempted(tmp_path: Path) -> None:
+    """One class in the data: LightGBM stops before its rounds (no leaf can split). That is a
+    finished fit, not a SIGTERM, and must not raise Preempted."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(200, 4))
+    y = np.zeros(200)
+    ctx = RunContext(checkpoints=CheckpointStore(tmp_path), data_sha256="d")
+    model = LightGBM(params={"num_iterations": 10}, seed=1, checkpoint_rounds=3).fit(
+        x, y, [f"f{i}" for i in range(4)], ctx
+    )
+    assert model.current_iteration() <= 10
+    assert np.allclose(model.predict(x), model.predict(x[:1])[0])

@@ -360,8 +360,11 @@ class LightGBM(_Booster):
         dataset = lightgbm.Dataset(x, y, feature_name=names, free_raw_data=False)
         init = None if state is None else lightgbm.Booster(model_str=state.decode())
 
+        stopped: list[int] = []
+
         def stop_on_sigterm(env: Any) -> None:
             if ctx.preemption.requested and env.iteration + 1 < env.end_iteration:
+                stopped.append(env.iteration)
                 raise lightgbm.callback.EarlyStopException(env.iteration, [])
 
         booster = lightgbm.train(
@@ -372,7 +375,9 @@ class LightGBM(_Booster):
             keep_training_booster=True,
             callbacks=[stop_on_sigterm],
         )
-        return booster, booster.current_iteration()
+        # LightGBM also ends early on its own when no leaf can be split further (one class in
+        # the chunk's data, say): that is a finished chunk, not a preemption.
+        return booster, booster.current_iteration() if stopped else end
 
     def _dump(self, model: Any, total: int) -> bytes:
         # The parameters section names the rounds of the last call: record the run's total,
