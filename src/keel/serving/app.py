@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import msgspec
@@ -29,7 +29,7 @@ from keel import __version__
 from keel.config import AuthConfig, CanaryConfig, ServeConfig, ShadowConfig
 from keel.errors import KeelError, ValidationError
 from keel.runtimes.recommend import RANKING, is_recommender, ranked_lists
-from keel.serving.auth import Authenticator, AuthMiddleware
+from keel.serving.auth import AUDIT, Authenticator, AuthMiddleware
 from keel.serving.batcher import Overloaded
 from keel.serving.openapi import openapi_document
 from keel.serving.protocol import HEADER, decode_request, encode_response
@@ -46,7 +46,7 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(
         _encoder.encode(body), status_code=status, media_type="application/json", headers=headers
     )
@@ -322,7 +322,8 @@ async def put_route(request: Request) -> Response:
 
 async def get_traffic(request: Request) -> Response:
     server: InferenceServer = request.app.state.server
-    return _json(server.traffic(request.path_params["route"]))
+    # The last decisions are read from the log: off the event loop.
+    return _json(await asyncio.to_thread(server.traffic, request.path_params["route"]))
 
 
 async def set_traffic(request: Request) -> Response:
@@ -338,7 +339,7 @@ async def set_traffic(request: Request) -> Response:
     if not given:
         raise ValidationError("give 'canary' and/or 'shadow' (null removes one)")
     await asyncio.to_thread(server.set_traffic, name, **given)
-    return _json(server.traffic(name))
+    return _json(await asyncio.to_thread(server.traffic, name))
 
 
 async def record_decision(request: Request) -> Response:
@@ -351,10 +352,14 @@ async def record_decision(request: Request) -> Response:
         raise ValidationError(f"request body is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("action") not in DECISIONS:
         raise ValidationError(f"a decision needs an 'action': one of {', '.join(DECISIONS)}")
-    if doc["action"] == "reject" and route.shadow_state is not None:
-        route.shadow_state.status = "rejected"
-        server.snapshot(route, force=True)
-    server.publish(name, "decision", doc)
+
+    def record() -> None:  # writes to the log: off the event loop
+        if doc["action"] == "reject" and route.shadow_state is not None:
+            route.shadow_state.status = "rejected"
+            server.snapshot(route, force=True)
+        server.publish(name, "decision", doc)
+
+    await asyncio.to_thread(record)
     return _json({"recorded": True})
 
 
@@ -421,6 +426,8 @@ def create_app(
         finally:
             await server.stop()
 
+    if server.log is not None:
+        server.log.create_topic(AUDIT, exist_ok=True)
     app = Starlette(
         routes=[
             HttpRoute("/v2/health/live", live),

@@ -161,9 +161,8 @@ class AuthMiddleware:
         self.app = app
         self.auth = authenticator
         self.level_of = level_of
-        self.log = log_
-        if log_ is not None:
-            log_.create_topic(AUDIT, exist_ok=True)
+        self.log = log_  # its AUDIT topic created beforehand (Starlette builds this lazily,
+        # on the event loop, where no log call belongs)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         if scope["type"] != "http":
