@@ -8,6 +8,7 @@ Each test gets its own key prefix and removes only the keys under it.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -375,3 +376,58 @@ def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Wo
     world = build_world(tmp_path_factory.mktemp("world"))
     with Running(create_app(fraud_route(world))) as srv:
         yield world, srv
+
+
+# -- waiting for something to happen -----------------------------------------------------------
+# A test that needs another thread, process or task to have reached some point waits for that
+# point itself rather than sleeping and hoping: a fixed sleep is too short on a loaded machine
+# and needlessly long on an idle one.
+
+Message = str | Callable[[], str]
+
+
+def _timed_out(what: Message, timeout: float) -> None:
+    said = what() if callable(what) else what
+    pytest.fail(f"timed out after {timeout:g} s waiting for {said}", pytrace=False)
+
+
+def wait_until(
+    predicate: Callable[[], Any], what: Message, timeout: float = 30.0, interval: float = 0.01
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy, and return that; fail saying
+    ``what`` (a string, or a callable reporting the state at that moment) if ``timeout``
+    seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            _timed_out(what, timeout)
+        time.sleep(interval)
+
+
+async def wait_until_async(
+    predicate: Callable[[], Any], what: Message, timeout: float = 30.0, interval: float = 0.005
+) -> Any:
+    """:func:`wait_until` for a coroutine: the event loop runs on while it waits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            _timed_out(what, timeout)
+        await asyncio.sleep(interval)
+
+
+# Fixtures rather than imports: every test folder has a module named ``conftest``, so which one
+# an ``import conftest`` finds depends on what was collected before.
+@pytest.fixture(name="wait_until")
+def wait_until_fixture() -> Callable[..., Any]:
+    return wait_until
+
+
+@pytest.fixture(name="wait_until_async")
+def wait_until_async_fixture() -> Callable[..., Any]:
+    return wait_until_async

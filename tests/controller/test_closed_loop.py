@@ -297,8 +297,10 @@ def test_alert_to_job_to_shadow_to_promotion_with_its_causes(
     # the alias first), the route swaps, and the monitor follows the new version.
     window(project, "full", 1)
     _, job2 = loop.step()
+    deadline = time.monotonic() + 300
     while not project.jobs.get(job2.payload["job"]).state.finished:
         manager.tick()
+        assert time.monotonic() < deadline, "the second retrain did not finish"
         time.sleep(0.2)
     _, candidate2 = loop.step()
     version2 = candidate2.payload["version"]

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import distributed
 import pytest
 
 from keel.errors import ConfigError, ConflictError
@@ -39,11 +40,14 @@ while True:
     time.sleep(0.05)
 """
 
+# Ignores SIGTERM, and says so: "survived" once it has run on after one.
 STUBBORN = """
 import pathlib, signal, time
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, lambda signum, frame: pathlib.Path("sigterm").write_text("1"))
 pathlib.Path("ready").write_text("1")
 while True:
+    if pathlib.Path("sigterm").exists():
+        pathlib.Path("survived").write_text("1")
     time.sleep(0.05)
 """
 
@@ -161,7 +165,7 @@ def test_kill_stops_a_command_that_ignores_sigterm(executor, new_attempt, tmp_pa
     executor.start(attempt)
     wait_for((tmp_path / "ready").exists, "the command to start")
     executor.terminate(attempt)
-    time.sleep(0.5)  # the grace period; the command ignores SIGTERM
+    wait_for((tmp_path / "survived").exists, "the command to get SIGTERM and run on")
     assert executor.poll(attempt) is None
     executor.kill(attempt)
     outcome = wait_outcome(executor, attempt)
@@ -317,13 +321,31 @@ def test_dask_refuses_more_than_any_worker_has(dask_executor, new_attempt):
         dask_executor.start(attempt)
 
 
-def test_dask_queues_what_does_not_fit_and_kills_it_unstarted(dask_executor, new_attempt, tmp_path):
+def worker_task_states(client: distributed.Client, key: str) -> list[str | None]:
+    """The state each Dask worker has the task ``key`` in (None: it has not got it)."""
+
+    def state(dask_worker: distributed.Worker) -> str | None:
+        task = dask_worker.state.tasks.get(key)
+        return None if task is None else task.state
+
+    return list(client.run(state).values())
+
+
+def test_dask_queues_what_does_not_fit_and_kills_it_unstarted(
+    dask_executor, new_attempt, tmp_path, dask_address
+):
     running = new_attempt(SLEEPER, requests={"cpu": 3.0})
     dask_executor.start(running)
     wait_for((tmp_path / "ready").exists, "the first command to start")
     queued = new_attempt("print('ran')", requests={"cpu": 3.0})  # 3 + 3 > the worker's 4
     dask_executor.start(queued)
-    time.sleep(0.5)  # a chance to start, were the request not enforced
+    # The worker has a free thread, so only the request keeps the task from running: it is
+    # held ("constrained") until resources free up.
+    with distributed.Client(dask_address, set_as_default=False) as client:
+        wait_for(
+            lambda: worker_task_states(client, queued.key) == ["constrained"],
+            "the worker to hold the second task for resources",
+        )
     assert dask_executor.alive(queued) is True
     assert dask_executor.poll(queued) is None
     assert worker.read_record(queued.run_dir, worker.PID) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -30,18 +31,23 @@ def test_an_idle_model_runs_a_request_at_once() -> None:
     assert asyncio.run(go()) == 42
 
 
-def test_requests_under_load_share_forward_passes() -> None:
+def test_requests_under_load_share_forward_passes(wait_until_async) -> None:
     sizes: list[int] = []
+    running: list[int] = []
     gate = threading.Event()
 
     def slow(payloads):
+        running.append(len(payloads))
         gate.wait(5)
         return [p + 1 for p in payloads]
 
     async def go() -> list[int]:
         b = Batcher(slow, max_batch_size=16, max_wait_ms=5, on_batch=lambda n, s: sizes.append(n))
         tasks = [asyncio.create_task(b.submit(i)) for i in range(40)]
-        await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: running and running[0] + b.depth == 40,
+            lambda: f"a batch running and the rest queued ({running} running, {b.depth} queued)",
+        )
         gate.set()
         out = await asyncio.gather(*tasks)
         await b.close()
@@ -70,19 +76,21 @@ def test_a_failing_request_does_not_fail_its_batch_mates() -> None:
     assert isinstance(results[2], ValueError)
 
 
-def test_a_full_queue_sheds_load_with_a_retry_hint() -> None:
+def test_a_full_queue_sheds_load_with_a_retry_hint(wait_until_async) -> None:
+    entered = threading.Event()
     gate = threading.Event()
 
     def blocked(payloads):
+        entered.set()
         gate.wait(5)
         return payloads
 
     async def go():
         b = Batcher(blocked, max_batch_size=1, max_wait_ms=0, max_queue=2)
         first = asyncio.create_task(b.submit(0))
-        await asyncio.sleep(0.05)  # the worker holds request 0
+        await wait_until_async(entered.is_set, "the worker to take request 0")
         queued = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
-        await asyncio.sleep(0.01)
+        await wait_until_async(lambda: b.depth == 2, lambda: f"2 queued, not {b.depth}")
         with pytest.raises(Overloaded, match="overloaded") as info:
             await b.submit(3)
         assert info.value.retry_after_s > 0
@@ -94,20 +102,26 @@ def test_a_full_queue_sheds_load_with_a_retry_hint() -> None:
     asyncio.run(go())
 
 
-def test_a_deadline_that_cannot_be_met_is_refused_up_front() -> None:
+def test_a_deadline_that_cannot_be_met_is_refused_up_front(wait_until_async) -> None:
+    calls: list[list[int]] = []
     gate = threading.Event()
 
     def slow(payloads):
-        gate.wait(0.2)
+        calls.append(payloads)
+        if len(calls) == 1:
+            time.sleep(0.2)  # a forward pass with a cost the batcher can learn
+        else:
+            gate.wait(5)
         return payloads
 
     async def go():
         b = Batcher(slow, max_batch_size=1, max_wait_ms=0)
         await b.submit(0)  # learn how long a batch takes (~0.2 s)
-        gate.set()
-        gate.clear()
         waiting = [asyncio.create_task(b.submit(i)) for i in range(3)]
-        await asyncio.sleep(0.01)
+        await wait_until_async(
+            lambda: len(calls) == 2 and b.depth == 2,
+            lambda: f"one request running and two queued ({len(calls)} calls, {b.depth} queued)",
+        )
         with pytest.raises(Overloaded, match="cannot answer within 5 ms"):
             await b.submit(9, deadline_s=0.005)
         gate.set()
@@ -117,11 +131,13 @@ def test_a_deadline_that_cannot_be_met_is_refused_up_front() -> None:
     asyncio.run(go())
 
 
-def test_higher_priority_goes_first() -> None:
+def test_higher_priority_goes_first(wait_until_async) -> None:
     order: list[int] = []
+    entered = threading.Event()
     gate = threading.Event()
 
     def record(payloads):
+        entered.set()
         gate.wait(5)
         order.extend(payloads)
         return payloads
@@ -129,10 +145,10 @@ def test_higher_priority_goes_first() -> None:
     async def go():
         b = Batcher(record, max_batch_size=1, max_wait_ms=0)
         first = asyncio.create_task(b.submit(0))
-        await asyncio.sleep(0.05)
+        await wait_until_async(entered.is_set, "the worker to take request 0")
         low = asyncio.create_task(b.submit(1, priority=0))
         high = asyncio.create_task(b.submit(2, priority=5))
-        await asyncio.sleep(0.01)
+        await wait_until_async(lambda: b.depth == 2, lambda: f"2 queued, not {b.depth}")
         gate.set()
         await asyncio.gather(first, low, high)
         await b.close()
@@ -192,11 +208,13 @@ def test_batching_never_changes_a_prediction(gbm_runtime, data, sizes, max_batch
         np.testing.assert_allclose(g, a, rtol=1e-12, atol=1e-12)
 
 
-def test_a_drained_batcher_answers_everything_queued_and_running() -> None:
+def test_a_drained_batcher_answers_everything_queued_and_running(wait_until_async) -> None:
+    entered = threading.Event()
     gate = threading.Event()
     sizes: list[int] = []
 
     def slow(payloads):
+        entered.set()
         gate.wait(5)
         sizes.append(len(payloads))
         return [p * 2 for p in payloads]
@@ -204,9 +222,21 @@ def test_a_drained_batcher_answers_everything_queued_and_running() -> None:
     async def go() -> tuple[list[int], Exception]:
         b = Batcher(slow, max_batch_size=2, max_wait_ms=0)
         pending = [asyncio.ensure_future(b.submit(i)) for i in range(7)]
-        await asyncio.sleep(0.05)  # the first batch is running, the rest queued
-        drained = asyncio.ensure_future(b.drain(timeout_s=10))
-        await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: entered.is_set() and b.depth == 5,
+            lambda: f"the first batch running and 5 queued ({b.depth} queued)",
+        )
+        began = asyncio.Event()
+
+        async def drain() -> None:
+            began.set()
+            await b.drain(timeout_s=10)
+
+        drained = asyncio.ensure_future(drain())
+        # This task resumes only once the drain has run up to its first wait, so the
+        # batcher is draining, not merely about to, when the worker is let go.
+        await began.wait()
+        assert not drained.done()
         gate.set()
         await drained
         try:

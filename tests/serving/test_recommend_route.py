@@ -301,16 +301,17 @@ def test_a_route_that_cannot_serve_the_model_is_refused(shelf) -> None:
         shelf.server(route={"max_k": 5000})
 
 
-def test_hot_swap_moves_model_and_index_together(shelf, running) -> None:
+def test_hot_swap_moves_model_and_index_together(shelf, running, wait_until) -> None:
     shelf.registry.set_alias("recommend", "swap", 1)
     server = shelf.server("recommend@swap")
     users = shelf.users[:60]
     seen: list[tuple[str, list[int], list[list[int]], list[list[float]]]] = []
     failures: list[str] = []
+    rounds = [0] * 3  # requests each hammer has finished
     stop = threading.Event()
     with running(create_app(server)) as srv:
 
-        def hammer(part: np.ndarray) -> None:
+        def hammer(n: int, part: np.ndarray) -> None:
             with httpx.Client(base_url=srv.url) as client:
                 i = 0
                 while not stop.is_set():
@@ -320,6 +321,7 @@ def test_hot_swap_moves_model_and_index_together(shelf, running) -> None:
                         "/v1/routes/recommend/predict",
                         json={"rows": [{"user_id": u, "k": 5} for u in ask]},
                     )
+                    rounds[n] += 1
                     if r.status_code != 200:
                         failures.append(r.text)
                         continue
@@ -327,16 +329,30 @@ def test_hot_swap_moves_model_and_index_together(shelf, running) -> None:
                     seen.append((b["version"], ask, *b["predictions"].values()))
 
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            for part in np.array_split(users, 3):
-                pool.submit(hammer, part)
-            time.sleep(0.5)
-            shelf.registry.set_alias("recommend", "swap", 2, reason="fine-tuned")
-            deadline = time.monotonic() + 20
-            while server.routes["recommend"].current.version != "recommend@2":
-                assert time.monotonic() < deadline, "the route never swapped"
-                time.sleep(0.05)
-            time.sleep(0.5)
-            stop.set()
+            try:
+                for n, part in enumerate(np.array_split(users, 3)):
+                    pool.submit(hammer, n, part)
+                wait_until(
+                    lambda: len(seen) >= 10 or failures,
+                    lambda: f"answers before the swap ({len(seen)} so far)",
+                )
+                shelf.registry.set_alias("recommend", "swap", 2, reason="fine-tuned")
+                wait_until(
+                    lambda: server.routes["recommend"].current.version == "recommend@2",
+                    "the route to swap",
+                    timeout=20,
+                )
+                # A request in flight at the swap may still be answered by the old version; the
+                # next one each hammer sends cannot.
+                swapped = list(rounds)
+                wait_until(
+                    lambda: (
+                        failures or all(r >= s + 2 for r, s in zip(rounds, swapped, strict=True))
+                    ),
+                    lambda: f"answers after the swap (requests per hammer {rounds})",
+                )
+            finally:
+                stop.set()
         with httpx.Client(base_url=srv.url) as client:
             after = predict(client, [{"user_id": int(u), "k": 10} for u in users])
     assert not failures

@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -178,16 +177,17 @@ def test_tritonclient_with_its_default_binary_tensors(world, running) -> None:
         client.close()
 
 
-def test_hot_swap_under_load_fails_nothing(world, running) -> None:
+def test_hot_swap_under_load_fails_nothing(world, running, wait_until) -> None:
     server = server_for(world)
     model2, train2 = world.train(seed=2, trees=40)
     world.registry.register("fraud", model2, training_set=train2)
     stop = threading.Event()
     seen: list[str] = []
     failures: list[str] = []
+    rounds = [0] * 4  # requests each hammer has finished
     with running(create_app(server)) as srv:
 
-        def hammer() -> None:
+        def hammer(n: int) -> None:
             with httpx.Client(base_url=srv.url) as client:
                 i = 0
                 while not stop.is_set():
@@ -199,18 +199,39 @@ def test_hot_swap_under_load_fails_nothing(world, running) -> None:
                         failures.append(r.text)
                     else:
                         seen.append(r.json()["version"])
+                    rounds[n] += 1
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            for _ in range(4):
-                pool.submit(hammer)
-            time.sleep(0.5)
-            world.registry.set_alias("fraud", "champion", 2, reason="better")
-            deadline = time.monotonic() + 20
-            while server.routes["fraud"].current.version != "fraud@2":
-                assert time.monotonic() < deadline, "the route never swapped"
-                time.sleep(0.05)
-            time.sleep(0.5)
-            stop.set()
+            try:
+                for n in range(4):
+                    pool.submit(hammer, n)
+                wait_until(
+                    lambda: len(seen) >= 20 or failures,
+                    lambda: f"answers before the swap ({len(seen)} so far)",
+                )
+                world.registry.set_alias("fraud", "champion", 2, reason="better")
+                wait_until(
+                    lambda: server.routes["fraud"].current.version == "fraud@2",
+                    "the route to swap",
+                    timeout=20,
+                )
+                # A request in flight at the swap may still be answered by the old version; the
+                # next one each hammer sends cannot. Enough answers after the first from the new
+                # version that the check on what follows it has some to look at.
+                swapped = list(rounds)
+                wait_until(
+                    lambda: (
+                        failures
+                        or (
+                            all(r >= s + 2 for r, s in zip(rounds, swapped, strict=True))
+                            and "fraud@2" in seen
+                            and len(seen) - seen.index("fraud@2") > 60
+                        )
+                    ),
+                    lambda: f"answers after the swap (requests per hammer {rounds})",
+                )
+            finally:
+                stop.set()
     assert not failures
     assert seen[0] == "fraud@1" and seen[-1] == "fraud@2"
     assert seen.index("fraud@2") > 0 and "fraud@1" not in seen[seen.index("fraud@2") + 50 :]
