@@ -13,7 +13,7 @@ from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import msgspec
 
@@ -102,6 +102,12 @@ class Project:
             return route.model.split("@", 1)[1]
         return None
 
+    @overload
+    def train(self, model: Model, **options: Any) -> TrainResult: ...
+    @overload
+    def train(self, model: Recommender, **options: Any) -> RecommenderResult: ...
+    @overload
+    def train(self, model: str | Declared, **options: Any) -> TrainResult | RecommenderResult: ...
     def train(self, model: str | Declared, **options: Any) -> TrainResult | RecommenderResult:
         """Train the declared model ``model`` (or a variant of one, such as a declared
         model with other hyperparameters) and register it (see
@@ -110,12 +116,8 @@ class Project:
         if isinstance(model, str):
             model = self.model(model)
         parent_alias = self._parent_alias(model.route)
-        common = dict(
-            log=self.log,
-            registry=self.registry,
-            checkpoint_dir=Path(self.settings.data_dir) / "checkpoints",
-            code_dir=str(self.settings.project_dir),
-        )
+        checkpoint_dir = Path(self.settings.data_dir) / "checkpoints"
+        code_dir = str(self.settings.project_dir)
         if isinstance(model, Recommender):
             parent = None
             if parent_alias is not None and parent_alias in self._aliases(model.name):
@@ -125,30 +127,39 @@ class Project:
                 features=self.features if model.features else None,
                 indexes=self.indexes,
                 parent=parent,
-                **common,
+                log=self.log,
+                registry=self.registry,
+                checkpoint_dir=checkpoint_dir,
+                code_dir=code_dir,
                 **options,
             )
         return train_model(
-            model, features=self.features, parent_alias=parent_alias, **common, **options
+            model,
+            features=self.features,
+            parent_alias=parent_alias,
+            log=self.log,
+            registry=self.registry,
+            checkpoint_dir=checkpoint_dir,
+            code_dir=code_dir,
+            **options,
         )
 
     def fine_tune(self, model: str | Recommender, **options: Any) -> FineTuneResult:
         """Refresh a declared recommender's embedding tables from the interactions logged
         since the version its route serves (see :func:`keel.recommend.fine_tune`)."""
-        if isinstance(model, str):
-            model = self.model(model)  # type: ignore[assignment]
-        if not isinstance(model, Recommender):
+        declared = self.model(model) if isinstance(model, str) else model
+        if not isinstance(declared, Recommender):
             raise ValidationError(
-                f"model {model.name!r} is not a recommender: only a recommender's embedding "
+                f"model {declared.name!r} is not a recommender: only a recommender's embedding "
                 "tables are fine-tuned; retrain it with keel train"
             )
         if "parent" not in options:
-            alias = self._parent_alias(model.route)
-            options["parent"] = alias if alias in self._aliases(model.name) else "latest"
+            alias = self._parent_alias(declared.route)
+            options["parent"] = alias if alias in self._aliases(declared.name) else "latest"
         return fine_tune_recommender(
-            model,
+            declared,
             log=self.log,
-            features=self.features if model.features else None,
+            features=self.features if declared.features else None,
             registry=self.registry,
             indexes=self.indexes,
             checkpoint_dir=Path(self.settings.data_dir) / "checkpoints",
@@ -301,12 +312,11 @@ class Project:
         for name, fp in fingerprints.items():
             old = before.get(name)
             if old is None:
-                status, previous = "created", None
+                status, previous, applied_at = "created", None, time.time()
             elif old["fingerprint"] == fp:
-                status, previous = "unchanged", old.get("previous")
+                status, previous, applied_at = "unchanged", old.get("previous"), old["applied_at"]
             else:
-                status, previous = "changed", old["fingerprint"]
-            applied_at = old["applied_at"] if status == "unchanged" else time.time()
+                status, previous, applied_at = "changed", old["fingerprint"], time.time()
             record[name] = {"fingerprint": fp, "applied_at": applied_at, "previous": previous}
             out.append(("feature view", name, status))
         out.extend(("model", m.name, "valid") for m in models)

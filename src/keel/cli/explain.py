@@ -85,7 +85,7 @@ def describe(answer: dict[str, Any]) -> list[Any]:
         f"[bold]{answer['route']}[/] serving {answer['version']}: {how}, in the model's "
         f"{answer['output']} output"
     ]
-    scores = next(iter(answer["predictions"].values()), [])
+    scores: list[float] = next(iter(answer["predictions"].values()), [])
     for i, row in enumerate(answer["explanations"]):
         table = Table(
             title=f"row {i}: {answer['output']} {row['output']:.4f} = base "

@@ -104,10 +104,10 @@ def fine_tune(
         try:
             with progress_bars(console) as report:
                 result = proj.fine_tune(model, progress=report, **opts)
-        except Preempted as stop:
+        except Preempted as preempted:
             again = f"keel fine-tune {model}" + (f" --until {as_of.isoformat()}" if as_of else "")
             console.print(
-                f"[yellow]preempted[/] at step {stop.step}: checkpoint saved; resume with\n"
+                f"[yellow]preempted[/] at step {preempted.step}: checkpoint saved; resume with\n"
                 f"   {again}"
             )
             raise typer.Exit(143) from None

@@ -33,9 +33,9 @@ def show_jobs(console: Console, project: Project, result: DemoResult) -> None:
     )
     for cq in cfg.cluster_queues:
         quotas = ", ".join(
-            f"{r} {format_quantity(r, q.nominal)}"
+            f"{r} {format_quantity(r, float(q.nominal))}"
             + (
-                f" (+{format_quantity(r, q.borrowing_limit)} borrowable)"
+                f" (+{format_quantity(r, float(q.borrowing_limit))} borrowable)"
                 if q.borrowing_limit
                 else ""
             )

@@ -46,18 +46,22 @@ def show_loop(
     from keel.serving.client import call
 
     cfg = next(r for r in project.settings.routes if r.name == "fraud")
-    if cfg.loop is None or cfg.monitor is None or cfg.shadow is None:
+    policy = cfg.loop
+    if policy is None or cfg.monitor is None or cfg.shadow is None:
         return
     if quick:  # as in the monitoring step: a small shop's windows are smaller
         cfg = msgspec.structs.replace(
             cfg, monitor=msgspec.structs.replace(cfg.monitor, window_rows=100)
         )
-    policy = cfg.loop
+    graded = (
+        f"the freshest {policy.holdout_s / 3600:g} settled hours"
+        if policy.holdout_s
+        else "the model's own holdout"
+    )
     console.print(
         "[bold]14. The loop, unattended[/]: the drifted shop keeps selling; the route's policy "
-        f"({' or '.join(policy.on)} → {policy.job}, graded on the freshest "
-        f"{policy.holdout_s / 3600:g} settled hours, shadowed, promoted on evidence) runs with "
-        "no one at the keyboard"
+        f"({' or '.join(policy.on)} → {policy.job}, graded on {graded}, shadowed, promoted on "
+        "evidence) runs with no one at the keyboard"
     )
     clock = ManualClock(shop.now.timestamp())
     server = InferenceServer(

@@ -14,7 +14,7 @@ from keel.demo.http import serving
 from keel.demo.result import DemoResult
 from keel.features.definitions import format_duration
 from keel.project import Project
-from keel.training import TrainResult
+from keel.training import Model, TrainResult
 
 
 def show_training(console: Console, project: Project, result: DemoResult) -> TrainResult:
@@ -24,6 +24,7 @@ def show_training(console: Console, project: Project, result: DemoResult) -> Tra
     from keel.demo.data_steps import show_consistency, training_rows_table
 
     model = project.model("fraud")
+    assert isinstance(model, Model)
     console.print(
         "[bold]7. Training[/]: [cyan]keel train fraud[/] — the model declared in "
         "definitions.py, on a point-in-time set, evaluated on later payments"
@@ -36,7 +37,7 @@ def show_training(console: Console, project: Project, result: DemoResult) -> Tra
         f"yet full); holdout: the last {format_duration(split.holdout)}"
     )
     with progress_bars(console) as report:
-        trained = project.train("fraud", alias="champion", progress=report)
+        trained = project.train(model, alias="champion", progress=report)
     data = trained.data
     result.training_seconds = trained.seconds["training set"]
     result.training_rows = data.table.num_rows
@@ -288,6 +289,7 @@ def _retrain(project: Project, rounds: int, *, shadow: bool = False) -> TrainRes
     from keel.training import LightGBM
 
     model = project.model("fraud")
+    assert isinstance(model, Model)
     until = datetime.fromisoformat(
         project.registry.lineage("fraud", "champion")["training"]["until"]
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 from rich import box
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from keel.clock import ManualClock
@@ -82,6 +82,7 @@ def show_monitoring(
         console.print(f"   [yellow]skipped[/]: {exc}")
         return None
     ref = monitor.reference_
+    assert ref is not None  # fit() builds it
     console.print(
         f"   reference: {ref.version}'s training set ({ref.rows:,} rows, {len(ref.features)} "
         f"features); its loss estimator learned on the last {ref.labelled:,}; windows of "
@@ -226,7 +227,7 @@ def _table(console: Console, records: list[dict[str, Any]], drift_window: int | 
         pad_edge=False,
         collapse_padding=True,
     )
-    for col, justify, width in (
+    columns: list[tuple[str, JustifyMethod, int]] = [
         ("win", "right", 4),
         ("shop time", "left", 11),
         ("drift", "right", 5),
@@ -234,7 +235,8 @@ def _table(console: Console, records: list[dict[str, Any]], drift_window: int | 
         ("output", "left", 7),
         ("est. loss", "right", 9),
         ("realized", "right", 8),
-    ):
+    ]
+    for col, justify, width in columns:
         table.add_column(col, justify=justify, no_wrap=True, overflow="ellipsis", min_width=width)
     for r in records:
         top = max(r["features"], key=times_level)

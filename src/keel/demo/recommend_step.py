@@ -43,7 +43,7 @@ def show_recommendations(
         f"{format_duration(rec.window)} of views, carts and purchases with sampled negatives"
     )
     with progress_bars(console) as report:
-        trained = project.train("recommend", until=start, alias="champion", progress=report)
+        trained = project.train(rec, until=start, alias="champion", progress=report)
     hit = f"hit_rate@{rec.k}"
     console.print(
         f"   {trained.version.ref}: {len(trained.data):,} interactions, "

@@ -204,6 +204,7 @@ class KernelExplainer(Explainer):
         rows = check_rows(x, self.features)
         fx, values, evaluations = self._evaluate(rows)
         base = self._expected
+        assert base is not None  # the first _evaluate measures it
         phi = self._solve(values - base, fx - base)
         return Explanation(
             self.method, self.output, list(self.features), base, phi, fx, evaluations

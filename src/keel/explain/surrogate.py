@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -182,7 +182,9 @@ def _fit_tree(x: np.ndarray, y: np.ndarray, features: list[str], seed: int) -> A
 
     # LightGBM refuses names with JSON punctuation and rewrites whitespace: such names are
     # kept by the Surrogate (and its explainer) only, the booster numbering its columns
-    names = features if all(_LIGHTGBM_NAME.fullmatch(f) for f in features) else "auto"
+    names: list[str] | Literal["auto"] = (
+        features if all(_LIGHTGBM_NAME.fullmatch(f) for f in features) else "auto"
+    )
     data = lightgbm.Dataset(x, y, feature_name=names, params={"verbosity": -1})
     return lightgbm.train({**TREE_PARAMS, "seed": seed}, data, num_boost_round=TREE_ROUNDS)
 

@@ -272,7 +272,7 @@ class FeatureView:
                     f"feature view {self.name!r}: feature name {f.name!r} is used twice"
                 )
             seen.add(f.name)
-            if f.window_us is not None and f.window_us % tile:
+            if f.window is not None and _micros(f.window) % tile:
                 raise ValidationError(
                     f"feature view {self.name!r}, feature {f.name!r}: window "
                     f"{format_duration(f.window)} is not a multiple of the tile "

@@ -116,10 +116,10 @@ class Plan:
         )
         lasts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         index = np.arange(m)[:, None]
-        for c, ts_slot in lay.last_ts.items():
+        for name, ts_slot in lay.last_ts.items():
             qual = inw & (rows.ints[:, None, ts_slot] != NEVER)
             idx = seg(np.maximum, np.where(qual, index, -1))  # the newest tile wins
-            lasts[c] = (idx, idx >= 0)
+            lasts[name] = (idx, idx >= 0)
 
         raw = np.full((n, len(self.numeric)), np.nan)
         new = np.full((n, len(self.numeric)), NEVER, dtype=np.int64)
@@ -127,6 +127,10 @@ class Plan:
         other: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for j, f in enumerate(self.features):
             w = self.wi[j]
+            if f.column is None:  # only a count of events has no column (see Aggregate)
+                columns.append(counts[:, w, self.cnt_slots.index(lay.N)].astype(np.float64))
+                newest_cols.append(newest[:, w])
+                continue
             c = f.column
             if f.fn == "last":
                 idx, has = lasts[c]
@@ -140,7 +144,8 @@ class Plan:
                     out = np.full(n, None, dtype=object)
                     nw = np.full(n, NEVER, dtype=np.int64)
                     got = rows.strs[safe[:, w], lay.last_val[c]] if p else np.zeros(0, object)
-                    out[present] = np.where(has[:, w], got, None) if p else got
+                    # np.where takes None as an object scalar; numpy's stubs only list arrays.
+                    out[present] = np.where(has[:, w], got, None) if p else got  # type: ignore[arg-type]
                     nw[present] = f_new
                     other[f.name] = (out, nw)
                     continue
@@ -164,11 +169,12 @@ class Plan:
                 other[f.name] = (out, nw)
                 continue
             if f.fn == "count":
-                slot = lay.N if c is None else lay.cnt[c]
-                col = counts[:, w, self.cnt_slots.index(slot)].astype(np.float64)
+                col = counts[:, w, self.cnt_slots.index(lay.cnt[c])].astype(np.float64)
             elif f.fn == "sum":
+                assert sums is not None  # a sum feature gives the layout a sum slot
                 col = sums[:, w, self.sum_slots.index(lay.sum[c])]
             elif f.fn == "mean":
+                assert sums is not None
                 cnt = counts[:, w, self.cnt_slots.index(lay.cnt[c])]
                 with np.errstate(invalid="ignore", divide="ignore"):
                     col = np.where(
@@ -177,9 +183,11 @@ class Plan:
                         np.nan,
                     )
             elif f.fn == "min":
+                assert mins is not None
                 col = mins[:, w, self.min_slots.index(lay.min[c])]
                 col = np.where(np.isinf(col), np.nan, col)
             else:  # max
+                assert maxs is not None
                 col = maxs[:, w, self.max_slots.index(lay.max[c])]
                 col = np.where(np.isinf(col), np.nan, col)
             columns.append(col)
@@ -217,6 +225,7 @@ class Plan:
         for name in self.other_names:
             f = self.by_name[name]
             if f.fn == "vector_mean":
+                assert f.column is not None  # Aggregate requires a column but for counts
                 lo, hi = self.layout.vec[f.column]
                 other[name] = (np.full((n, hi - lo), np.nan), np.full(n, NEVER, np.int64))
             else:

@@ -472,7 +472,8 @@ def _arrow(values: Any) -> pa.Array:
     if isinstance(values, np.ndarray) and values.ndim == 2:
         flat = pa.array(values.ravel().astype(np.float32))
         arr = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
-        mask = np.isnan(values).all(axis=1)
+        # numpy's stubs type any reduction as possibly a scalar; over a 2-d array it is a row.
+        mask: np.ndarray = np.isnan(values).all(axis=1)  # type: ignore[assignment]
         if mask.any():
             arr = pa.array(
                 [None if m else v for m, v in zip(mask, arr.to_pylist(), strict=True)],

@@ -210,7 +210,9 @@ class VectorIndex:
         index = Index.restore(str(path), view=view)
         if index is None:
             raise ValidationError(f"{str(path)!r} is not a usearch index (or is corrupt)")
-        index.expansion_search = expansion_search  # a search setting: not kept in the file
+        # A search setting, not kept in the file. usearch declares the property's setter
+        # apart from its getter, which type checkers read as no setter at all.
+        index.expansion_search = expansion_search  # type: ignore[misc]
         return cls(index.ndim, metric=metric, threads=threads, _index=index)
 
 

@@ -135,18 +135,18 @@ class Preemptor:
     def _candidates(self, wl: _Job, cq: str, need: set[FlavorResource]) -> list[Running]:
         spec = self.queues[cq]
         found: list[Running] = []
-        policy = spec.preemption.within_cluster_queue
-        if policy != "Never":
-            found += _eligible(wl, self.running[cq].values(), policy, need)
+        within = spec.preemption.within_cluster_queue
+        if within != "Never":
+            found += _eligible(wl, self.running[cq].values(), within, need)
         cohort = self.ledger.cohort_of.get(cq)
-        policy = spec.preemption.reclaim_within_cohort
-        if cohort is not None and policy != "Never":
+        reclaim = spec.preemption.reclaim_within_cohort
+        if cohort is not None and reclaim != "Never":
             for other in self.ledger.members[cohort]:
                 if other != cq and any(
                     fr in self.ledger.limits[other] and self.ledger.borrowing_with(other, fr)
                     for fr in need
                 ):
-                    found += _eligible(wl, self.running[other].values(), policy, need)
+                    found += _eligible(wl, self.running[other].values(), reclaim, need)
         found.sort(key=lambda r: _order(r, cq))
         return found
 

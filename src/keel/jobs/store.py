@@ -22,6 +22,7 @@ Example
 
 from __future__ import annotations
 
+import builtins
 import enum
 import secrets
 import string
@@ -317,7 +318,9 @@ class JobStore:
             rows = [_record(r._mapping) for r in conn.execute(query)]
         return sorted(rows, key=lambda j: (j.created_at, j.id)) if limit else rows
 
-    def unfinished(self) -> list[JobRecord]:
+    # From here on in the class body ``list`` names the method above, so annotations spell out
+    # the builtin.
+    def unfinished(self) -> builtins.list[JobRecord]:
         return self.list([s for s in JobState if not s.finished])
 
     def last_seq(self) -> int:
@@ -325,14 +328,14 @@ class JobStore:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0))).scalar_one())
 
-    def submitted_after(self, seq: int) -> list[tuple[int, JobRecord]]:
+    def submitted_after(self, seq: int) -> builtins.list[tuple[int, JobRecord]]:
         """Jobs submitted after submission number ``seq``, with their numbers, oldest first."""
         query = select(jobs.c.seq, *[jobs.c[c] for c in _COLUMNS]).where(jobs.c.seq > seq)
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(jobs.c.seq)).all()
         return [(row.seq, _record({c: row._mapping[c] for c in _COLUMNS})) for row in rows]
 
-    def cancelled_since(self, at: float) -> list[tuple[str, JobState]]:
+    def cancelled_since(self, at: float) -> builtins.list[tuple[str, JobState]]:
         """Jobs cancelled, or asked to stop for good, at or after ``at``."""
         query = select(jobs.c.id, jobs.c.state).where(
             jobs.c.state.in_([JobState.CANCELLED.value, JobState.CANCELLING.value]),
@@ -341,7 +344,7 @@ class JobStore:
         with self.engine.connect() as conn:
             return [(row.id, JobState(row.state)) for row in conn.execute(query)]
 
-    def events(self, job_id: str) -> list[JobEvent]:
+    def events(self, job_id: str) -> builtins.list[JobEvent]:
         query = select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
         with self.engine.connect() as conn:
             return [

@@ -361,8 +361,8 @@ class _Gauges:
             if kind != "device":
                 put(self.owner[kind], (name,), value)
         # Series of devices, jobs and routes that are gone disappear rather than freeze.
-        for gauge, labels in self._seen.items():
-            for gone in labels - seen.get(gauge, set()):
+        for gauge, before in self._seen.items():
+            for gone in before - seen.get(gauge, set()):
                 gauge.remove(*gone)
         self._seen = seen
 

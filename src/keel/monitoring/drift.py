@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -371,7 +371,7 @@ class DriftDetector:
         self,
         *,
         features: list[str] | None = None,
-        categorical: list[str] = (),
+        categorical: Sequence[str] = (),
         bins: int = 10,
         chunks: int = 20,
         false_alert_rate: float = 0.01,
@@ -430,7 +430,7 @@ class DriftDetector:
         seeds = np.random.SeedSequence(0).spawn(len(names))
         self._seeds = dict(zip(names, seeds, strict=True))
         jobs = list(zip(names, seeds, strict=True))
-        learned = self._map(lambda job: self._fit_one(*job, table), jobs, rows)
+        learned = self._map(lambda job: self._fit_one(job[0], job[1], table), jobs, rows)
         for name, state in zip(names, learned, strict=True):
             for attr, value in state.items():
                 getattr(self, attr)[name] = value
@@ -458,6 +458,7 @@ class DriftDetector:
             state["ref_counts_"] = _counts(values, edges)
             state["cells_"] = _numeric_cells(values)
         elif kind == "categorical":
+            assert categories is not None
             counts = np.bincount(values, minlength=len(categories) + 1)
             state["ref_counts_"] = counts
             state["cells_"] = _Cells(np.arange(len(categories)), counts[:-1] / len(values))
@@ -969,6 +970,8 @@ def _values_of(
         flat = keep.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
         values, dropped = flat.reshape(len(keep), size), len(col) - len(keep)
     elif kind == "categorical":
+        # fit() learns the categories of every feature it marks categorical.
+        assert categories is not None
         keep = col.drop_null().cast(pa.string())
         codes = pc.index_in(keep, value_set=categories)
         values = pc.fill_null(codes, len(categories)).to_numpy(zero_copy_only=False)

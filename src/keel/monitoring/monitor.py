@@ -180,9 +180,10 @@ class Monitor:
             window_false_alert_rate=self.config.window_false_alert_rate,
             ordered=True,
         ).fit(table)
-        self.reference_ = Reference(version.ref, table, names, out_names, table.num_rows)
-        self._fit_importance(runtime, matrix)
-        self._fit_estimator(train, table, names, out_names)
+        reference = Reference(version.ref, table, names, out_names, table.num_rows)
+        self.reference_ = reference
+        self._fit_importance(reference, runtime, matrix)
+        self._fit_estimator(reference, train, table, names, out_names)
         return self
 
     def _fit_from_log(self, rows: int) -> Monitor:
@@ -224,21 +225,26 @@ class Monitor:
             self.next_offset_ = max(self.next_offset_, int(table.column(OFFSET)[-1].as_py()) + 1)
         return self
 
-    def _fit_importance(self, runtime: Any, matrix: np.ndarray) -> None:
+    def _fit_importance(self, reference: Reference, runtime: Any, matrix: np.ndarray) -> None:
         """For a tree model: its explainer, and the reference's global importance over a
         seeded sample of at most ``IMPORTANCE_ROWS`` of its rows."""
         from keel.explain import TreeExplainer, methods_for
 
         if "tree" not in methods_for(runtime):
             return
-        self.explainer_ = TreeExplainer(runtime, features=self.reference_.features)
+        self.explainer_ = TreeExplainer(runtime, features=reference.features)
         if len(matrix) > IMPORTANCE_ROWS:
             rng = np.random.default_rng(0)
             matrix = matrix[np.sort(rng.choice(len(matrix), IMPORTANCE_ROWS, replace=False))]
-        self.reference_.importance = _mean_abs(self.explainer_, matrix)
+        reference.importance = _mean_abs(self.explainer_, matrix)
 
     def _fit_estimator(
-        self, train: pa.Table, table: pa.Table, names: list[str], outputs: list[str]
+        self,
+        reference: Reference,
+        train: pa.Table,
+        table: pa.Table,
+        names: list[str],
+        outputs: list[str],
     ) -> None:
         """Learn the model's loss on the end of its training set that it did not learn from
         (a time split: the training set is in time order)."""
@@ -266,15 +272,15 @@ class Monitor:
             )
             return
         self.estimator_ = estimator.fit(held.select(names), held[outputs[0]].to_numpy(), y[start:])
-        self.reference_.labelled = held.num_rows
+        reference.labelled = held.num_rows
 
     def calibration(self) -> dict[str, dict[str, Any]]:
         """Each watched column's baseline (the statistic between healthy chunks of the
         reference) and the alert level chosen from it; the loss estimate's too."""
         det = self.detector_
         if det is None:
-            self.fit()
-            det = self.detector_
+            det = self.fit().detector_
+            assert det is not None  # fit() learns one
         size = self.config.window_rows
         out = {}
         for name, kind in det.kinds_.items():
@@ -310,9 +316,10 @@ class Monitor:
         """Write the HTML report of this route's monitored windows to ``path``."""
         from keel.monitoring.report import write_report
 
-        if self.reference_ is None:
-            self.fit()
         ref = self.reference_
+        if ref is None:
+            ref = self.fit().reference_
+            assert ref is not None  # fit() builds one
         return write_report(
             path,
             route=self.route.name,
@@ -427,7 +434,9 @@ class Monitor:
         # an alert of its own, not a reason to skip the window.
         empty = [n for n in watched if _empty(window[n])]
         scored = [n for n in watched if n not in empty]
-        by_name = self.detector_.score(window, features=scored).by_feature() if scored else {}
+        by_name: dict[str, FeatureDrift | dict[str, Any]] = {}
+        if scored:
+            by_name.update(self.detector_.score(window, features=scored).by_feature())
         by_name.update({n: _no_values(n, self.detector_.kinds_[n]) for n in empty})
         ts = window["ts"]
         record: dict[str, Any] = {
@@ -537,7 +546,7 @@ class Monitor:
     def _expected_split(self) -> dict[str, float]:
         primary = self.reference_.version if self.reference_ else self.route.model
         canary = self.route.canary
-        if canary is None or canary.percent <= 0:
+        if canary is None or not canary.percent:  # 0: rolled back
             return {primary: 1.0}
         name, _, alias = canary.model.partition("@")
         try:

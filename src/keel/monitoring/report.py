@@ -284,7 +284,7 @@ def _movers(history: list[dict], first: int | None) -> list[dict[str, Any]]:
         reference = next(imp for i, imp in same if i >= first).get("reference") or {}
         before = [_shares_of(reference)]
     names = list(dict.fromkeys(k for shares in before + after for k in shares))
-    moved = [
+    moved: list[dict[str, Any]] = [
         {
             "feature": k,
             "before": sum(s.get(k, 0.0) for s in before) / len(before),
@@ -566,6 +566,10 @@ def _distribution_plot(
         note = _histogram(ax, a, b, xlabel=name)
         ax.set_title(_text(name), fontsize=9, loc="left")
         return _encode(fig, name, note)
+    return _vector_plot(name, ref, cur)
+
+
+def _vector_plot(name: str, ref: pa.ChunkedArray, cur: pa.ChunkedArray) -> _Plot | tuple[str, str]:
     a, b = _vectors(ref), _vectors(cur)
     if a is None or b is None or a.shape[1] != b.shape[1] or not len(a) or not len(b):
         return (name, "vectors are empty or of unequal length: not plotted")
@@ -646,8 +650,9 @@ def _categorical_plot(name: str, ref: pa.ChunkedArray, cur: pa.ChunkedArray) -> 
     ref_shares, cur_shares = _shares(ref), _shares(cur)
     both = set(ref_shares) | set(cur_shares)
     ranked = sorted(both, key=lambda k: (-(ref_shares.get(k, 0) + cur_shares.get(k, 0)), k))
-    top = ranked[:MAX_CATEGORIES]
-    labels = [_text(k if len(k) <= 24 else k[:23] + "…") for k in top]
+    shown = ranked[:MAX_CATEGORIES]
+    labels = [_text(k if len(k) <= 24 else k[:23] + "…") for k in shown]
+    top: list[str | None] = list(shown)
     note = ""
     if len(ranked) > len(top):
         top.append(None)
@@ -655,9 +660,7 @@ def _categorical_plot(name: str, ref: pa.ChunkedArray, cur: pa.ChunkedArray) -> 
         note = f"{len(ranked) - MAX_CATEGORIES} less frequent categories grouped as (other)"
 
     def share(shares: dict[str, float], k: str | None) -> float:
-        return (
-            shares.get(k, 0.0) if k is not None else 1 - sum(shares.get(t, 0.0) for t in top[:-1])
-        )
+        return shares.get(k, 0.0) if k is not None else 1 - sum(shares.get(t, 0.0) for t in shown)
 
     fig, (ax,) = _figure(5.0, 0.9 + 0.28 * len(top))
     pos = np.arange(len(top))

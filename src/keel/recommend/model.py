@@ -62,6 +62,19 @@ class TwoTower(nn.Module):
         Rows to allocate (row 0 of each is the cold-start row); tables grow as IDs come.
     """
 
+    # Buffers, registered in __init__: nn.Module's __getattr__ alone would type them loosely.
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+    user_acc: torch.Tensor
+    item_acc: torch.Tensor
+    item_category: torch.Tensor
+    user_ids: torch.Tensor
+    user_seen: torch.Tensor
+    user_pending: torch.Tensor
+    item_ids: torch.Tensor
+    item_seen: torch.Tensor
+    item_pending: torch.Tensor
+
     def __init__(
         self,
         categories: list[str],

@@ -153,7 +153,9 @@ def run_loop(
     for p in model.dense_parameters().values():
         p.requires_grad_(dense)
     dense_opt = (
-        torch.optim.Adam(list(model.dense_parameters().values()), lr=dense_lr) if dense else None
+        torch.optim.Adam(list(model.dense_parameters().values()), lr=dense_lr)
+        if dense_lr is not None
+        else None
     )
     tables = RowAdagrad(model, lr)
     n = len(data)

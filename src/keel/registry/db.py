@@ -31,7 +31,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _connect(dbapi_conn, _record):
             # Let SQLAlchemy's begin() emit BEGIN IMMEDIATE itself (the pysqlite recipe).
             dbapi_conn.isolation_level = None
             dbapi_conn.execute("PRAGMA foreign_keys=ON")
@@ -39,7 +39,7 @@ def make_engine(url: str) -> Engine:
                 dbapi_conn.execute("PRAGMA journal_mode=WAL")
 
         @event.listens_for(engine, "begin")
-        def _begin(conn):  # type: ignore[no-untyped-def]
+        def _begin(conn):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine

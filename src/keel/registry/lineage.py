@@ -37,9 +37,9 @@ PACKAGES = (
 )
 
 
-def training_info(table: pa.Table) -> dict[str, Any] | None:
+def training_info(table: pa.Table) -> dict[str, Any]:
     """How a training set was built (recorded by ``FeatureStore.training_set``), plus its
-    content hash and row count; None for a table Keel did not build."""
+    content hash, row count and columns; only those three for a table Keel did not build."""
     meta = (table.schema.metadata or {}).get(TRAINING_SET_KEY)
     info: dict[str, Any] = json.loads(meta) if meta else {}
     info["sha256"] = table_sha256(table)

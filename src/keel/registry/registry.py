@@ -224,7 +224,7 @@ class Registry:
     def models(self) -> list[tuple[str, int, dict[str, int]]]:
         """Every model with its number of versions and its aliases."""
         with self.engine.connect() as conn:
-            counts = dict(
+            counts: dict[str, int] = dict(
                 conn.execute(
                     select(versions.c.model, func.count()).group_by(versions.c.model)
                 ).all()

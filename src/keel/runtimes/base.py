@@ -86,6 +86,9 @@ class Runtime(ABC):
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    #: The feature columns a row of ``features`` holds, in order (what a route joins by
+    #: name); empty for a model fed its tensors as they are.
+    feature_names: list[str]
     platform: str = "python"
 
     @abstractmethod

@@ -35,7 +35,7 @@ class TextEmbeddingRuntime(Runtime):
         self.model = MiniLM(device=device, batch_size=256)
         self.inputs = [TensorSpec("text", "BYTES", (-1,))]
         self.outputs = [TensorSpec("embedding", "FP32", (-1, self.model.dim))]
-        self.feature_names: list[str] = []
+        self.feature_names = []
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [t.decode() if isinstance(t, bytes) else str(t) for t in inputs["text"]]
@@ -163,11 +163,12 @@ class SklearnRuntime(_Tabular):
         self.estimator = estimator
         names = getattr(estimator, "feature_names_in_", None)
         width = getattr(estimator, "n_features_in_", None)
-        if names is None and width is None:
+        if names is not None:
+            self._setup([str(n) for n in names])
+        elif width is not None:
+            self._setup([f"x{i}" for i in range(width)])
+        else:
             raise ValidationError("a scikit-learn route needs a fitted estimator")
-        self._setup(
-            [str(n) for n in names] if names is not None else [f"x{i}" for i in range(width)]
-        )
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = inputs["features"]

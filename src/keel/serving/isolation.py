@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from keel.errors import KeelError, UnavailableError
+from keel.errors import KeelError, UnavailableError, ValidationError
 from keel.runtimes import BUILTIN_TEXT, Runtime, runtime_for
 from keel.runtimes.recommend import RANKING, is_recommender, is_two_tower, published_index
 from keel.serving.routes import Deployed, load
@@ -259,6 +259,8 @@ class RemoteRuntime(Runtime):
 def _build(spec: CandidateSpec) -> Runtime:
     if spec.builtin is not None:
         return load(spec.builtin, None, device=spec.device, threads=spec.threads).runtime
+    if spec.fmt is None:
+        raise ValidationError(f"candidate {spec.version}: its spec names no builtin and no format")
     from keel.index import IndexStore
     from keel.registry.formats import deserialize
 

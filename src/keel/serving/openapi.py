@@ -59,7 +59,7 @@ _PRIORITY = {
     "description": "higher runs first when the route's queue is long",
 }
 
-_ROWS = {
+_ROWS: dict[str, Any] = {
     "type": "object",
     "required": ["rows"],
     "properties": {

@@ -179,13 +179,17 @@ def run_retrieval_batch(
                 outputs[id(q)] = {n: v[start:end] for n, v in out.items()}
             start = end
     results: list[Any] = []
-    for q in queries:
-        if not isinstance(q, Query):
-            results.append(q)
+    for query in queries:
+        if not isinstance(query, Query):
+            results.append(query)
             continue
-        kind = {"k": q.k} if q.k is not None else {"item_id": q.items}
-        used = Tensors({USER: q.users, **kind, "features": q.features}, len(q.users))
-        results.append(Answer(outputs[id(q)], deployed.version, stale.get(id(q)), used))
+        # read() gives each query its k or its items; the join above, its features.
+        asked = query.k if query.k is not None else query.items
+        assert asked is not None and query.features is not None
+        kind = "k" if query.k is not None else "item_id"
+        arrays = {USER: query.users, kind: asked, "features": query.features}
+        used = Tensors(arrays, len(query.users))
+        results.append(Answer(outputs[id(query)], deployed.version, stale.get(id(query)), used))
     return results
 
 

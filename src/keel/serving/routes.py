@@ -196,17 +196,18 @@ def run_batch(
             part = Tensors({k: v[start : start + p.n] for k, v in tensors.arrays.items()}, p.n)
             joined[i] = (part, {k: v[start : start + p.n] for k, v in stale.items()})
             start += p.n
-    parts = [joined[i][0] if i in joined else p for i, p in enumerate(payloads)]
+    parts = [joined[i][0] if isinstance(p, Rows) else p for i, p in enumerate(payloads)]
     names = [s.name for s in runtime.inputs]
-    batch = {n: np.concatenate([p.arrays[n] for p in parts]) for n in names}
+    batch = {n: np.concatenate([t.arrays[n] for t in parts]) for n in names}
     out = runtime.predict(batch)
     results: list[Any] = []
     start = 0
-    for i, p in enumerate(parts):
-        sliced = {k: v[start : start + p.n] for k, v in out.items()}
-        start += p.n
+    for i, used in enumerate(parts):
+        sliced = {k: v[start : start + used.n] for k, v in out.items()}
+        start += used.n
         # The input actually used travels with the result, so a shadow can reuse it.
-        results.append(Answer(sliced, deployed.version, joined[i][1] if i in joined else None, p))
+        stale_of = joined[i][1] if i in joined else None
+        results.append(Answer(sliced, deployed.version, stale_of, used))
     return results
 
 

@@ -400,6 +400,7 @@ class InferenceServer:
             if self.check_version(route, version) != route.current.version:
                 return await self._canary(route, payload, deadline_ms, priority, started)
         elif route.canary is not None and canary is not None:
+            assert canary.percent is not None  # CanaryConfig.__post_init__ fills it in
             entity = route.entity_key(payload, key)
             if entity is not None and bucket(entity) < canary.percent:
                 return await self._canary(route, payload, deadline_ms, priority, started)
@@ -493,8 +494,8 @@ class InferenceServer:
         canary_dep = shadow_dep = None
         if canary is not None:
             check_ramp(route.name, route.config.model, canary)
-        if canary is not None and canary.percent > 0:
-            canary_dep = self._load_same_kind(route, canary.model)
+            if canary.percent:  # 0: rolled back (and never None once the config is built)
+                canary_dep = self._load_same_kind(route, canary.model)
         if shadow is not None:
             shadow_dep = self._load_same_kind(route, shadow.model)
             check_compare(
@@ -504,7 +505,7 @@ class InferenceServer:
             )
         # Everything is loaded and checked: switch.
         before = route.config.canary
-        if canary_dep is None:
+        if canary is None or canary_dep is None:
             route.canary, route.canary_stats = None, None
         elif (
             route.canary is None

@@ -189,14 +189,14 @@ class ShadowRunner:
     def _runner_for(self, candidate: Deployed) -> Deployed:
         """What runs ``candidate``: a twin in the candidate process, started (or restarted)
         as needed, or the candidate itself when it cannot be handed over."""
-        known = self._runs_on is not None and self._runs_on[0] is candidate
+        known = self._runs_on if self._runs_on and self._runs_on[0] is candidate else None
         process = self._process
-        if known and (process is None or process.alive):
-            return self._runs_on[1]
-        if known and time.monotonic() - self._started_at < RESTART_S:
+        if known is not None and (process is None or process.alive):
+            return known[1]
+        if known is not None and time.monotonic() - self._started_at < RESTART_S:
             # A process that keeps exiting is not restarted in a loop: until it is, the
             # copies fail against the exited one and count as the candidate's errors.
-            return self._runs_on[1]
+            return known[1]
         runs_on = candidate
         cfg = self.route.config
         spec = None
@@ -278,8 +278,8 @@ class ShadowRunner:
         one), with no Python loop over the copies while the interpreter lock is held — the
         event loop waits on that lock. False (nothing counted) when the copies need the
         general path: rows to join, outputs that do not stack, or a copy that fails."""
-        payloads = [p for p, _, _, _ in items]
-        if not all(isinstance(p, Tensors) for p in payloads):
+        payloads = [p for p, _, _, _ in items if isinstance(p, Tensors)]
+        if len(payloads) < len(items):
             return False
         if cfg.compare == "overlap":
             names = [n for n in RANKING if n in items[0][1]]
@@ -374,11 +374,11 @@ class ShadowRunner:
             )
             self._fold(st, diffs, elapsed, items, score_diffs)
             return
-        diffs = [
+        per_name = [
             discrepancy(cfg.compare, np.concatenate(a), np.concatenate(b), cfg.top_k)
             for a, b in pairs.values()
         ]
-        self._fold(st, np.concatenate(diffs), elapsed, items)
+        self._fold(st, np.concatenate(per_name), elapsed, items)
 
     def _await_labels(
         self, labels: Any, source: Tensors | Rows, primary: np.ndarray, candidate: np.ndarray

@@ -409,7 +409,11 @@ class Decision:
     def to_event(self) -> dict[str, Any]:
         """The payload of its ``decision`` event on the traffic topic; a canary's names the
         step (from 1) its evidence was gathered at, and the share it sets."""
-        event = {"action": self.action, "reason": self.reason, "evidence": self.evidence}
+        event: dict[str, Any] = {
+            "action": self.action,
+            "reason": self.reason,
+            "evidence": self.evidence,
+        }
         if self.action in CANARY_ACTIONS:
             event["step"] = self.evidence.get("step")
             event["percent"] = self.percent

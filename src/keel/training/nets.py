@@ -19,6 +19,10 @@ class MLP(nn.Module):
     sees raw features, as the route's feature join gives them.
     """
 
+    # Buffers, registered in __init__: nn.Module's __getattr__ alone would type them loosely.
+    mean: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(
         self,
         in_features: int,

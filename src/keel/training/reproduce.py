@@ -50,6 +50,7 @@ def reproduce_model(
         )
     data = registry.reproduce(name, v.version, features)
     table = data.table
+    assert table is not None  # Registry.reproduce hands back the table it rebuilt
     names = list(info["feature_names"])
     x = matrix(table, names)
     y = matrix(table, [info["label"]["column"]])[:, 0]

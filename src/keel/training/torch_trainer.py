@@ -288,7 +288,9 @@ def _permutation(n: int, epoch: int, seed: int) -> Any:
 
 
 def _np_saved() -> list[Any]:
-    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # the global generator is MT19937: its legacy state is one
+    name, keys, pos, has_gauss, gauss = state
     return [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
 
 
