@@ -27,7 +27,7 @@ from keel.serving.traffic import Decision, canary_evidence, decide_canary, decid
 
 __all__ = ["Controller", "RemoteController"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _version_number(ref: str) -> int:
@@ -52,7 +52,7 @@ class _Loop:
             try:
                 self.step()
             except Exception:
-                log.exception("controller step failed; retrying")
+                logger.exception("controller step failed; retrying")
             stop.wait(self.interval_s)
 
     def _apply_canary(
@@ -146,7 +146,7 @@ class Controller(_Loop):
             raise UnavailableError(f"route {route!r}: reload failed: {result['error']}")
 
     def _record(self, decision: Decision) -> None:
-        log.info("route %s: %s — %s", decision.route, decision.action, decision.reason)
+        logger.info("route %s: %s — %s", decision.route, decision.action, decision.reason)
         self.server.publish(decision.route, "decision", decision.to_event())
 
 
@@ -201,5 +201,5 @@ class RemoteController(_Loop):
         self._post(f"/v1/routes/{route}/reload", {})
 
     def _record(self, decision: Decision) -> None:
-        log.info("route %s: %s — %s", decision.route, decision.action, decision.reason)
+        logger.info("route %s: %s — %s", decision.route, decision.action, decision.reason)
         self._post(f"/v1/routes/{decision.route}/decisions", decision.to_event())

@@ -26,7 +26,11 @@ from keel.shop import EVENTS, LABELS, PAYMENTS, Shop
 #: Shop seconds per real second: a retrain job (a few seconds here) takes a couple of shop
 #: hours, as it would on a busy platform.
 PACE = 1_800.0
-AFTER_ALERT_S = 12 * 3_600.0  # the goal: recovered within 12 shop hours of the alert
+RECOVER_S = 12 * 3_600.0  # the goal: a new version serving within 12 shop hours of the alert
+# ... and its realized loss, judged on what it served from its swap to 24 shop hours after the
+# alert: at the shop's fraud rate, twelve hours hold a dozen frauds or so, and a logloss over a
+# dozen positives swings with one confidently missed fraud.
+MEASURE_S = 24 * 3_600.0
 MAX_S = 36 * 3_600.0  # the step gives up after 36 shop hours
 
 
@@ -117,7 +121,7 @@ def show_loop(
                     swaps.append(promoted)
                     first_swap_at = first_swap_at or promoted_at
             progress.update(task, completed=(clock.now() - start) / 3600)
-            if alert_at is not None and clock.now() - alert_at >= AFTER_ALERT_S and promoted:
+            if alert_at is not None and clock.now() - alert_at >= MEASURE_S and promoted:
                 break
             time.sleep(max(0.0, paced - time.perf_counter()))
         server.routes["fraud"].predictions.flush()
@@ -148,7 +152,7 @@ def show_loop(
     # joined with its label as the monitor joins them.
     by_version: dict[str, tuple[float, int]] = {}
     if first_swap_at is not None and alert_at is not None:
-        by_version = _realized_by_version(project, cfg, first_swap_at, alert_at + AFTER_ALERT_S)
+        by_version = _realized_by_version(project, cfg, first_swap_at, alert_at + MEASURE_S)
     total = sum(n for v, (_, n) in by_version.items() if v in swaps)
     if total:
         result.loop_realized_after = (
@@ -159,21 +163,24 @@ def show_loop(
     if promoted and healthy and result.loop_realized_after is not None:
         ratio = result.loop_realized_after / healthy
         colour = "green" if ratio <= 2 else "red"
+        hours = result.loop_promoted_hours or 0
+        in_time = "green" if hours <= RECOVER_S / 3600 else "red"
         each = ", ".join(
             f"{v} {loss:.4f} over {n}" for v, (loss, n) in by_version.items() if v in swaps
         )
         console.print(
-            f"   {promoted} took over {result.loop_promoted_hours or 0:.1f} shop hours after the "
-            f"alert; realized logloss of the {total} labelled payments the loop's versions "
-            f"scored within 12 hours of the alert [{colour}]{result.loop_realized_after:.4f}[/] "
-            f"({each}) — {ratio:.1f}× the healthy {healthy:.4f}, against "
-            f"{result.realized_after or 0:.4f} for the drifted champion in step 11 "
-            f"({seconds:.0f} s, all unattended)"
+            f"   {promoted} took over [{in_time}]{hours:.1f} shop hours after the alert[/] (goal "
+            f"≤ {RECOVER_S / 3600:g}); realized logloss of the {total} labelled payments the "
+            f"loop's versions served from then to {MEASURE_S / 3600:g} hours after the alert "
+            f"[{colour}]{result.loop_realized_after:.4f}[/] ({each}) — {ratio:.1f}× the healthy "
+            f"{healthy:.4f} (goal ≤ 2×), against {result.realized_after or 0:.4f} for the "
+            f"drifted champion in step 11 ({seconds:.0f} s, all unattended)"
         )
     elif promoted:
         console.print(
             f"   {promoted} took over {result.loop_promoted_hours or 0:.1f} shop hours after the "
-            "alert; [yellow]none of its payments within 12 hours of the alert was labelled[/]"
+            f"alert; [yellow]none of its payments within {MEASURE_S / 3600:g} hours of the alert "
+            "was labelled[/]"
         )
     else:
         console.print(

@@ -32,7 +32,7 @@ from keel.serving.auth import Authenticator, AuthMiddleware
 
 __all__ = ["FeatureRequest", "create_app"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class FeatureRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -90,7 +90,7 @@ def create_app(
         except KeelError as exc:
             return _json({"error": str(exc)}, exc.status_code)
         except Exception:
-            log.exception("feature lookup failed")
+            logger.exception("feature lookup failed")
             return _json({"error": "internal error"}, 500)
         return _json(
             {

@@ -54,7 +54,7 @@ from keel.log.schema import parse_type
 
 __all__ = ["FeatureStore", "OnlineResult"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -226,7 +226,7 @@ class FeatureStore:
             try:
                 moved = sum(s.events for s in self.materialize().values())
             except Exception:
-                log.exception("background materialization failed; retrying")
+                logger.exception("background materialization failed; retrying")
                 moved = 0
             if not moved:
                 stop.wait(interval_s)

@@ -45,7 +45,7 @@ from keel.monitoring.drift import as_table as _table
 
 __all__ = ["LOSSES", "LossEstimator", "PerformanceEstimate", "row_loss"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 # Probabilities are clipped this far from 0 and 1 so one confident miss costs ~34.5, not inf.
@@ -275,7 +275,7 @@ class LossEstimator:
         self.model_ = train(np.ones(rows, bool))
         self.calibration_ = estimated
         if np.ptp(estimated) <= NOISE * max(abs(float(estimated.mean())), 1e-300):
-            log.warning(
+            logger.warning(
                 "the loss model estimates every labelled row alike (%d rows, mean loss %.4g): "
                 "their loss varies in no way it could learn from the inputs (all labels alike, "
                 "say), so its estimate will not move",

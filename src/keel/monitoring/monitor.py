@@ -49,7 +49,7 @@ __all__ = ["MONITOR", "Monitor", "events", "history"]
 KEEP_WINDOWS = 50  # windows whose request ids still wait for their labels
 IMPORTANCE_ROWS = 5_000  # reference rows sampled (seeded) for its global importance
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -263,7 +263,7 @@ class Monitor:
             ordered=True,
         )
         if held.num_rows < estimator.rows_needed():
-            log.warning(
+            logger.warning(
                 "route %s: %d held-out rows, the loss estimator needs %d; no concept-drift "
                 "estimate",
                 self.route.name,
@@ -360,7 +360,7 @@ class Monitor:
             "rows": self.reference_.rows if self.reference_ else 0,
         }
         self._publish("reference", event)
-        log.info("route %s: monitoring %s (was %s)", self.route.name, serving, previous)
+        logger.info("route %s: monitoring %s (was %s)", self.route.name, serving, previous)
         return event
 
     def _topic_of(self, version: str) -> str:

@@ -39,7 +39,7 @@ from keel.serving.traffic import CANARY_ACTIONS
 
 __all__ = ["ACCESS", "create_app", "read_body"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 #: What a controller decides: on a shadow, then on a canary (see keel.serving.traffic).
 DECISIONS = ("promote", "reject", *CANARY_ACTIONS)
 _encoder = msgspec.json.Encoder()
@@ -90,7 +90,7 @@ class CatchAll:
         try:
             await self.app(scope, receive, noting)
         except Exception:
-            log.exception("request failed: %s %s", scope["method"], scope["path"])
+            logger.exception("request failed: %s %s", scope["method"], scope["path"])
             if started:
                 raise
             await _json({"error": "internal error"}, 500)(scope, receive, send)

@@ -44,7 +44,7 @@ __all__ = [
     "compare_outputs",
 ]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LOAD_TIMEOUT_S = 300.0  # building a large candidate (an embedding model) takes a while
 STOP_TIMEOUT_S = 2.0
@@ -194,7 +194,7 @@ class CandidateProcess:
             try:
                 self._conn.send(None)
             except OSError:
-                log.debug("the shadow candidate's process had already gone")
+                logger.debug("the shadow candidate's process had already gone")
             self._conn.close()
         for stop in (None, self._process.terminate, self._process.kill):
             if stop is not None:

@@ -32,7 +32,7 @@ from keel.serving.routes import Deployed, Rows, Tensors
 
 __all__ = ["PredictionLog", "prediction_columns"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def prediction_columns(deployed: Deployed, joined: list[str], keys: list[str]) -> Columns:
@@ -146,7 +146,9 @@ class PredictionLog:
                         tables.append(self._table([item]))
                     except (KeyError, ValueError) as exc:
                         self.skipped += item[1].n
-                        log.error("route %s: prediction log skipped a request: %s", self.route, exc)
+                        logger.error(
+                            "route %s: prediction log skipped a request: %s", self.route, exc
+                        )
                 if not tables:
                     return 0
                 table = pa.concat_tables(tables)
@@ -164,7 +166,7 @@ class PredictionLog:
             try:
                 self.flush()
             except Exception:
-                log.exception("route %s: writing the prediction log failed", self.route)
+                logger.exception("route %s: writing the prediction log failed", self.route)
 
     def _table(self, items: list[Item]) -> pa.Table:
         cols = self.columns

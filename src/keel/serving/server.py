@@ -78,7 +78,7 @@ TRAFFIC = Topic(
 SNAPSHOT_S = 2.0  # clock seconds between persisted snapshots of shadow evidence
 UNSET: Any = object()
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2.5)
 
@@ -182,7 +182,7 @@ class InferenceServer:
                 if self.registry is None or cfg.model.startswith("builtin:"):
                     raise
                 self.pending[cfg.name] = str(exc)
-                log.warning("route %s: nothing to serve yet (%s)", cfg.name, exc)
+                logger.warning("route %s: nothing to serve yet (%s)", cfg.name, exc)
 
     def add(self, cfg: RouteConfig) -> Route:
         """Load and warm a route (replacing one of the same name) before it takes traffic.
@@ -219,7 +219,7 @@ class InferenceServer:
         if shadow is not None and self._unset_alias(shadow.model):
             # A route may shadow an alias before anything is there (the loop's first retrain
             # moves it): it serves, and the registry watch loads the candidate once it is.
-            log.info(
+            logger.info(
                 "route %s: no %s yet; its shadow starts when it is set", cfg.name, shadow.model
             )
             shadow = None
@@ -263,7 +263,7 @@ class InferenceServer:
         if last is None:
             return None
         if last.get("configured") != configured:
-            log.info(
+            logger.info(
                 "route %s: its canary and shadow were set at runtime at %s, over other "
                 "configured ones; serving the configured ones (which changed since)",
                 cfg.name,
@@ -284,7 +284,7 @@ class InferenceServer:
                 "keel.toml to serve the file's instead"
             ) from None
         if (canary, shadow) != (cfg.canary, cfg.shadow):
-            log.info(
+            logger.info(
                 "route %s: serving the canary (%s) and shadow (%s) set at runtime at %s, not "
                 "the configured ones (unchanged since; change them to serve them instead)",
                 cfg.name,
@@ -725,7 +725,7 @@ class InferenceServer:
             except Exception as exc:
                 route.last_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.swaps.labels(name, "failed").inc()
-                log.exception(
+                logger.exception(
                     "route %s: reload of %s failed; still serving %s", name, cfg.model, before
                 )
                 return {
@@ -744,7 +744,7 @@ class InferenceServer:
                 st.status = "promoted"  # the candidate is the primary now
                 self.snapshot(route, force=True)
             self.metrics.swaps.labels(name, "ok").inc()
-            log.info("route %s: %s → %s", name, before, fresh.version)
+            logger.info("route %s: %s → %s", name, before, fresh.version)
             return {"route": name, "swapped": True, "from": before, "serving": fresh.version}
 
     def _watch(self) -> None:
@@ -757,7 +757,7 @@ class InferenceServer:
             try:
                 batch = consumer.poll(100)
             except Exception:
-                log.exception("registry watch failed; retrying")
+                logger.exception("registry watch failed; retrying")
                 self._watch_stop.wait(1.0)
                 continue
             if batch.num_rows == 0:
@@ -792,10 +792,10 @@ class InferenceServer:
                 self.pending[name] = str(exc)
                 continue
             except Exception:
-                log.exception("route %s: its first version failed to load", name)
+                logger.exception("route %s: its first version failed to load", name)
                 continue
             del self.pending[name]
-            log.info("route %s: serving %s", name, self.routes[name].current.version)
+            logger.info("route %s: serving %s", name, self.routes[name].current.version)
 
     def _reload_fast(self, route: Route, model: str) -> None:
         """The fast path's alias moved: load the new version, then switch to it (a version
@@ -803,10 +803,10 @@ class InferenceServer:
         try:
             fresh = load(model, self.registry, device="cpu", indexes=self.indexes)
         except Exception:
-            log.exception("route %s: fast path %s failed to load; keeping it", route.name, model)
+            logger.exception("route %s: fast path %s failed to load; keeping it", route.name, model)
             return
         route.fast = fresh
-        log.info("route %s: fast path now %s", route.name, fresh.version)
+        logger.info("route %s: fast path now %s", route.name, fresh.version)
 
     def _follow_shadow(self, name: str, shadow: ShadowConfig) -> None:
         """The alias a route shadows moved (``keel train --shadow``): load the new candidate
@@ -825,4 +825,4 @@ class InferenceServer:
         try:
             self.set_traffic(name, shadow=shadow)
         except Exception:
-            log.exception("route %s: the shadow's new candidate %s failed", name, shadow.model)
+            logger.exception("route %s: the shadow's new candidate %s failed", name, shadow.model)

@@ -29,7 +29,7 @@ from keel.serving.traffic import compare_rankings, discrepancy
 
 __all__ = ["ShadowRunner"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 RESTART_S = 2.0  # the least time between starts of a candidate process that keeps exiting
 
@@ -107,7 +107,7 @@ class ShadowRunner:
         self._prepare = candidate
         self._wake.set()
         if not self._prepared.wait(timeout):
-            log.warning(
+            logger.warning(
                 "route %s: candidate %s not ready after %g s; copies queue until it is",
                 self.route.name,
                 candidate.version,
@@ -163,13 +163,15 @@ class ShadowRunner:
                 try:
                     self._runner_for(candidate)
                 except Exception:
-                    log.exception("route %s: the shadow candidate did not start", self.route.name)
+                    logger.exception(
+                        "route %s: the shadow candidate did not start", self.route.name
+                    )
                 finally:
                     self._prepared.set()
             try:
                 self._join_labels()
             except Exception:  # labels that are not 0/1 for an error loss, say
-                log.exception("route %s: shadow labels could not be joined", self.route.name)
+                logger.exception("route %s: shadow labels could not be joined", self.route.name)
             if not self._queue:
                 self._wake.clear()
                 self._wake.wait(0.05)
@@ -182,7 +184,7 @@ class ShadowRunner:
                 self._compare(items)
             except Exception:
                 # The runner outlives a bad batch: the next copies are still compared.
-                log.exception("route %s: a shadow comparison failed", self.route.name)
+                logger.exception("route %s: a shadow comparison failed", self.route.name)
             finally:
                 self._busy = False
 
@@ -219,7 +221,7 @@ class ShadowRunner:
             except KeelError as exc:
                 # It loaded in this process (the server checked it), so it still runs here.
                 self._local_only.add(candidate.version)
-                log.error(
+                logger.error(
                     "route %s: candidate %s cannot run in its own process (%s); running it "
                     "in the server's",
                     self.route.name,
