@@ -102,13 +102,15 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.loop_steps[:3] == ["trigger", "job", "job_done"]
     assert result.loop_promoted, result.loop_steps
     assert {"candidate", "decision", "swap", "monitoring"} <= set(result.loop_steps)
-    # The recovery, payment by payment: what the loop's versions scored within 12 shop hours
-    # of the alert (a few hundred labelled payments) lost at most three times the healthy
-    # champion's (measured 1.1x and 2.35x with a 2-day training window, 2.2x with the 6-day
-    # one; the goal is 2x), where the drifted champion lost more than five times as
-    # much (asserted above).
+    # The recovery: a new version served within 12 shop hours of the alert, and what it served
+    # from then to 24 hours after the alert (several hundred labelled payments, a dozen or two
+    # frauds) lost at most three times the healthy champion's, where the drifted champion lost
+    # more than five times as much (asserted above). The goal is 2x; over so few frauds one
+    # confidently missed fraud moves this small shop's figure by half the healthy level, so the
+    # test leaves that margin (BENCHMARKS.md keeps the figures of repeated runs).
     healthy, drifted = result.realized_before, result.realized_after
-    assert result.loop_realized_after is not None and result.loop_realized_rows >= 100
+    assert result.loop_promoted_hours is not None and result.loop_promoted_hours <= 12
+    assert result.loop_realized_after is not None and result.loop_realized_rows >= 200
     assert result.loop_realized_after <= 3 * healthy < drifted
     # Explanations: the riskiest payments' scores split into their features' contributions,
     # as served — exact (they add up to the served score) — and a registered surrogate of the

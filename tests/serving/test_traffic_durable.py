@@ -3,17 +3,20 @@ rollbacks and ramp steps outlive the server while the configured ones are unchan
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 
 from keel.clock import ManualClock
 from keel.config import CanaryConfig, RouteConfig, Settings, ShadowConfig
 from keel.controller import Controller
-from keel.errors import NotFoundError
+from keel.errors import NotFoundError, ValidationError
 from keel.serving import InferenceServer, create_app
+from keel.serving.routes import Rows
 
 CANARY_CARD = 0  # bucket 2.09: in the canary's share at every step from 5%
 
@@ -82,7 +85,7 @@ def test_runtime_traffic_settings_survive_a_restart(world, caplog) -> None:
     shadow = ShadowConfig(model="fraud@2", tolerance=0.01, window_s=7200)
     first.set_traffic("fraud", canary=canary, shadow=shadow)
     close(first)
-    with caplog.at_level(logging.INFO, logger="keel.serving.server"):
+    with caplog.at_level(logging.INFO, logger="keel.serving"):
         second = make(world, clock)  # configured with neither
     try:
         route = second.routes["fraud"]
@@ -133,7 +136,7 @@ def test_keel_toml_edited_after_a_runtime_setting_wins(world, caplog) -> None:
     assert make(world, clock, routes_of(toml, 10)).routes["fraud"].config.canary.percent == 30
 
     # The operator edits the canary in keel.toml and restarts: the file's setting wins…
-    with caplog.at_level(logging.INFO, logger="keel.serving.server"):
+    with caplog.at_level(logging.INFO, logger="keel.serving"):
         edited = make(world, clock, routes_of(toml, 20))
     assert edited.routes["fraud"].config.canary.percent == 20
     assert edited.traffic("fraud")["settings"] == "configured"
@@ -180,3 +183,30 @@ def test_a_runtime_setting_that_no_longer_loads_names_the_way_out(world) -> None
     # Editing the route's traffic settings in keel.toml serves the file's.
     edited = make(world, clock, canary=CanaryConfig(model="fraud@2", percent=5))
     assert edited.routes["fraud"].canary.version == "fraud@2"
+
+
+def test_canary_and_primary_requests_count_in_one_metric_by_one_status_rule(world) -> None:
+    """Both paths record through Metrics.observe_request: "ok" or the exception's class."""
+    twin(world)
+    server = make(world, ManualClock(1_000.0))
+    server.set_traffic("fraud", canary=CanaryConfig(model="fraud@challenger", percent=30))
+    other = next(r for r in world.rows if r["card_id"] != CANARY_CARD)
+
+    async def requests() -> None:
+        await server.start()
+        try:
+            await server.infer("fraud", Rows([{"card_id": CANARY_CARD, "amount": 42.0}], 1))
+            await server.infer("fraud", Rows([other], 1))
+            for row in ({"card_id": CANARY_CARD}, {"card_id": other["card_id"]}):
+                with pytest.raises(ValidationError):
+                    await server.infer("fraud", Rows([row], 1))  # no amount: bad on each
+        finally:
+            await server.stop()
+
+    asyncio.run(requests())
+    close(server)
+    text = generate_latest(server.metrics.registry).decode()
+    for version in ("fraud@1", "fraud@2"):
+        for status in ("ok", "ValidationError"):
+            line = f'keel_requests_total{{route="fraud",status="{status}",version="{version}"}} 1.0'
+            assert line in text, (line, text)

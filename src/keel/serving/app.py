@@ -365,8 +365,7 @@ async def record_decision(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     server: InferenceServer = request.app.state.server
-    for name, route in server.routes.items():
-        server.metrics.queue.labels(name).set(route.batcher.depth)
+    server.metrics.queue_depths(server.routes)
     return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

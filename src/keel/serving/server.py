@@ -7,30 +7,22 @@ Independent of HTTP (see :mod:`keel.serving.app`): a route is predicted through
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from keel.clock import Clock, SystemClock
-from keel.config import CanaryConfig, ShadowConfig
 from keel.errors import (
-    KeelError,
     NotFoundError,
     UnavailableError,
     ValidationError,
     did_you_mean,
 )
-from keel.log import Topic
-from keel.runtimes.recommend import RANKING, is_recommender
+from keel.runtimes.recommend import is_recommender
 from keel.serving.batcher import Batcher
 from keel.serving.explaining import Explanations
 from keel.serving.predictions import PredictionLog, prediction_columns
@@ -45,17 +37,7 @@ from keel.serving.routes import (
     load,
     run_batch,
 )
-from keel.serving.shadowing import ShadowRunner
-from keel.serving.traffic import (
-    CanaryStats,
-    ShadowState,
-    bucket,
-    canary_evidence,
-    check_compare,
-    check_ramp,
-    traffic_fingerprint,
-)
-from keel.serving.traffic_log import TrafficIndex
+from keel.serving.traffic_manager import TRAFFIC, UNSET, TrafficManager
 
 __all__ = ["TRAFFIC", "UNSET", "InferenceServer", "NotTrained"]
 
@@ -67,16 +49,6 @@ class NotTrained(UnavailableError):
 class _NoModel(NotFoundError):
     """The route's own model (not its canary's or shadow's) has no such version."""
 
-
-#: Traffic settings, shadow evidence snapshots and controller decisions, in order.
-TRAFFIC = Topic(
-    "keel.traffic",
-    {"ts": "timestamp", "route": "string", "kind": "string", "payload": "string"},
-    event_time="ts",
-    key="route",
-)
-SNAPSHOT_S = 2.0  # clock seconds between persisted snapshots of shadow evidence
-UNSET: Any = object()
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +90,18 @@ class Metrics:
             "keel_swaps", "Hot swaps per route and outcome", ["route", "outcome"], registry=r
         )
 
+    def observe_request(self, route: str, version: str, status: str, seconds: float) -> None:
+        """One answered (or failed) request: every path that answers one records it here.
+        ``status`` is ``"ok"`` or the exception's class name."""
+        self.requests.labels(route, version, status).inc()
+        self.latency.labels(route, version).observe(seconds)
+
+    def queue_depths(self, routes: dict[str, Route]) -> None:
+        """The requests waiting per route, as the scrape or a request sees them."""
+        for name, route in routes.items():
+            if route.batcher is not None:
+                self.queue.labels(name).set(route.batcher.depth)
+
 
 class InferenceServer:
     """Routes of loaded models, with micro-batching, hot swap and metrics.
@@ -153,15 +137,7 @@ class InferenceServer:
         self.follow_features = follow_features
         self.clock = clock or SystemClock()
         self.features_at = features_at  # when joined features are looked up (None: now)
-        self._rng = random.Random()
-        self._last_snapshot: dict[str, float] = {}
-        # Per route: the fingerprint of the canary and shadow it was configured with, and
-        # whether those or settings made at runtime are served.
-        self._configured: dict[str, str] = {}
-        self._source: dict[str, str] = {}
-        self._traffic = None if log_ is None else TrafficIndex(log_, TRAFFIC.name)
-        if log_ is not None:
-            log_.create_topic(TRAFFIC, exist_ok=True)
+        self.traffic_manager = TrafficManager(self)
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._follower: threading.Thread | None = None
@@ -195,12 +171,9 @@ class InferenceServer:
         who edits a route's canary or shadow in ``keel.toml`` and restarts gets the file's;
         one who restarts without touching them keeps what was set while serving (a canary
         rolled back stays at 0%, a ramp resumes at its step). The server log says which."""
-        configured = traffic_fingerprint(cfg.canary, cfg.shadow)
-        runtime = self._runtime_traffic(cfg, configured)
-        if runtime is not None:
-            cfg = msgspec.structs.replace(cfg, canary=runtime[0], shadow=runtime[1])
+        cfg, configured, runtime_at = self.traffic_manager.settings_for(cfg)
         try:
-            deployed = self._load(cfg, cfg.model)
+            deployed = self.load_for(cfg, cfg.model)
         except NotFoundError as exc:
             raise _NoModel(str(exc)) from None
         fast = None
@@ -214,25 +187,8 @@ class InferenceServer:
             )
         if is_recommender(deployed.runtime) and USER not in route.join_keys:
             route.join_keys.append(USER)  # a canary split stays sticky per user
-        route.batcher = self._batcher(route, lambda: route.current)
-        shadow = cfg.shadow
-        if shadow is not None and self._unset_alias(shadow.model):
-            # A route may shadow an alias before anything is there (the loop's first retrain
-            # moves it): it serves, and the registry watch loads the candidate once it is.
-            logger.info(
-                "route %s: no %s yet; its shadow starts when it is set", cfg.name, shadow.model
-            )
-            shadow = None
-        try:
-            self._apply_traffic(route, cfg.canary, shadow)
-        except KeelError as exc:
-            if runtime is None:
-                raise
-            raise type(exc)(
-                f"route {cfg.name!r}: the canary or shadow set at runtime at {runtime[2]} "
-                f"cannot be served: {exc}. Change the route's canary or shadow in keel.toml "
-                "to serve the file's instead"
-            ) from exc
+        route.batcher = self.batcher_for(route, lambda: route.current)
+        self.traffic_manager.start(route, runtime_at)
         if cfg.monitor is not None and self.log is not None:
             route.predictions = PredictionLog(
                 cfg.name,
@@ -244,8 +200,7 @@ class InferenceServer:
         old = self.routes.get(cfg.name)
         self.routes[cfg.name] = route
         self.configs[cfg.name] = cfg
-        self._configured[cfg.name] = configured
-        self._source[cfg.name] = "configured" if runtime is None else "runtime"
+        self.traffic_manager.adopt(cfg.name, configured, runtime_at)
         if old is not None and old.batcher is not None and self._loop is not None:
             # New requests reach the new route from here on; the old one answers its own.
             asyncio.run_coroutine_threadsafe(old.batcher.drain(), self._loop)
@@ -254,47 +209,7 @@ class InferenceServer:
         self.explanations.follow(route)
         return route
 
-    def _runtime_traffic(
-        self, cfg: RouteConfig, configured: str
-    ) -> tuple[CanaryConfig | None, ShadowConfig | None, str] | None:
-        """The route's last runtime canary and shadow, and when they were set, if they win
-        over ``cfg``'s (whose fingerprint is ``configured``); see :meth:`add`."""
-        last = None if self._traffic is None else self._traffic.last(cfg.name, "traffic_set")
-        if last is None:
-            return None
-        if last.get("configured") != configured:
-            logger.info(
-                "route %s: its canary and shadow were set at runtime at %s, over other "
-                "configured ones; serving the configured ones (which changed since)",
-                cfg.name,
-                last["at"],
-            )
-            return None
-        try:
-            canary = (
-                None if last["canary"] is None else msgspec.convert(last["canary"], CanaryConfig)
-            )
-            shadow = (
-                None if last["shadow"] is None else msgspec.convert(last["shadow"], ShadowConfig)
-            )
-        except (msgspec.ValidationError, KeelError) as exc:
-            raise ValidationError(
-                f"route {cfg.name!r}: the canary and shadow set at runtime at {last['at']} "
-                f"do not read as settings ({exc}); change the route's canary or shadow in "
-                "keel.toml to serve the file's instead"
-            ) from None
-        if (canary, shadow) != (cfg.canary, cfg.shadow):
-            logger.info(
-                "route %s: serving the canary (%s) and shadow (%s) set at runtime at %s, not "
-                "the configured ones (unchanged since; change them to serve them instead)",
-                cfg.name,
-                "none" if canary is None else f"{canary.model} at {canary.percent:g}%",
-                "none" if shadow is None else shadow.model,
-                last["at"],
-            )
-        return canary, shadow, last["at"]
-
-    def _load(self, cfg: RouteConfig, model: str) -> Deployed:
+    def load_for(self, cfg: RouteConfig, model: str) -> Deployed:
         """Load and warm ``model`` for route ``cfg``, and check that the route can serve it."""
         deployed = load(
             model, self.registry, device=cfg.device, threads=cfg.threads, indexes=self.indexes
@@ -309,7 +224,7 @@ class InferenceServer:
             return []
         return self.features.columns(cfg.features)
 
-    def _batcher(
+    def batcher_for(
         self, route: Route, deployed: Callable[[], Deployed | None], suffix: str = ""
     ) -> Batcher:
         """A batcher for one of the route's versions (``deployed`` is read once per batch,
@@ -352,7 +267,7 @@ class InferenceServer:
         self._watch_stop.set()
         self.explanations.close()
         for route in self.routes.values():
-            self.snapshot(route, force=True)
+            self.traffic_manager.snapshot(route, force=True)
             for b in (route.batcher, route.canary_batcher):
                 if b is not None:
                     await b.close()
@@ -395,15 +310,13 @@ class InferenceServer:
         names a ``version`` runs on it: the primary's or the canary's, 404 for any other."""
         route = self.route(name)
         started = time.perf_counter()
-        canary = route.config.canary
-        if version is not None:
-            if self.check_version(route, version) != route.current.version:
-                return await self._canary(route, payload, deadline_ms, priority, started)
-        elif route.canary is not None and canary is not None:
-            assert canary.percent is not None  # CanaryConfig.__post_init__ fills it in
-            entity = route.entity_key(payload, key)
-            if entity is not None and bucket(entity) < canary.percent:
-                return await self._canary(route, payload, deadline_ms, priority, started)
+        traffic = self.traffic_manager
+        if (
+            self.check_version(route, version) != route.current.version
+            if version is not None
+            else traffic.takes(route, payload, key)
+        ):
+            return await traffic.canary(route, payload, deadline_ms, priority, started)
         version = route.current.version
         status = "ok"
         try:
@@ -429,7 +342,7 @@ class InferenceServer:
                 version = answer.version
                 return Prediction(answer.outputs, answer.version, answer.staleness)
             else:
-                self.metrics.queue.labels(name).set(route.batcher.depth)
+                self.metrics.queue_depths({name: route})
                 outputs, version, stale, used = await route.batcher.submit(
                     payload,
                     deadline_s=None if deadline_ms is None else deadline_ms / 1000,
@@ -440,7 +353,7 @@ class InferenceServer:
                     known = [v for v in values if v is not None]
                     if known:
                         self.metrics.staleness.labels(name, feature).set(max(known))
-            self._maybe_shadow(route, payload, used, outputs, started)
+            traffic.shadow(route, payload, used, outputs, started)
             if route.predictions is not None:
                 route.predictions.offer(
                     payload, used, outputs, version, (time.perf_counter() - started) * 1000, stale
@@ -451,183 +364,29 @@ class InferenceServer:
             status = type(exc).__name__
             raise
         finally:
-            self.metrics.requests.labels(name, version, status).inc()
-            self.metrics.latency.labels(name, version).observe(time.perf_counter() - started)
+            self.metrics.observe_request(name, version, status, time.perf_counter() - started)
 
-    # -- traffic: canary and shadow -----------------------------------------------------
+    # -- traffic: canary and shadow (see TrafficManager) --------------------------------
     def set_traffic(self, name: str, *, canary: Any = UNSET, shadow: Any = UNSET) -> None:
-        """Change a route's canary and/or shadow while it serves. Everything new is loaded
-        and checked first: a bad setting raises, and the running split stays as it was."""
-        route = self.route(name)
-        cfg = route.config
-        new_canary = cfg.canary if canary is UNSET else canary
-        new_shadow = cfg.shadow if shadow is UNSET else shadow
-        self._apply_traffic(route, new_canary, new_shadow)
-        route.config = msgspec.structs.replace(cfg, canary=new_canary, shadow=new_shadow)
-        self.configs[name] = route.config
-        self._source[name] = "runtime"
-        self.publish(
-            name,
-            "traffic_set",
-            {
-                "canary": None if new_canary is None else msgspec.to_builtins(new_canary),
-                "shadow": None if new_shadow is None else msgspec.to_builtins(new_shadow),
-                # What the route was configured with: a restart honours this setting only
-                # while that configuration is unchanged (see add).
-                "configured": self._configured[name],
-            },
-        )
+        """Change a route's canary and/or shadow while it serves (see
+        :meth:`TrafficManager.set`)."""
+        self.traffic_manager.set(name, canary=canary, shadow=shadow)
 
-    def _unset_alias(self, model: str) -> bool:
-        """Whether ``model`` names an alias (``name@alias``) that is not set yet."""
-        name, _, ref = model.partition("@")
-        if self.registry is None or not ref or ref.isdigit() or ref == "latest":
-            return False
-        try:
-            return ref not in self.registry.aliases(name)
-        except NotFoundError:
-            return True  # no version of the model at all yet
-
-    def _apply_traffic(
-        self, route: Route, canary: CanaryConfig | None, shadow: ShadowConfig | None
-    ) -> None:
-        canary_dep = shadow_dep = None
-        if canary is not None:
-            check_ramp(route.name, route.config.model, canary)
-            if canary.percent:  # 0: rolled back (and never None once the config is built)
-                canary_dep = self._load_same_kind(route, canary.model)
-        if shadow is not None:
-            shadow_dep = self._load_same_kind(route, shadow.model)
-            check_compare(
-                shadow.compare,
-                route.current.sample_output or {},
-                ranking=is_recommender(route.current.runtime),
-            )
-        # Everything is loaded and checked: switch.
-        before = route.config.canary
-        if canary is None or canary_dep is None:
-            route.canary, route.canary_stats = None, None
-        elif (
-            route.canary is None
-            or route.canary.version != canary_dep.version
-            or before is None
-            or before.percent != canary.percent
-        ):
-            # Evidence is per share: a ramp judges each step on its own requests and time.
-            route.canary = canary_dep
-            route.canary_stats = CanaryStats(started_at=self.clock.now())
-            if route.canary_batcher is None:
-                route.canary_batcher = self._batcher(route, lambda: route.canary, "-canary")
-        if shadow_dep is None or shadow_dep.version == route.current.version:
-            # (A shadow alias pointing at the version served — after its promotion — has
-            # nothing to compare until the next candidate moves it.)
-            route.shadow, route.shadow_state = None, None
-            return
-        if route.shadow_runner is None:
-            route.shadow_runner = ShadowRunner(
-                route,
-                self.features,
-                self.snapshot,
-                log=self.log,
-                registry=self.registry,
-                indexes=self.indexes,
-            )
-        route.shadow_runner.prepare(shadow_dep)
-        route.shadow = shadow_dep
-        state = route.shadow_state
-        if state is None or state.candidate != shadow_dep.version:
-            route.shadow_state = self._restore(
-                route.name, shadow_dep.version, route.current.version
-            )
-
-    def _load_same_kind(self, route: Route, model: str) -> Deployed:
-        dep = self._load(route.config, model)
-        want = [(s.name, s.datatype) for s in route.current.runtime.inputs]
-        got = [(s.name, s.datatype) for s in dep.runtime.inputs]
-        if want != got:
-            raise ValidationError(
-                f"route {route.name!r}: {dep.version} takes inputs {got}, the route's model "
-                f"{want}; a canary or shadow must take the same requests"
-            )
-        return dep
-
-    def _restore(self, route: str, candidate: str, primary: str) -> ShadowState:
-        """The latest evidence for this candidate from the traffic topic, or a fresh start."""
-        latest = None
-        for event in self._events(route, "shadow_stats"):
-            if event["candidate"] == candidate:
-                latest = event
-        if latest is not None and latest["status"] == "comparing":
-            return ShadowState.from_dict(latest)
-        return ShadowState(route, candidate, primary, self.clock.now())
-
-    def _events(self, route: str, kind: str) -> list[dict[str, Any]]:
-        """The route's latest events of ``kind`` (see :class:`TrafficIndex` for which are
-        kept), oldest first."""
-        return [] if self._traffic is None else self._traffic.events(route, kind)
+    def traffic(self, name: str) -> dict[str, Any]:
+        """The live split, the shadow comparison so far, and the last decisions."""
+        return self.traffic_manager.report(name)
 
     def publish(self, route: str, kind: str, payload: dict[str, Any]) -> None:
         """An event on the traffic topic (settings, evidence snapshots, decisions)."""
-        if self.log is None:
-            return
-        self.log.append(
-            TRAFFIC.name,
-            [
-                {
-                    "ts": datetime.fromtimestamp(self.clock.now(), UTC),
-                    "route": route,
-                    "kind": kind,
-                    "payload": json.dumps(payload, default=str),
-                }
-            ],
-        )
+        self.traffic_manager.publish(route, kind, payload)
 
     def snapshot(self, route: Route, force: bool = False) -> None:
-        """Persist the shadow evidence (at most every SNAPSHOT_S clock seconds)."""
-        st = route.shadow_state
-        if st is None:
-            return
-        now = self.clock.now()
-        if force or now - self._last_snapshot.get(route.name, -1e18) >= SNAPSHOT_S:
-            self._last_snapshot[route.name] = now
-            self.publish(route.name, "shadow_stats", st.to_dict())
-
-    def _maybe_shadow(
-        self,
-        route: Route,
-        payload: Tensors | Rows,
-        used: Tensors,
-        outputs: dict[str, np.ndarray],
-        started: float,
-    ) -> None:
-        shadow, st = route.config.shadow, route.shadow_state
-        if (
-            route.shadow_runner is None
-            or route.shadow is None
-            or shadow is None
-            or st is None
-            or st.status != "comparing"
-            or self._rng.random() >= shadow.sample
-            or (shadow.compare == "overlap" and RANKING[0] not in outputs)
-        ):
-            # (item lists are compared by their overlap; a pair's score has none)
-            return
-        # The candidate gets the very input the primary saw when it reads the same features
-        # (no second feature lookup); otherwise the request itself, joined for it.
-        same = getattr(route.shadow.runtime, "feature_names", None) == getattr(
-            route.current.runtime, "feature_names", None
-        )
-        # After the answer, and off the event loop: the runner's thread does the rest.
-        route.shadow_runner.offer(
-            used if same else payload,
-            outputs,
-            (time.perf_counter() - started) * 1000,
-            source=payload,
-        )
+        """Persist the route's shadow evidence (see :meth:`TrafficManager.snapshot`)."""
+        self.traffic_manager.snapshot(route, force)
 
     def shadows_idle(self) -> bool:
         """Whether every shadow copy taken so far has been compared."""
-        return all(r.shadow_runner is None or r.shadow_runner.idle for r in self.routes.values())
+        return self.traffic_manager.idle()
 
     def check_version(self, route: Route, version: str) -> str:
         """The loaded version (primary or canary) that ``version`` names — ``fraud@3`` or
@@ -653,65 +412,6 @@ class InferenceServer:
             return route.canary
         return route.current
 
-    async def _canary(
-        self,
-        route: Route,
-        payload: Tensors | Rows,
-        deadline_ms: float | None,
-        priority: int,
-        started: float,
-    ) -> Prediction:
-        deployed, stats = route.canary, route.canary_stats
-        version = deployed.version if deployed is not None else route.current.version
-        ok = False
-        try:
-            result = await route.canary_batcher.submit(
-                payload,
-                deadline_s=None if deadline_ms is None else deadline_ms / 1000,
-                priority=priority,
-            )
-            ok = True
-            if route.predictions is not None:
-                route.predictions.offer(
-                    payload,
-                    result.used,
-                    result.outputs,
-                    result.version,
-                    (time.perf_counter() - started) * 1000,
-                    result.staleness,
-                )
-            return Prediction(result.outputs, result.version, result.staleness)
-        finally:
-            ms = (time.perf_counter() - started) * 1000
-            if stats is not None:
-                stats.record(ok, ms)
-            self.metrics.requests.labels(route.name, version, "ok" if ok else "error").inc()
-            self.metrics.latency.labels(route.name, version).observe(ms / 1000)
-
-    def traffic(self, name: str) -> dict[str, Any]:
-        """The live split, the shadow comparison so far, and the last decisions."""
-        route = self.route(name)
-        cfg = route.config
-        out: dict[str, Any] = {
-            "route": name,
-            "primary": route.current.version,
-            "canary": None,
-            "shadow": None,
-            "settings": self._source.get(name, "configured"),  # or "runtime" (see add)
-            "decisions": self._events(name, "decision")[-5:],
-        }
-        if cfg.canary is not None:
-            out["canary"] = canary_evidence(
-                cfg.canary,
-                route.canary_stats,
-                self.clock.now(),
-                route=name,
-                serving=None if route.canary is None else route.canary.version,
-            )
-        if cfg.shadow is not None and route.shadow_state is not None:
-            out["shadow"] = route.shadow_state.summary(cfg.shadow, self.clock.now())
-        return out
-
     # -- hot swap ------------------------------------------------------------------------
     def reload(self, name: str) -> dict[str, Any]:
         """Load and warm the route's model again (its alias may have moved) beside the
@@ -721,7 +421,7 @@ class InferenceServer:
             cfg = route.config
             before = route.current.version
             try:
-                fresh = self._load(cfg, cfg.model)
+                fresh = self.load_for(cfg, cfg.model)
             except Exception as exc:
                 route.last_error = f"{type(exc).__name__}: {exc}"
                 self.metrics.swaps.labels(name, "failed").inc()
@@ -739,10 +439,7 @@ class InferenceServer:
             route.swap(fresh)
             route.last_error = None
             self.explanations.follow(route)
-            st = route.shadow_state
-            if st is not None and st.candidate == fresh.version and st.status == "comparing":
-                st.status = "promoted"  # the candidate is the primary now
-                self.snapshot(route, force=True)
+            self.traffic_manager.promoted(route, fresh.version)
             self.metrics.swaps.labels(name, "ok").inc()
             logger.info("route %s: %s → %s", name, before, fresh.version)
             return {"route": name, "swapped": True, "from": before, "serving": fresh.version}
@@ -777,7 +474,7 @@ class InferenceServer:
                         self._reload_fast(route, fast.model)
                     shadow = route.config.shadow
                     if shadow is not None and shadow.model == moved:
-                        self._follow_shadow(route.name, shadow)
+                        self.traffic_manager.follow_shadow(route.name, shadow)
 
     def _load_pending(self, model: str) -> None:
         """A version of ``model`` was registered or an alias of it moved: load the routes
@@ -807,22 +504,3 @@ class InferenceServer:
             return
         route.fast = fresh
         logger.info("route %s: fast path now %s", route.name, fresh.version)
-
-    def _follow_shadow(self, name: str, shadow: ShadowConfig) -> None:
-        """The alias a route shadows moved (``keel train --shadow``): load the new candidate
-        beside the old one; the old keeps the shadow if the new one fails to load. The
-        route's shadow settings as they are now are kept (one set while the event waited
-        wins over the ones it was read with)."""
-        route = self.routes.get(name)
-        if route is not None and route.config.shadow is not None:
-            shadow = route.config.shadow
-            try:
-                target = self.registry.get(*shadow.model.split("@", 1)).ref
-            except KeelError:
-                target = None
-            if route.shadow is not None and route.shadow.version == target:
-                return  # already compared
-        try:
-            self.set_traffic(name, shadow=shadow)
-        except Exception:
-            logger.exception("route %s: the shadow's new candidate %s failed", name, shadow.model)
