@@ -161,6 +161,7 @@ class AuthMiddleware:
         self.app = app
         self.auth = authenticator
         self.level_of = level_of
+        self._templates: dict[tuple[str, str], Any] = {}
         self.log = log_  # its AUDIT topic created beforehand (Starlette builds this lazily,
         # on the event loop, where no log call belongs)
 
@@ -168,7 +169,14 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        template = _route_template(scope)
+        key = (scope["method"], scope["path"])
+        template = self._templates.get(key, _UNKNOWN)
+        if template is _UNKNOWN:
+            # Matching walks every route's pattern: once per distinct path, not per request.
+            template = _route_template(scope)
+            if len(self._templates) >= _TEMPLATES_KEPT:
+                self._templates.clear()  # many distinct paths (a scan): start over
+            self._templates[key] = template
         if template is None:  # 404 or 405: the router answers, nothing is reached
             await self.app(scope, receive, send)
             return
@@ -256,6 +264,10 @@ class AuthMiddleware:
                 await asyncio.to_thread(self.log.append, AUDIT.name, [record])
             except Exception:
                 logger.exception("could not write the audit event for %s %s", method, path)
+
+
+_UNKNOWN = object()
+_TEMPLATES_KEPT = 4096
 
 
 def _route_template(scope: dict[str, Any]) -> str | None:
