@@ -80,3 +80,78 @@ def test_fast_answers_stay_out_of_the_prediction_log_and_the_shadow(
     assert sorted(logged["request_id"].to_pylist()) == sorted(relaxed)
     assert set(logged["version"].to_pylist()) == {"fraud@1"}
     assert shadowed == 4  # the four relaxed requests, none of the fast ones
+
+
+def test_the_fast_path_reads_its_own_replica_kept_current_from_the_log(
+    fraud_server, world, running, wait_until
+) -> None:
+    from datetime import UTC, datetime
+
+    _small(world, 4, ["card__count_1h", "card__amount_1d", "amount"])
+    server = fraud_server(
+        fast_path=FastPathConfig(model="fraud_small@1", features=["card"], below_ms=20)
+    )
+    fast = server.routes["fraud"].fast_path
+    assert fast.features is not None and fast.features is not server.features
+    card = world.rows[0]["card_id"]
+    # Caught up at load: the replica holds what the shared store holds.
+    ours = fast.features.get_online(["card"], [card]).values
+    shared = server.features.get_online(["card"], [card]).values
+    assert ours == shared
+    main_group = world.log.committed("keel-features.card", "pay")
+    with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
+        before = client.post(
+            "/v1/routes/fraud/predict", json={"rows": [world.rows[0]]}, headers=STRICT
+        ).json()
+        assert before["version"] == "fraud_small@1"
+        now = datetime.now(UTC)
+        world.log.append("pay", [{"ts": now, "card_id": card, "amount": 5_000.0}] * 3)
+        # The server keeps the replica current; the shared store is nobody's to follow here.
+        wait_until(
+            lambda: (
+                fast.features.get_online(["card"], [card]).values["card__count_1h"][0]
+                == ours["card__count_1h"][0] + 3
+            ),
+            "the replica to fold in the new payments",
+        )
+        assert server.features.get_online(["card"], [card]).values == shared
+    # Its progress is its own consumer group's: the shared materializer's lag is untouched.
+    assert world.log.committed("keel-features.card", "pay") == main_group
+    assert sum(world.log.committed("keel-replica.fraud.card", "pay").values()) == sum(
+        world.log.end_offsets("pay")
+    )
+
+
+def test_a_stalled_main_route_does_not_hold_up_the_fast_path(
+    fraud_server, world, running, wait_until
+) -> None:
+    import threading
+
+    _small(world, 4, ["card__count_1h", "card__amount_1d", "amount"])
+    server = fraud_server(
+        fast_path=FastPathConfig(model="fraud_small@1", features=["card"], below_ms=20)
+    )
+    # The shared online store stalls (a Redis under load, a locked SQLite file): every
+    # lookup of the main route waits on it.
+    release, entered = threading.Event(), threading.Event()
+    shared_get = server.features.get_online
+
+    def stalled(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return shared_get(*args, **kwargs)
+
+    server.features.get_online = stalled
+    rows = {"rows": [world.rows[0]]}
+    with running(create_app(server)) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(c.post, "/v1/routes/fraud/predict", json=rows)
+            wait_until(entered.is_set, "the main route to reach the stalled store")
+            for _ in range(5):
+                r = c.post("/v1/routes/fraud/predict", json=rows, headers=STRICT)
+                assert r.status_code == 200 and r.json()["version"] == "fraud_small@1"
+            assert not slow.done()  # the main route is still held
+            release.set()
+            assert slow.result(30).json()["version"] == "fraud@1"

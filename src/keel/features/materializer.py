@@ -67,6 +67,7 @@ class Materializer:
         layout: Layout,
         *,
         on_commit: Callable[[list[TileState], np.ndarray, TileState], None] | None = None,
+        group: str | None = None,
     ) -> None:
         self.on_commit = on_commit
         self.log = log
@@ -74,7 +75,9 @@ class Materializer:
         self.view = view
         self.layout = layout
         self.topic = log.topic(view.source.topic)
-        self.group = f"keel-features.{view.name}"
+        # The consumer group its progress is mirrored to (for `keel log stats`); a replica
+        # names its own, so the main materializer's lag stays its own.
+        self.group = group or f"keel-features.{view.name}"
         # Once: hashing the definition reads the transform's source code, and a follower
         # polling every 0.2 s would otherwise do it on every poll, beside a serving thread.
         self.fingerprint = view.fingerprint

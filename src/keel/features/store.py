@@ -118,8 +118,10 @@ class FeatureStore:
         views: Sequence[FeatureView],
         online: OnlineStore | str = "memory://",
         offline: OfflineStore | str | os.PathLike[str],
+        group_prefix: str = "keel-features",
     ) -> None:
         self.log = log
+        self.group_prefix = group_prefix
         self.online = open_online_store(online) if isinstance(online, str) else online
         self.offline = offline if isinstance(offline, OfflineStore) else OfflineStore(offline)
         self._views: dict[str, FeatureView] = {}
@@ -211,7 +213,12 @@ class FeatureStore:
                 (lambda *merged, v=v: self._warm(v, *merged)) if self.online.keeps_objects else None
             )
             self._materializers[view] = Materializer(
-                self.log, self.online, v, self.layout(v), on_commit=warm
+                self.log,
+                self.online,
+                v,
+                self.layout(v),
+                on_commit=warm,
+                group=f"{self.group_prefix}.{v.name}",
             )
         return self._materializers[view]
 
@@ -219,6 +226,21 @@ class FeatureStore:
         """Bring the online store up to date with the log; return what each view consumed."""
         names = list(views) if views is not None else list(self._views)
         return {n: self.materializer(n).run_until_caught_up() for n in names}
+
+    def replica(self, features: Sequence[str], *, name: str) -> FeatureStore:
+        """An in-process copy of the views ``features`` read: the same definitions over the
+        same log, materialized into its own ``memory://`` online store (progress mirrored to
+        the consumer groups ``keel-replica.NAME.VIEW``). A path that must not wait on the
+        shared online store — a remote Redis, a SQLite file under load — reads this; keep it
+        current with :meth:`follow`."""
+        views = list(dict.fromkeys(v.name for v, _ in self.resolve(features)))
+        return FeatureStore(
+            self.log,
+            views=[self.view(v) for v in views],
+            online="memory://",
+            offline=self.offline,
+            group_prefix=f"keel-replica.{name}",
+        )
 
     def follow(self, stop: threading.Event, interval_s: float = 0.2) -> None:
         """Materialize every view until ``stop`` is set (for servers on ``memory://``)."""

@@ -114,6 +114,7 @@ class Route:
         self.config = config
         self.current = deployed
         self.fast = fast
+        self.fast_path: Any = None  # a FastPath: fast's own thread and feature replica
         self.batcher: Any = None
         self.swap_lock = threading.Lock()
         self.last_error: str | None = None

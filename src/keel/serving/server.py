@@ -25,6 +25,7 @@ from keel.errors import (
 from keel.runtimes.recommend import is_recommender
 from keel.serving.batcher import Batcher
 from keel.serving.explaining import Explanations
+from keel.serving.fast_path import FastPath
 from keel.serving.predictions import PredictionLog, prediction_columns
 from keel.serving.retrieval import USER, check_route
 from keel.serving.routes import (
@@ -141,6 +142,7 @@ class InferenceServer:
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._follower: threading.Thread | None = None
+        self._replicas: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.explanations = Explanations(self)
         #: Routes with no model version to serve yet, and why.
@@ -181,6 +183,10 @@ class InferenceServer:
             fast = load(cfg.fast_path.model, self.registry, device="cpu", indexes=self.indexes)
         route = Route(cfg, deployed, fast)
         route.features_at = self.features_at
+        if cfg.fast_path is not None and fast is not None:
+            route.fast_path = FastPath(
+                cfg.name, cfg.fast_path, fast, self.features, features_at=self.features_at
+            )
         if cfg.features and self.features is not None:
             route.join_keys = list(
                 dict.fromkeys(v.entity.join_key for v, _ in self.features.resolve(cfg.features))
@@ -206,6 +212,8 @@ class InferenceServer:
             asyncio.run_coroutine_threadsafe(old.batcher.drain(), self._loop)
         if old is not None and old.predictions is not None:
             old.predictions.close()
+        if old is not None and old.fast_path is not None:
+            old.fast_path.close()
         self.explanations.follow(route)
         return route
 
@@ -262,6 +270,27 @@ class InferenceServer:
                 target=self._watch, name="keel-registry-watch", daemon=True
             )
             self._watcher.start()
+        if self.log is not None:
+            self._replicas = threading.Thread(
+                target=self._follow_replicas, name="keel-fast-replicas", daemon=True
+            )
+            self._replicas.start()
+
+    def _follow_replicas(self, interval_s: float = 0.05) -> None:
+        """Keep every fast path's feature replica current with the log (routes added
+        later included)."""
+        while not self._watch_stop.is_set():
+            moved = 0
+            for route in list(self.routes.values()):
+                fast = route.fast_path
+                if fast is None:
+                    continue
+                try:
+                    moved += fast.catch_up()
+                except Exception:
+                    logger.exception("route %s: the fast path's replica failed", route.name)
+            if not moved:
+                self._watch_stop.wait(interval_s)
 
     async def stop(self) -> None:
         self._watch_stop.set()
@@ -275,6 +304,8 @@ class InferenceServer:
                 await asyncio.to_thread(route.shadow_runner.close)
             if route.predictions is not None:
                 await asyncio.to_thread(route.predictions.close)
+            if route.fast_path is not None:
+                route.fast_path.close()
 
     def route(self, name: str) -> Route:
         try:
@@ -320,27 +351,13 @@ class InferenceServer:
         version = route.current.version
         status = "ok"
         try:
-            fast = route.config.fast_path
-            if (
-                fast is not None
-                and route.fast is not None
-                and deadline_ms is not None
-                and deadline_ms < fast.below_ms
-            ):
-                fast_route = Route(
-                    RouteConfig(name=name, model=fast.model, features=fast.features), route.fast
-                )
-                fast_route.features_at = route.features_at
-                result = await asyncio.to_thread(
-                    run_batch, fast_route, [payload], self.features, route.fast
-                )
-                answer = result[0]
-                if isinstance(answer, BaseException):
-                    raise answer
+            fast = route.fast_path
+            if fast is not None and fast.takes(deadline_ms):
+                answer = await fast.answer(payload)
                 # Another model with its own inputs: not the route's version that the
                 # prediction log, the monitor and a shadow comparison are about.
                 version = answer.version
-                return Prediction(answer.outputs, answer.version, answer.staleness)
+                return answer
             else:
                 self.metrics.queue_depths({name: route})
                 outputs, version, stale, used = await route.batcher.submit(
@@ -503,4 +520,6 @@ class InferenceServer:
             logger.exception("route %s: fast path %s failed to load; keeping it", route.name, model)
             return
         route.fast = fresh
+        if route.fast_path is not None:
+            route.fast_path.deployed = fresh
         logger.info("route %s: fast path now %s", route.name, fresh.version)
