@@ -3,7 +3,10 @@ route's prediction log, monitor and shadow are about."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 import time
+from datetime import UTC, datetime
 
 import httpx
 import lightgbm
@@ -82,15 +85,18 @@ def test_fast_answers_stay_out_of_the_prediction_log_and_the_shadow(
     assert shadowed == 4  # the four relaxed requests, none of the fast ones
 
 
+def _fast_server(world, fraud_server):
+    """The fraud route with a fast path of fraud_small@1 on the card view."""
+    _small(world, 4, ["card__count_1h", "card__amount_1d", "amount"])
+    return fraud_server(
+        fast_path=FastPathConfig(model="fraud_small@1", features=["card"], below_ms=20)
+    )
+
+
 def test_the_fast_path_reads_its_own_replica_kept_current_from_the_log(
     fraud_server, world, running, wait_until
 ) -> None:
-    from datetime import UTC, datetime
-
-    _small(world, 4, ["card__count_1h", "card__amount_1d", "amount"])
-    server = fraud_server(
-        fast_path=FastPathConfig(model="fraud_small@1", features=["card"], below_ms=20)
-    )
+    server = _fast_server(world, fraud_server)
     fast = server.routes["fraud"].fast_path
     assert fast.features is not None and fast.features is not server.features
     card = world.rows[0]["card_id"]
@@ -125,12 +131,7 @@ def test_the_fast_path_reads_its_own_replica_kept_current_from_the_log(
 def test_a_stalled_main_route_does_not_hold_up_the_fast_path(
     fraud_server, world, running, wait_until
 ) -> None:
-    import threading
-
-    _small(world, 4, ["card__count_1h", "card__amount_1d", "amount"])
-    server = fraud_server(
-        fast_path=FastPathConfig(model="fraud_small@1", features=["card"], below_ms=20)
-    )
+    server = _fast_server(world, fraud_server)
     # The shared online store stalls (a Redis under load, a locked SQLite file): every
     # lookup of the main route waits on it.
     release, entered = threading.Event(), threading.Event()
@@ -143,15 +144,16 @@ def test_a_stalled_main_route_does_not_hold_up_the_fast_path(
 
     server.features.get_online = stalled
     rows = {"rows": [world.rows[0]]}
-    with running(create_app(server)) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        import concurrent.futures
-
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            slow = pool.submit(c.post, "/v1/routes/fraud/predict", json=rows)
-            wait_until(entered.is_set, "the main route to reach the stalled store")
-            for _ in range(5):
-                r = c.post("/v1/routes/fraud/predict", json=rows, headers=STRICT)
-                assert r.status_code == 200 and r.json()["version"] == "fraud_small@1"
-            assert not slow.done()  # the main route is still held
-            release.set()
-            assert slow.result(30).json()["version"] == "fraud@1"
+    with (
+        running(create_app(server)) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as c,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        slow = pool.submit(c.post, "/v1/routes/fraud/predict", json=rows)
+        wait_until(entered.is_set, "the main route to reach the stalled store")
+        for _ in range(5):
+            r = c.post("/v1/routes/fraud/predict", json=rows, headers=STRICT)
+            assert r.status_code == 200 and r.json()["version"] == "fraud_small@1"
+        assert not slow.done()  # the main route is still held
+        release.set()
+        assert slow.result(30).json()["version"] == "fraud@1"
