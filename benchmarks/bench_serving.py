@@ -12,6 +12,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,22 @@ ROUTES = """
 [[routes]]
 name = "embed"
 model = "builtin:all-MiniLM-L6-v2"
+max_batch_size = {embed_batch}
+max_wait_ms = 10
+threads = 2
+
+[[routes]]
+name = "embed-onnx"
+model = "builtin:all-MiniLM-L6-v2"
+runtime = "onnx"
+max_batch_size = {embed_batch}
+max_wait_ms = 10
+threads = 2
+
+[[routes]]
+name = "embed-int8"
+model = "builtin:all-MiniLM-L6-v2"
+runtime = "onnx-int8"
 max_batch_size = {embed_batch}
 max_wait_ms = 10
 threads = 2
@@ -183,6 +200,40 @@ def shadow_cpu(proj: Project, copies: int = 5000, rate: float = 1000) -> None:
         runner.close()
 
 
+def runtimes(proj: Project, seconds: float, levels: tuple[int, ...] = (4, 8, 16, 32)) -> None:
+    """The same embed route on torch, ONNX Runtime and ONNX Runtime int8, side by side."""
+    from keel.serving.loadgen import run_load
+
+    names = {"embed": "torch", "embed-onnx": "onnx", "embed-int8": "onnx-int8"}
+    with served(proj, "embed") as (port, cfg):
+        path, bodies = requests_for(proj, cfg, port)
+        results: dict[str, dict[int, Any]] = {}
+        for route in names:
+            route_path = path.replace("/embed/", f"/{route}/")
+            run_load("127.0.0.1", port, route_path, bodies, concurrency=4, seconds=1.0)
+            results[route] = {
+                level: run_load(
+                    "127.0.0.1", port, route_path, bodies, concurrency=level, seconds=seconds
+                )
+                for level in levels
+            }
+    print("the embed route by runtime (max_batch_size 16, max_wait_ms 10, 2 threads):")
+    print(f"  {'conns':>5} | " + " | ".join(f"{n:>9} req/s  p99 ms" for n in names.values()))
+    for level in levels:
+        cells = [results[r][level] for r in names]
+        print(f"  {level:5d} | " + " | ".join(f"{c.rps:15.0f} {c.pct(99):7.1f}" for c in cells))
+    for bound in (50.0, 100.0):
+        best = {
+            r: max((x.rps for x in results[r].values() if x.pct(99) < bound), default=0.0)
+            for r in names
+        }
+        base = best["embed"] or float("nan")
+        print(
+            f"  best req/s at p99 < {bound:g} ms: "
+            + ", ".join(f"{names[r]} {best[r]:.0f} ({best[r] / base:.2f}x)" for r in names)
+        )
+
+
 def show(title: str, results: dict) -> None:
     print(title)
     print(
@@ -200,7 +251,7 @@ def show(title: str, results: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", choices=["embed", "gbm", "shadow", "shadow-cpu"])
+    ap.add_argument("--only", choices=["embed", "runtimes", "gbm", "shadow", "shadow-cpu"])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--embed-batch", type=int, default=16)
     args = ap.parse_args()
@@ -214,6 +265,8 @@ def main() -> None:
                 f"{args.embed_batch}, max_wait_ms 10) vs one request per forward pass:",
                 results,
             )
+        if args.only in (None, "runtimes"):
+            runtimes(proj, args.seconds)
         if args.only in (None, "gbm"):
             results = run_bench(proj, "gbm", [1, 8, 16, 32, 64], args.seconds)
             show("route gbm (LightGBM 30 features x 200 trees, one row per request):", results)

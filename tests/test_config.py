@@ -52,8 +52,21 @@ def test_keel_toml_in_the_project_folder_is_found(tmp_path: Path) -> None:
         pytest.param(
             '[[routes]]\nname = "fraud"\nmodel = "fraud@1"\nruntime = "onnx"\n',
             {},
-            "runtime 'onnx' cannot be chosen",
+            "runtime 'onnx' is for builtin text models",
             id="route-runtime",
+        ),
+        pytest.param(
+            '[[routes]]\nname = "e"\nmodel = "builtin:all-MiniLM-L6-v2"\nruntime = "tensorrt"\n',
+            {},
+            "unknown runtime 'tensorrt'; one of auto, torch, onnx, onnx-int8",
+            id="route-runtime-unknown",
+        ),
+        pytest.param(
+            '[[routes]]\nname = "e"\nmodel = "builtin:all-MiniLM-L6-v2"\nruntime = "onnx-int8"'
+            '\ndevice = "cuda"\n',
+            {},
+            "runs on the CPU",
+            id="route-runtime-cuda",
         ),
     ],
 )

@@ -24,3 +24,53 @@ def test_minilm_embeds_meaningfully() -> None:
     # batching does not change an embedding
     alone = emb(["bluetooth earbuds for music"])
     np.testing.assert_allclose(alone[0], vectors[1], atol=1e-5)
+
+
+# Sentences the model was not checked on while choosing the quantization: products, support
+# requests, captions and news, short and long.
+HELD_OUT = [
+    "A man is eating food.",
+    "A man is riding a white horse on an enclosed ground.",
+    "The new movie is awesome",
+    "Wireless noise-cancelling headphones with 30 hours of battery",
+    "How do I reset my password?",
+    "Refund for order 4412 has not arrived",
+    "Stainless steel water bottle, keeps drinks cold for 24 hours",
+    "Two dogs play in the snow near a red barn",
+    "The quarterly revenue grew by 12 percent",
+    "Is this jacket available in size medium?",
+    "Organic green tea, 100 bags",
+    "The train to Munich was delayed by forty minutes",
+    "Best budget laptop for students in 2026",
+    "Please cancel my subscription",
+    "Handmade ceramic coffee mug, blue glaze",
+    "This product broke after two days and support never answered my emails",
+]
+
+
+def test_the_onnx_backends_embed_as_the_packaged_model(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KEEL_CACHE_DIR", str(tmp_path))
+    reference = MiniLM()(HELD_OUT)
+    plain = MiniLM(backend="onnx")(HELD_OUT)
+    np.testing.assert_allclose((reference * plain).sum(1), 1.0, atol=1e-5)
+    int8 = MiniLM(backend="onnx-int8", threads=1)(HELD_OUT)
+    cosine = (reference * int8).sum(1)
+    assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, cosine
+    np.testing.assert_allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
+    # Made once, from the packaged weights, and named by their hash.
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 and files[0].endswith("-onnx-int8.onnx"), files
+    made = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    again = MiniLM(backend="onnx-int8")(HELD_OUT[:2])
+    # Activations are quantized per batch: batch-mates move an embedding, a little.
+    assert ((again * int8[:2]).sum(1) >= 0.99).all()
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == made
+
+
+def test_an_unknown_backend_is_refused_by_name() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown text backend 'tensorrt'"):
+        MiniLM(backend="tensorrt")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        MiniLM(backend="onnx", device="cuda")

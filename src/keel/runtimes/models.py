@@ -25,14 +25,18 @@ class TextEmbeddingRuntime(Runtime):
 
     platform = "pytorch_transformers"
 
-    def __init__(self, *, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self, *, device: str = "cpu", threads: int | None = None, backend: str = "torch"
+    ) -> None:
         from keel.embeddings import MiniLM
 
         if threads is not None:
             import torch
 
             torch.set_num_threads(threads)
-        self.model = MiniLM(device=device, batch_size=256)
+        self.model = MiniLM(device=device, batch_size=256, backend=backend, threads=threads)
+        if backend != "torch":
+            self.platform = "onnxruntime_onnx"
         self.inputs = [TensorSpec("text", "BYTES", (-1,))]
         self.outputs = [TensorSpec("embedding", "FP32", (-1, self.model.dim))]
         self.feature_names = []

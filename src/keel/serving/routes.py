@@ -82,15 +82,20 @@ def load(
     device: str = "cpu",
     threads: int | None = None,
     indexes: Any = None,
+    backend: str = "auto",
 ) -> Deployed:
     """Load and warm ``model`` (a registry reference or a builtin). A recommender comes with
     its version's vector index from ``indexes`` (an :class:`~keel.index.IndexStore`), or one
-    built from its own catalogue when that version has none published."""
+    built from its own catalogue when that version has none published. ``backend`` chooses
+    how a builtin text model runs (``torch``, ``onnx``, ``onnx-int8``; ``auto``: torch); a
+    registered model runs in its format's runtime."""
     if model.startswith("builtin:"):
         name = model.split(":", 1)[1]
         if name != BUILTIN_TEXT:
             raise NotFoundError(f"no builtin model {name!r}; builtins: {BUILTIN_TEXT}")
-        runtime: Runtime = TextEmbeddingRuntime(device=device, threads=threads)
+        runtime: Runtime = TextEmbeddingRuntime(
+            device=device, threads=threads, backend="torch" if backend == "auto" else backend
+        )
         version = name
     else:
         if registry is None:

@@ -220,7 +220,12 @@ class InferenceServer:
     def load_for(self, cfg: RouteConfig, model: str) -> Deployed:
         """Load and warm ``model`` for route ``cfg``, and check that the route can serve it."""
         deployed = load(
-            model, self.registry, device=cfg.device, threads=cfg.threads, indexes=self.indexes
+            model,
+            self.registry,
+            device=cfg.device,
+            threads=cfg.threads,
+            indexes=self.indexes,
+            backend=cfg.runtime,
         )
         if is_recommender(deployed.runtime):
             check_route(cfg, deployed.runtime, self._joined(cfg), self.features)
