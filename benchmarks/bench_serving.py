@@ -1,7 +1,8 @@
 """Serving benchmarks: the all-MiniLM-L6-v2 route and a LightGBM route (30 features, 200
 trees), each as configured (micro-batched) and served one request per forward pass.
 
-Run: ``make bench`` or ``.venv/bin/python benchmarks/bench_serving.py [--only embed|gbm]``.
+Run: ``make bench`` or ``.venv/bin/python benchmarks/bench_serving.py [--only
+embed|runtimes|gbm]`` (``runtimes``: the embed route on torch, onnx and onnx-int8 side by side).
 Starts ``keel serve`` in a subprocess and drives it with Keel's lean load generator from the
 same machine (``keel bench`` does the same for any configured route).
 """
@@ -23,22 +24,6 @@ ROUTES = """
 [[routes]]
 name = "embed"
 model = "builtin:all-MiniLM-L6-v2"
-max_batch_size = {embed_batch}
-max_wait_ms = 10
-threads = 2
-
-[[routes]]
-name = "embed-onnx"
-model = "builtin:all-MiniLM-L6-v2"
-runtime = "onnx"
-max_batch_size = {embed_batch}
-max_wait_ms = 10
-threads = 2
-
-[[routes]]
-name = "embed-int8"
-model = "builtin:all-MiniLM-L6-v2"
-runtime = "onnx-int8"
 max_batch_size = {embed_batch}
 max_wait_ms = 10
 threads = 2
@@ -202,10 +187,19 @@ def shadow_cpu(proj: Project, copies: int = 5000, rate: float = 1000) -> None:
 
 def runtimes(proj: Project, seconds: float, levels: tuple[int, ...] = (4, 8, 16, 32)) -> None:
     """The same embed route on torch, ONNX Runtime and ONNX Runtime int8, side by side."""
+    import msgspec
+
     from keel.serving.loadgen import run_load
 
     names = {"embed": "torch", "embed-onnx": "onnx", "embed-int8": "onnx-int8"}
     with served(proj, "embed") as (port, cfg):
+        for route, runtime in names.items():
+            if route != cfg.name:  # the same route, another runtime, added at run time
+                post(
+                    port,
+                    "/v1/routes",
+                    {**msgspec.to_builtins(cfg), "name": route, "runtime": runtime},
+                )
         path, bodies = requests_for(proj, cfg, port)
         results: dict[str, dict[int, Any]] = {}
         for route in names:
