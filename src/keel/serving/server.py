@@ -275,7 +275,7 @@ class InferenceServer:
                 target=self._watch, name="keel-registry-watch", daemon=True
             )
             self._watcher.start()
-        if self.log is not None:
+        if self.features is not None:  # fast paths' replicas follow the features' log
             self._replicas = threading.Thread(
                 target=self._follow_replicas, name="keel-fast-replicas", daemon=True
             )
