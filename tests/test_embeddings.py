@@ -55,11 +55,11 @@ def test_the_onnx_backends_embed_as_the_packaged_model(tmp_path, monkeypatch) ->
     np.testing.assert_allclose((reference * plain).sum(1), 1.0, atol=1e-5)
     int8 = MiniLM(backend="onnx-int8", threads=1)(HELD_OUT)
     cosine = (reference * int8).sum(1)
-    assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, cosine
+    assert cosine.min() >= 0.99, cosine
     np.testing.assert_allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
     # Made once, from the packaged weights, and named by their hash.
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == 2 and files[0].endswith("-onnx-int8.onnx"), files
+    assert len(files) == 2 and files[0].endswith("-onnx-int8-pc-ffn32.onnx"), files
     made = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     again = MiniLM(backend="onnx-int8")(HELD_OUT[:2])
     # Activations are quantized per batch: batch-mates move an embedding, a little.

@@ -112,7 +112,9 @@ class MiniLM:
             _atomic(plain, lambda tmp: _export(self._model, self._tokenizer, tmp))
         if self.backend == "onnx":
             return plain
-        quantized = root / f"{stem}-onnx-int8.onnx"
+        # Named by the recipe too (per channel, FFN outputs in float32): a file made another
+        # way is never taken for it.
+        quantized = root / f"{stem}-onnx-int8-pc-ffn32.onnx"
         if not quantized.exists():
             _atomic(quantized, lambda tmp: _quantize(plain, tmp))
         return quantized
@@ -217,15 +219,25 @@ def _export_onnx(torch: Any, encoder: Any, enc: Any, path: Path) -> None:
 
 def _quantize(plain: Path, path: Path) -> None:
     """Dynamic int8: the matrix products' weights per output channel (per tensor lost
-    several points of cosine similarity), activations quantized per batch at run time."""
+    several points of cosine similarity), activations quantized per batch at run time. The
+    feed-forward blocks' output projections stay in float32: their inputs (after GELU) are
+    the widest-ranging activations, and quantizing them cost the worst held-out sentence
+    0.003 of cosine similarity (0.9918 against 0.9949)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    keep = [
+        n.name
+        for n in onnx.load(str(plain)).graph.node
+        if n.op_type == "MatMul" and "/output/dense/" in n.name and "/attention/" not in n.name
+    ]
     quantize_dynamic(
         str(plain),
         str(path),
         weight_type=QuantType.QInt8,
         per_channel=True,
         op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=keep,
     )
 
 
