@@ -86,30 +86,38 @@ class MiniLM:
         return h.hexdigest()
 
     def _load(self) -> None:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-
-        path = str(model_path())
-        self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True)
-        model.eval()
-        self._model = model.to(self.device)
-        self._torch = torch
-        if self.backend != "torch":
+        self._tokenizer = AutoTokenizer.from_pretrained(str(model_path()), local_files_only=True)
+        if self.backend == "torch":
+            self._torch_model()
+        else:
             self._session = _onnx_session(self._onnx_file(), self.threads)
 
+    def _torch_model(self) -> Any:
+        """The packaged model in torch: the torch backend's, and what the ONNX files are
+        exported from (loaded then only, not when they are already made)."""
+        if self._model is None:
+            import torch
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(str(model_path()), local_files_only=True)
+            model.eval()
+            self._model = model.to(self.device)
+            self._torch = torch
+        return self._model
+
     def _onnx_file(self) -> Path:
-        """The backend's ONNX file, made from the loaded model on first use (written to a
+        """The backend's ONNX file, made from the packaged model on first use (written to a
         temporary name, then renamed: a concurrent first use never reads half a file)."""
         root = Path(os.environ.get("KEEL_CACHE_DIR") or Path.home() / ".cache" / "keel")
         root.mkdir(parents=True, exist_ok=True)
         stem = f"all-MiniLM-L6-v2-{self.fingerprint[:16]}"
         plain = root / f"{stem}-onnx.onnx"
         if not plain.exists():
-            _atomic(plain, lambda tmp: _export(self._model, self._tokenizer, tmp))
+            _atomic(plain, lambda tmp: _export(self._torch_model(), self._tokenizer, tmp))
         if self.backend == "onnx":
             return plain
         # Named by the recipe too (per channel, FFN outputs in float32): a file made another
@@ -122,47 +130,34 @@ class MiniLM:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts``; returns a float32 array of shape (len(texts), 384)."""
         with self._lock:
-            if self._model is None:
+            if self._tokenizer is None:
                 self._load()
-            torch = self._torch
             out = np.zeros((len(texts), DIM), dtype=np.float32)
-            if self._session is not None:
-                return self._onnx(texts, out)
             for i in range(0, len(texts), self.batch_size):
                 batch = list(texts[i : i + self.batch_size])
-                enc = self._tokenizer(
-                    batch,
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                enc = {k: v.to(self.device) for k, v in enc.items()}
-                with torch.inference_mode():
-                    hidden = self._model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[i : i + len(batch)] = pooled.cpu().numpy()
+                out[i : i + len(batch)] = self._embed(batch)
             return out
 
-    def _onnx(self, texts: Sequence[str], out: np.ndarray) -> np.ndarray:
-        for i in range(0, len(texts), self.batch_size):
-            batch = list(texts[i : i + self.batch_size])
-            enc = self._tokenizer(
-                batch,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="np",
-            )
+    def _embed(self, batch: list[str]) -> np.ndarray:
+        """One batch: the encoder's last hidden state, mean-pooled over the real tokens and
+        L2-normalized — in torch, or in numpy after ONNX Runtime."""
+        arrays = "pt" if self._session is None else "np"
+        enc = self._tokenizer(
+            batch, padding=True, truncation=True, max_length=self.max_length, return_tensors=arrays
+        )
+        if self._session is not None:
             feed = {k: enc[k].astype(np.int64) for k in _ONNX_INPUTS}
             hidden = self._session.run(None, feed)[0]
             mask = enc["attention_mask"][..., None].astype(np.float32)
             pooled = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
-            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-            out[i : i + len(batch)] = pooled
-        return out
+            return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        torch = self._torch
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        with torch.inference_mode():
+            hidden = self._model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy()
 
 
 def _atomic(path: Path, write: Any) -> None:
