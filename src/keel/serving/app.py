@@ -297,7 +297,7 @@ async def list_routes(request: Request) -> Response:
                 "queue": r.batcher.depth,
                 "features": r.config.features,
                 "last_error": r.last_error,
-                "fast_path": None if r.fast is None else r.fast.version,
+                "fast_path": None if r.fast_path is None else r.fast_path.deployed.version,
                 "canary": None if r.config.canary is None else msgspec.to_builtins(r.config.canary),
                 "shadow": None if r.config.shadow is None else msgspec.to_builtins(r.config.shadow),
             }

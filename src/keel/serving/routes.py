@@ -113,13 +113,10 @@ def load(
 class Route:
     """A configured route with its current model; swapped atomically."""
 
-    def __init__(
-        self, config: RouteConfig, deployed: Deployed, fast: Deployed | None = None
-    ) -> None:
+    def __init__(self, config: RouteConfig, deployed: Deployed) -> None:
         self.config = config
         self.current = deployed
-        self.fast = fast
-        self.fast_path: Any = None  # a FastPath: fast's own thread and feature replica
+        self.fast_path: Any = None  # a FastPath: its own checkpoint, thread and replica
         self.batcher: Any = None
         self.swap_lock = threading.Lock()
         self.last_error: str | None = None

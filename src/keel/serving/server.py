@@ -178,12 +178,10 @@ class InferenceServer:
             deployed = self.load_for(cfg, cfg.model)
         except NotFoundError as exc:
             raise _NoModel(str(exc)) from None
-        fast = None
+        route = Route(cfg, deployed)
+        route.features_at = self.features_at
         if cfg.fast_path is not None:
             fast = load(cfg.fast_path.model, self.registry, device="cpu", indexes=self.indexes)
-        route = Route(cfg, deployed, fast)
-        route.features_at = self.features_at
-        if cfg.fast_path is not None and fast is not None:
             route.fast_path = FastPath(
                 cfg.name, cfg.fast_path, fast, self.features, features_at=self.features_at
             )
@@ -524,7 +522,6 @@ class InferenceServer:
         except Exception:
             logger.exception("route %s: fast path %s failed to load; keeping it", route.name, model)
             return
-        route.fast = fresh
         if route.fast_path is not None:
             route.fast_path.deployed = fresh
         logger.info("route %s: fast path now %s", route.name, fresh.version)
