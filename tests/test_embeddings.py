@@ -26,6 +26,20 @@ def test_minilm_embeds_meaningfully() -> None:
     np.testing.assert_allclose(alone[0], vectors[1], atol=1e-5)
 
 
+def test_concurrent_calls_embed_as_one_at_a_time() -> None:
+    """Threads share the weights and tokenize with their own tokenizers: many at once give
+    exactly what each gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    emb = MiniLM()
+    batches = [HELD_OUT[i : i + 3 + i % 4] for i in range(0, len(HELD_OUT), 2)]
+    alone = [emb(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(emb, batches * 3))
+    for i, got in enumerate(together):
+        np.testing.assert_allclose(got, alone[i % len(batches)], atol=1e-5)
+
+
 # Sentences the model was not checked on while choosing the quantization: products, support
 # requests, captions and news, short and long.
 HELD_OUT = [

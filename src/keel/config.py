@@ -399,6 +399,9 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_wait_ms: float = 10.0
     max_queue: int = 1024
     threads: int | None = None
+    # Model instances: batches in flight at once, each on its own thread (with ``threads``
+    # intra-op threads each). On a CPU route, workers x threads = the cores it may use.
+    workers: int = 1
     features: list[str] = msgspec.field(default_factory=list)
     fast_path: FastPathConfig | None = None
     canary: CanaryConfig | None = None
@@ -431,6 +434,11 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
         if self.max_batch_size < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
             raise ValidationError(f"route {self.name!r}: batch policy values must be positive")
+        if self.workers < 1 or (self.threads is not None and self.threads < 1):
+            raise ValidationError(
+                f"route {self.name!r}: workers and threads must be >= 1 (got workers = "
+                f"{self.workers}, threads = {self.threads})"
+            )
         if not self.model.startswith("builtin:") and "@" not in self.model:
             raise ValidationError(
                 f"route {self.name!r}: model {self.model!r} must be 'name@alias' or "

@@ -12,6 +12,7 @@ weights' hash.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import tempfile
@@ -46,8 +47,9 @@ def model_path() -> Path:
 class MiniLM:
     """all-MiniLM-L6-v2 sentence embeddings: mean-pooled, L2-normalized, 384 dimensions.
 
-    The model loads on first use; calls are thread-safe. ``device`` is ``"cpu"`` or
-    ``"cuda"``.
+    The model loads on first use; calls are thread-safe and run concurrently (each thread
+    tokenizes with its own copy of the tokenizer, whose padding state a shared one would race
+    on; the weights are shared, read-only). ``device`` is ``"cpu"`` or ``"cuda"``.
     """
 
     dim = DIM
@@ -74,6 +76,8 @@ class MiniLM:
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._ready = False
 
     @property
     def fingerprint(self) -> str:
@@ -129,20 +133,26 @@ class MiniLM:
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts``; returns a float32 array of shape (len(texts), 384)."""
-        with self._lock:
-            if self._tokenizer is None:
-                self._load()
-            out = np.zeros((len(texts), DIM), dtype=np.float32)
-            for i in range(0, len(texts), self.batch_size):
-                batch = list(texts[i : i + self.batch_size])
-                out[i : i + len(batch)] = self._embed(batch)
-            return out
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    self._load()
+                    self._ready = True
+        tokenizer = getattr(self._local, "tokenizer", None)
+        if tokenizer is None:
+            with self._lock:
+                tokenizer = self._local.tokenizer = copy.deepcopy(self._tokenizer)
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for i in range(0, len(texts), self.batch_size):
+            batch = list(texts[i : i + self.batch_size])
+            out[i : i + len(batch)] = self._embed(tokenizer, batch)
+        return out
 
-    def _embed(self, batch: list[str]) -> np.ndarray:
+    def _embed(self, tokenizer: Any, batch: list[str]) -> np.ndarray:
         """One batch: the encoder's last hidden state, mean-pooled over the real tokens and
         L2-normalized — in torch, or in numpy after ONNX Runtime."""
         arrays = "pt" if self._session is None else "np"
-        enc = self._tokenizer(
+        enc = tokenizer(
             batch, padding=True, truncation=True, max_length=self.max_length, return_tensors=arrays
         )
         if self._session is not None:

@@ -248,3 +248,62 @@ def test_a_drained_batcher_answers_everything_queued_and_running(wait_until_asyn
     answers, late = asyncio.run(go())
     assert answers == [i * 2 for i in range(7)] and sum(sizes) == 7
     assert "replaced" in str(late)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_workers_keep_that_many_batches_in_flight(workers: int, wait_until_async) -> None:
+    """``workers`` batches run at once, each on its own thread; never more."""
+    lock = threading.Lock()
+    now_running: list[int] = [0]
+    most: list[int] = [0]
+    threads: set[str] = set()
+    gate = threading.Event()
+
+    def held(payloads):
+        with lock:
+            now_running[0] += 1
+            most[0] = max(most[0], now_running[0])
+            threads.add(threading.current_thread().name)
+        gate.wait(5)
+        with lock:
+            now_running[0] -= 1
+        return [p * 10 for p in payloads]
+
+    async def go() -> list[int]:
+        b = Batcher(held, max_batch_size=2, max_wait_ms=0, workers=workers)
+        tasks = [asyncio.create_task(b.submit(i)) for i in range(12)]
+        await wait_until_async(
+            lambda: now_running[0] == workers,
+            lambda: f"{workers} batches running at once ({now_running[0]} are)",
+        )
+        # The rest wait for a free worker rather than starting a batch of their own.
+        await asyncio.sleep(0.05)
+        assert now_running[0] == workers
+        gate.set()
+        out = await asyncio.gather(*tasks)
+        await b.close()
+        return out
+
+    assert asyncio.run(go()) == [i * 10 for i in range(12)]
+    assert most[0] == workers
+    assert len(threads) == workers
+
+
+def test_drain_answers_the_batches_in_flight_on_every_worker() -> None:
+    def slow(payloads):
+        time.sleep(0.05)
+        return [p + 1 for p in payloads]
+
+    async def go() -> list[int]:
+        b = Batcher(slow, max_batch_size=2, max_wait_ms=0, workers=2)
+        tasks = [asyncio.create_task(b.submit(i)) for i in range(9)]
+        await asyncio.sleep(0.01)
+        await b.drain(timeout_s=10)
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(go()) == [i + 1 for i in range(9)]
+
+
+def test_workers_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        Batcher(doubling, workers=0)

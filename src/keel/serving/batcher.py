@@ -3,7 +3,12 @@
 * An idle model runs a request at once; under load, requests gather while a batch runs and
   the next batch takes them all (up to ``max_batch_size``), waiting at most ``max_wait_ms``
   from its oldest request — and no longer than one forward pass takes — to fill up.
-* The forward pass runs on the route's own worker thread, never on the event loop.
+* The forward pass runs on the route's own worker thread, never on the event loop. A route
+  with ``workers`` > 1 keeps that many batches in flight, each on its own thread (model
+  instances, as Triton's instance groups): while one batch runs its forward pass, the next
+  is gathered, tokenized and started on the other thread, and the one before has its answers
+  encoded on the event loop — so no core waits for another stage. ``run_batch`` must then be
+  safe to call from several threads at once (Keel's runtimes are).
 * A bounded queue sheds load: a request that cannot be started before its deadline, or that
   finds the queue full, is refused at once (:class:`Overloaded`, HTTP 503 + Retry-After)
   instead of timing out later. Higher ``priority`` requests are taken first.
@@ -68,9 +73,10 @@ class Batcher:
         max_queue: int = 1024,
         name: str = "",
         on_batch: Callable[[int, float], None] | None = None,
+        workers: int = 1,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_ms >= 0")
+        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or workers < 1:
+            raise ValueError("max_batch_size, max_queue and workers must be >= 1, max_wait_ms >= 0")
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
@@ -79,9 +85,12 @@ class Batcher:
         self.on_batch = on_batch
         self._heap: list[_Item] = []
         self._seq = itertools.count()
+        self.workers = workers
         self._wake: asyncio.Event | None = None
+        self._free: asyncio.Semaphore | None = None  # one permit per idle worker
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"keel-batch-{name}")
+        self._running: set[asyncio.Task[None]] = set()  # batches in flight
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"keel-batch-{name}")
         self._draining = False
         self._closed = False
         self._batch_s = 0.0  # moving average of one forward pass, for shedding decisions
@@ -99,7 +108,7 @@ class Batcher:
     def estimated_wait_s(self, position: int | None = None) -> float:
         """How long a request entering now would wait before its batch finishes."""
         ahead = self.depth if position is None else position
-        return (ahead // self.max_batch_size + 1) * max(self._batch_s, 1e-4)
+        return (ahead // (self.max_batch_size * self.workers) + 1) * max(self._batch_s, 1e-4)
 
     async def submit(
         self, payload: Any, *, deadline_s: float | None = None, priority: int = 0
@@ -137,6 +146,7 @@ class Batcher:
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
+            self._free = asyncio.Semaphore(self.workers)
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def drain(self, timeout_s: float = 60.0) -> None:
@@ -157,6 +167,10 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._running):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for item in self._heap:
             if not item.future.done():
                 item.future.set_exception(Overloaded(f"route {self.name!r} is closing", 1.0))
@@ -164,14 +178,16 @@ class Batcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _loop(self) -> None:
-        assert self._wake is not None
-        loop = asyncio.get_running_loop()
+        assert self._wake is not None and self._free is not None
         while True:
             while not self._heap:
                 if self._draining:
+                    if self._running:
+                        await asyncio.wait(list(self._running))
                     return
                 self._wake.clear()
                 await self._wake.wait()
+            await self._free.acquire()  # a worker is idle: gather its batch
             batch = self._take()
             if len(batch) < self.max_batch_size and self._heap == [] and len(batch) > 1:
                 # Under load but not full: wait for more, up to the oldest request's window —
@@ -190,25 +206,37 @@ class Batcher:
                     batch += self._take(self.max_batch_size - len(batch))
             live = self._drop_expired(batch)
             if not live:
+                self._free.release()
                 continue
-            started = time.monotonic()
-            try:
-                results = await loop.run_in_executor(self._executor, self._run, live)
-            except Exception as exc:  # the executor itself failed: fail this batch only
-                results = [exc] * len(live)
-            elapsed = time.monotonic() - started
-            self._batch_s = elapsed if not self._batch_s else 0.8 * self._batch_s + 0.2 * elapsed
-            each = elapsed / len(live)
-            self._item_s = each if not self._item_s else 0.8 * self._item_s + 0.2 * each
-            if self.on_batch is not None:
-                self.on_batch(len(live), elapsed)
-            for item, result in zip(live, results, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
+            task = asyncio.get_running_loop().create_task(self._dispatch(live))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _dispatch(self, live: list[_Item]) -> None:
+        """Run one batch on a worker thread and answer its requests."""
+        assert self._free is not None
+        started = time.monotonic()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run, live
+            )
+        except Exception as exc:  # the executor itself failed: fail this batch only
+            results = [exc] * len(live)
+        finally:
+            self._free.release()
+        elapsed = time.monotonic() - started
+        self._batch_s = elapsed if not self._batch_s else 0.8 * self._batch_s + 0.2 * elapsed
+        each = elapsed / len(live)
+        self._item_s = each if not self._item_s else 0.8 * self._item_s + 0.2 * each
+        if self.on_batch is not None:
+            self.on_batch(len(live), elapsed)
+        for item, result in zip(live, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
 
     def _take(self, limit: int | None = None) -> list[_Item]:
         n = min(limit or self.max_batch_size, len(self._heap))

@@ -255,6 +255,7 @@ class InferenceServer:
             max_queue=cfg.max_queue,
             name=cfg.name + suffix,
             on_batch=on_batch,
+            workers=cfg.workers if cfg.batching else 1,
         )
 
     async def start(self) -> None:
