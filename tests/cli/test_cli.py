@@ -316,3 +316,41 @@ def test_apply_names_what_is_wrong_with_a_model(project_dir: Path) -> None:
     result = keel(project_dir, "apply")
     assert result.exit_code == 1
     assert "model 'fraud'" in result.output and "did you mean 'user_activity'" in result.output
+
+
+def test_serve_fast_only_answers_from_its_own_model_and_replica(
+    shop_project: Path, running
+) -> None:
+    """``keel serve --fast-only`` (what ``--fast-port`` starts): the fast path's checkpoint,
+    unbatched, on an in-process replica of its views that follows the log."""
+    import httpx
+
+    from keel.cli.serve import build_fast_server, requests_for
+    from keel.errors import ValidationError
+    from keel.serving import create_app
+
+    assert keel(shop_project, "train", "fraud").exit_code == 0
+    project = Project.load(shop_project / "keel.toml")
+    with pytest.raises(ValidationError, match=r"no fast path to serve among the routes \(fraud"):
+        build_fast_server(project, ["fraud"])
+    project.registry.set_alias("fraud", "fast", 1)
+    toml = shop_project / "keel.toml"
+    text = toml.read_text()
+    fraud = text.index('name = "fraud"')
+    after = text.index("[[routes]]", fraud)  # the fraud route's block ends here
+    block = (
+        '[routes.fast_path]\nmodel = "fraud@fast"\nfeatures = ["card_payments", "user_activity"]\n'
+    )
+    toml.write_text(text[:after] + block + "\n" + text[after:])
+    project = Project.load(toml)
+    server = build_fast_server(project, ["fraud"])
+    assert list(server.routes) == ["fraud"] and server.routes["fraud"].batcher.max_batch_size == 1
+    replica = server.features
+    assert replica is not project.features and type(replica.online).__name__.startswith("Memory")
+    with running(create_app(server)) as srv, httpx.Client(base_url=srv.url) as client:
+        path, bodies = requests_for(project, server.configs["fraud"], srv.port)
+        r = client.post(path, content=bodies[0], headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == "fraud@1"
+    topic = replica.view("card_payments").source.topic
+    assert "keel-replica.fast.card_payments" in project.log.groups(topic)

@@ -52,11 +52,68 @@ def build_server(proj: Project, only: list[str] | None = None, *, clock: Any = N
     return server
 
 
+def _fast_routes(proj: Project, only: list[str] | None) -> list[Any]:
+    """The routes (among ``only``) that have a fast path; a clear error when none has."""
+    routes = [r for r in proj.settings.routes if not only or r.name in only]
+    fast = [r for r in routes if r.fast_path is not None]
+    if not fast:
+        names = ", ".join(r.name for r in routes) or "none"
+        raise ValidationError(
+            f"no fast path to serve among the routes ({names}): add [routes.fast_path] "
+            "with the small model (and the views it reads) to a route in keel.toml"
+        )
+    return fast
+
+
+def build_fast_server(proj: Project, only: list[str] | None = None) -> Any:
+    """The routes' fast paths as a server of their own (``keel serve --fast-only``): each
+    route answers, unbatched, on its fast path's checkpoint, reading an in-process replica of
+    the views it needs that this process keeps current from the log — nothing it shares with
+    the main server's process but the log and the registry."""
+    from keel.config import RouteConfig
+    from keel.serving import InferenceServer
+
+    configs = [
+        RouteConfig(
+            name=r.name,
+            model=r.fast_path.model,
+            features=list(r.fast_path.features),
+            batching=False,
+            max_queue=r.max_queue,
+        )
+        for r in _fast_routes(proj, only)
+        if r.fast_path is not None
+    ]
+    views = [f for c in configs for f in c.features]
+    replica = proj.features.replica(views, name="fast") if views else None
+    if replica is not None:
+        replica.materialize()  # caught up before the first answer
+    server = InferenceServer(
+        configs,
+        registry=proj.registry,
+        features=replica,
+        log_=proj.log,  # the registry's events: the fast model's alias moves hot-swap it
+        follow_features=replica is not None,
+        indexes=proj.indexes,
+    )
+    server.load_all()
+    return server
+
+
 def serve(
     ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", help="address to bind"),
     port: int = typer.Option(8000, help="port"),
     route: list[str] = typer.Option(None, "--route", help="serve only these routes"),
+    fast_port: int | None = typer.Option(
+        None,
+        help="also serve the routes' fast paths on this port, from a process of their own "
+        "(its own model, its own replica of the features): a saturated main route does not "
+        "slow them",
+    ),
+    fast_only: bool = typer.Option(
+        False, help="serve only the routes' fast paths (what --fast-port starts)"
+    ),
 ) -> None:
     """Serve the configured routes: Open Inference Protocol v2, /v1/routes, /metrics."""
     import uvicorn
@@ -64,17 +121,21 @@ def serve(
     from keel.serving import create_app
 
     proj = project(ctx)
-    server = build_server(proj, route or None)
+    if fast_only:
+        server = build_fast_server(proj, route or None)
+    else:
+        server = build_server(proj, route or None)
     auth = proj.settings.auth.with_env()
     names = ", ".join(f"{r.name} ({r.current.version})" for r in server.routes.values())
-    console.print(f"serving {names} on http://{host}:{port}")
+    kind = "fast paths of " if fast_only else ""
+    console.print(f"serving {kind}{names} on http://{host}:{port}")
     if not auth.tokens:
         console.print(
             "[yellow]no \\[auth] tokens: anyone who reaches this address may change routes and "
             "traffic[/] (keel token new NAME --role operator makes one)"
         )
     stop = threading.Event()
-    if server.registry is not None:
+    if server.registry is not None and not fast_only:
         # The embedded default runs the controller beside the routes it decides for.
         from keel.controller import Controller
 
@@ -84,6 +145,15 @@ def serve(
             name="keel-controller",
             daemon=True,
         ).start()
+    fast_proc = None
+    if fast_port is not None and not fast_only:
+        _fast_routes(proj, route or None)  # a clear error here rather than a dead child
+        config = Path(proj.settings.project_dir) / "keel.toml"
+        only = [a for r in route or [] for a in ("--route", r)]
+        where = ["--host", host, "--port", str(fast_port)]
+        fast_proc = subprocess.Popen(
+            [sys.executable, "-m", "keel", "-c", str(config), "serve", "--fast-only", *where, *only]
+        )
     try:
         uvicorn.run(
             create_app(server, auth=auth, limits=proj.settings.serve),
@@ -97,6 +167,9 @@ def serve(
         )
     finally:
         stop.set()
+        if fast_proc is not None:
+            fast_proc.terminate()
+            fast_proc.wait(30)
 
 
 def bench(
