@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.keel-installed
 EXTRAS ?= all,dev
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench bench-peers install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_scheduler.py
 	$(BIN)/python benchmarks/bench_jobs_latency.py
 	$(BIN)/python benchmarks/bench_explain.py
+
+# Keel beside its peers (FastAPI, LitServe, Feast, Evidently, scipy, shap), each in its own
+# venv under benchmarks/peers/, built on first use. Never part of `make test`.
+bench-peers: $(STAMP)
+	$(BIN)/python benchmarks/bench_peers.py
 
 clean:
 	rm -rf $(VENV) .keel .pytest_cache
