@@ -1,4 +1,5 @@
-"""``keel traffic`` and ``keel controller``: canaries and shadows, changed while serving."""
+"""``keel traffic``: canaries and shadows, changed while serving; an operator's decisions
+(promote, reject, roll back), taken by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from keel.cli._common import console, friendly
+from keel.cli._common import console, friendly, project
 from keel.serving.client import call
 
 app = typer.Typer(help="Canary splits and shadow comparisons of a running server.")
@@ -138,6 +139,61 @@ def _show(doc: dict[str, Any]) -> None:
     for d in doc.get("decisions", []):
         table.add_row("decision", f"{d['at'][:19]} {d['action']}: {d['reason']}")
     console.print(table)
+
+
+YES = typer.Option(False, "--yes", "-y", help="do not ask for confirmation")
+
+
+def _decide(ctx: typer.Context, route: str, action: str, yes: bool, url: str) -> None:
+    """What ``action`` would do, confirmed, then done as this user: the console's rules
+    (:mod:`keel.controller.operator`)."""
+    import getpass
+
+    from keel.controller.operator import carry_out, propose
+
+    proj = project(ctx)
+    proposal = propose(proj, route, action)
+    console.print(proposal.summary)
+    if not yes and not typer.confirm(f"{action} on route {route}?"):
+        raise typer.Exit(1)
+    decision = carry_out(proj, proposal, by=f"{getpass.getuser()} (keel traffic)", url=url)
+    console.print(f"[green]{decision['reason']}[/]")
+
+
+@app.command("promote")
+@friendly
+def promote(
+    ctx: typer.Context,
+    route: str = typer.Argument(..., help="route name"),
+    yes: bool = YES,
+    url: str = URL,
+) -> None:
+    """Promote the candidate the route's shadow compares: the route's alias moves to it."""
+    _decide(ctx, route, "promote", yes, url)
+
+
+@app.command("reject")
+@friendly
+def reject(
+    ctx: typer.Context,
+    route: str = typer.Argument(..., help="route name"),
+    yes: bool = YES,
+    url: str = URL,
+) -> None:
+    """Reject the candidate the route's shadow compares: it stops being compared."""
+    _decide(ctx, route, "reject", yes, url)
+
+
+@app.command("rollback")
+@friendly
+def rollback(
+    ctx: typer.Context,
+    route: str = typer.Argument(..., help="route name"),
+    yes: bool = YES,
+    url: str = URL,
+) -> None:
+    """Roll the route back to the version it served before its alias last moved."""
+    _decide(ctx, route, "rollback", yes, url)
 
 
 def _ramp(canary: dict[str, Any]) -> str:

@@ -38,7 +38,7 @@ from keel.serving.traffic_log import TrafficIndex
 if TYPE_CHECKING:
     from keel.serving.server import InferenceServer
 
-__all__ = ["SNAPSHOT_S", "TRAFFIC", "UNSET", "TrafficManager"]
+__all__ = ["SNAPSHOT_S", "TRAFFIC", "UNSET", "TrafficManager", "publish", "runtime_traffic"]
 
 #: Traffic settings, shadow evidence snapshots and controller decisions, in order.
 TRAFFIC = Topic(
@@ -51,6 +51,63 @@ SNAPSHOT_S = 2.0  # clock seconds between persisted snapshots of shadow evidence
 UNSET: Any = object()
 
 logger = logging.getLogger(__name__)
+
+
+def publish(log: Any, route: str, kind: str, payload: dict[str, Any], *, at: float) -> None:
+    """One event on the traffic topic of ``log``: what a server writes, and what an operator
+    acting without one (``keel traffic promote``, the console) writes in its place."""
+    log.append(
+        TRAFFIC.name,
+        [
+            {
+                "ts": datetime.fromtimestamp(at, UTC),
+                "route": route,
+                "kind": kind,
+                "payload": json.dumps(payload, default=str),
+            }
+        ],
+    )
+
+
+def runtime_traffic(
+    index: TrafficIndex, cfg: RouteConfig, configured: str | None = None
+) -> tuple[CanaryConfig | None, ShadowConfig | None, str] | None:
+    """The route's last canary and shadow set at runtime, and when they were set, if they win
+    over ``cfg``'s (whose fingerprint is ``configured``; computed when not given): they do
+    while the configured ones are those the setting was made over (see
+    :meth:`~keel.serving.server.InferenceServer.add`). None: the configured ones are served."""
+    if configured is None:
+        configured = traffic_fingerprint(cfg.canary, cfg.shadow)
+    last = index.last(cfg.name, "traffic_set")
+    if last is None:
+        return None
+    if last.get("configured") != configured:
+        logger.info(
+            "route %s: its canary and shadow were set at runtime at %s, over other "
+            "configured ones; serving the configured ones (which changed since)",
+            cfg.name,
+            last["at"],
+        )
+        return None
+    try:
+        canary = None if last["canary"] is None else msgspec.convert(last["canary"], CanaryConfig)
+        shadow = None if last["shadow"] is None else msgspec.convert(last["shadow"], ShadowConfig)
+    except (msgspec.ValidationError, KeelError) as exc:
+        raise ValidationError(
+            f"route {cfg.name!r}: the canary and shadow set at runtime at {last['at']} "
+            f"do not read as settings ({exc}); change the route's canary or shadow in "
+            "keel.toml to serve the file's instead"
+        ) from None
+    if (canary, shadow) != (cfg.canary, cfg.shadow):
+        logger.info(
+            "route %s: serving the canary (%s) and shadow (%s) set at runtime at %s, not "
+            "the configured ones (unchanged since; change them to serve them instead)",
+            cfg.name,
+            "none" if canary is None else f"{canary.model} at {canary.percent:g}%",
+            "none" if shadow is None else shadow.model,
+            last["at"],
+        )
+    return canary, shadow, last["at"]
 
 
 class TrafficManager:
@@ -90,43 +147,7 @@ class TrafficManager:
     def _runtime(
         self, cfg: RouteConfig, configured: str
     ) -> tuple[CanaryConfig | None, ShadowConfig | None, str] | None:
-        """The route's last runtime canary and shadow, and when they were set, if they win
-        over ``cfg``'s (whose fingerprint is ``configured``); see
-        :meth:`~keel.serving.server.InferenceServer.add`."""
-        last = None if self._index is None else self._index.last(cfg.name, "traffic_set")
-        if last is None:
-            return None
-        if last.get("configured") != configured:
-            logger.info(
-                "route %s: its canary and shadow were set at runtime at %s, over other "
-                "configured ones; serving the configured ones (which changed since)",
-                cfg.name,
-                last["at"],
-            )
-            return None
-        try:
-            canary = (
-                None if last["canary"] is None else msgspec.convert(last["canary"], CanaryConfig)
-            )
-            shadow = (
-                None if last["shadow"] is None else msgspec.convert(last["shadow"], ShadowConfig)
-            )
-        except (msgspec.ValidationError, KeelError) as exc:
-            raise ValidationError(
-                f"route {cfg.name!r}: the canary and shadow set at runtime at {last['at']} "
-                f"do not read as settings ({exc}); change the route's canary or shadow in "
-                "keel.toml to serve the file's instead"
-            ) from None
-        if (canary, shadow) != (cfg.canary, cfg.shadow):
-            logger.info(
-                "route %s: serving the canary (%s) and shadow (%s) set at runtime at %s, not "
-                "the configured ones (unchanged since; change them to serve them instead)",
-                cfg.name,
-                "none" if canary is None else f"{canary.model} at {canary.percent:g}%",
-                "none" if shadow is None else shadow.model,
-                last["at"],
-            )
-        return canary, shadow, last["at"]
+        return None if self._index is None else runtime_traffic(self._index, cfg, configured)
 
     def start(self, route: Route, runtime_at: str | None) -> None:
         """Load and check a new route's canary and shadow (``runtime_at``: when they were
@@ -295,17 +316,7 @@ class TrafficManager:
         """An event on the traffic topic (settings, evidence snapshots, decisions)."""
         if self.log is None:
             return
-        self.log.append(
-            TRAFFIC.name,
-            [
-                {
-                    "ts": datetime.fromtimestamp(self.server.clock.now(), UTC),
-                    "route": route,
-                    "kind": kind,
-                    "payload": json.dumps(payload, default=str),
-                }
-            ],
-        )
+        publish(self.log, route, kind, payload, at=self.server.clock.now())
 
     def snapshot(self, route: Route, force: bool = False) -> None:
         """Persist the shadow evidence (at most every SNAPSHOT_S clock seconds)."""
