@@ -378,6 +378,41 @@ def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Wo
         yield world, srv
 
 
+# -- the demo, run once ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DemoRun:
+    """What one small run of the demo produced: its result, what it printed, and the project
+    it kept."""
+
+    result: Any
+    text: str
+    project_dir: Path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The demo at a small size, run once per test session (it takes minutes on two cores):
+    ``test_demo`` checks what it did and printed, the console's browser tests look at the
+    project it leaves behind."""
+    from rich.console import Console
+
+    from keel.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo-run")
+    console = Console(record=True, width=120)
+    result = run_demo(
+        days=14,
+        users=3000,
+        items=200,
+        live_seconds=1.0,
+        live_rate=500,
+        keep=root / "demo",
+        console=console,
+        quick=True,
+    )
+    return DemoRun(result, console.export_text(), root / "demo")
+
+
 # -- waiting for something to happen -----------------------------------------------------------
 # A test that needs another thread, process or task to have reached some point waits for that
 # point itself rather than sleeping and hoping: a fixed sleep is too short on a loaded machine

@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from rich.console import Console
-
-from keel.demo import run_demo
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    console = Console(record=True, width=120)
-    result = run_demo(
-        days=14,
-        users=3000,
-        items=200,
-        live_seconds=1.0,
-        live_rate=500,
-        keep=tmp_path / "demo",
-        console=console,
-        quick=True,
-    )
-    text = console.export_text()
+def test_demo_runs_end_to_end(demo_run: Any) -> None:
+    # The demo runs once per session (tests/conftest.py): the console's browser tests look at
+    # the project it kept.
+    result, text = demo_run.result, demo_run.text
     assert result.read_back == result.appended["shop.events"] > 0
     assert "all there" in text
     assert result.training_rows > 0
     same, total = result.consistent
     assert total > 0 and same == total
-    assert (tmp_path / "demo" / "keel.toml").exists()
+    assert (demo_run.project_dir / "keel.toml").exists()
     # Trained by `keel train`, and retrained from its lineage to the very same bytes; the
     # shop's fraud is hard enough that the model ranks it well, not perfectly. (At the demo's
     # own size the holdout AUC lands in 0.85-0.97; this smaller shop's two-day holdout holds

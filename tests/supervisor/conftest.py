@@ -150,10 +150,11 @@ def keel_up() -> Iterator[Callable[..., Up]]:
 
     def start(config: Path, *args: str) -> Up:
         output = config.parent / "keel-up.out"
-        port = _free_port()
+        port, ui_port = _free_port(), _free_port()
+        command = ["up", "--port", str(port), "--ui-port", str(ui_port), *args]
         with output.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "keel", "-c", str(config), "up", "--port", str(port), *args],
+                [sys.executable, "-m", "keel", "-c", str(config), *command],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "COLUMNS": "200"},

@@ -79,3 +79,17 @@ def test_a_project_without_routes_runs_the_scheduler(tmp_path: Path) -> None:
     (scheduler,) = plan(s, None).components
     assert scheduler.argv == (sys.executable, "-m", "keel", "jobs", "run")
     assert shown(scheduler) == "keel jobs run"
+
+
+def test_the_web_console_runs_beside_the_server_when_given_a_port(tmp_path: Path) -> None:
+    s, path = settings(tmp_path, MONITORED)
+    p = plan(s, path, port=8123, ui_port=8124)
+    assert [c.name for c in p.components][-1] == "ui"
+    ui = p.components[-1]
+    assert shown(ui) == ("keel ui --host 127.0.0.1 --port 8124 --server-url http://127.0.0.1:8123")
+    assert ui.health == HttpReady("http://127.0.0.1:8124/health")
+    assert ui.depends_on == ("server",)
+    assert "ui" not in plan(s, path).notes  # not asked for: not mentioned
+    assert plan(s, path, ui_port=8124, skip=["ui"]).notes["ui"] == "left out by --skip"
+    with pytest.raises(ValidationError, match="cannot both listen on port 8123"):
+        plan(s, path, port=8123, ui_port=8123)

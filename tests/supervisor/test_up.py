@@ -50,6 +50,7 @@ def test_up_restarts_what_is_killed_and_stops_on_sigterm(tmp_path: Path, prepare
         "monitor",
         "scheduler",
         "controller",
+        "ui",
     ]
     assert "memory://" in doc["notes"]["materializer"]
     assert doc["routes_from"] == "server"
@@ -94,6 +95,7 @@ def test_up_restarts_what_is_killed_and_stops_on_sigterm(tmp_path: Path, prepare
         "monitor": 1,
         "scheduler": 1,
         "controller": 1,
+        "ui": 0,
     }
     for name in ("monitor", "scheduler", "controller"):
         kinds = [e.kind for e in read_events(project.log, name)]

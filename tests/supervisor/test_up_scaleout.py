@@ -34,6 +34,7 @@ def test_up_on_redis_and_postgres(
         "materializer",
         "monitor",
         "scheduler",
+        "ui",
     ]
     assert doc["notes"] == {"controller": "left out by --skip"}
     assert doc["routes_from"] == "server" and doc["routes"][0]["serving"] == "fraud@1"

@@ -19,6 +19,7 @@ from keel.cli import serve as serve_cli
 from keel.cli import shop as shop_cli
 from keel.cli import traffic as traffic_cli
 from keel.cli import train as train_cli
+from keel.cli import ui as ui_cli
 from keel.cli import up as up_cli
 from keel.cli._common import console, friendly, project
 from keel.config import Settings
@@ -46,6 +47,7 @@ up_cli.register(app)
 loop_cli.register(app)
 explain_cli.register(app)
 shop_cli.register(app)
+ui_cli.register(app)
 
 
 @app.callback()

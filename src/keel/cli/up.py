@@ -24,15 +24,18 @@ def up(
         None,
         "--only",
         help="run only this component (repeatable): server, materializer, "
-        "monitor, scheduler, controller",
+        "monitor, scheduler, controller, ui",
     ),
     skip: list[str] = typer.Option(None, "--skip", help="leave this component out (repeatable)"),
     seconds: float = typer.Option(0.0, help="stop after this long (0 = until SIGTERM or Ctrl-C)"),
     grace: float = typer.Option(10.0, help="seconds a component has to stop before SIGKILL"),
+    ui_port: int | None = typer.Option(
+        None, "--ui-port", help="port of the web console (default: the server's port + 1)"
+    ),
 ) -> None:
-    """Run the server, materializer, monitor, job scheduler and controller as one supervised
-    set: started in order, health-checked, restarted with backoff when they exit, stopped
-    together on SIGTERM or Ctrl-C. Logs and state.json go to <data_dir>/up."""
+    """Run the server, materializer, monitor, job scheduler, controller and web console as
+    one supervised set: started in order, health-checked, restarted with backoff when they
+    exit, stopped together on SIGTERM or Ctrl-C. Logs and state.json go to <data_dir>/up."""
     from keel.supervisor import Supervisor, plan
     from keel.supervisor.plan import run_dir, shown
 
@@ -46,6 +49,7 @@ def up(
         port=port,
         only=only or (),
         skip=skip or (),
+        ui_port=port + 1 if ui_port is None else ui_port,
     )
     if not chosen.components:
         why = "; ".join(f"{name}: {note}" for name, note in chosen.notes.items())

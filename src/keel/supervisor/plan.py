@@ -1,10 +1,11 @@
 """What ``keel up`` runs for a project: the server, the materializer, the monitor, the job
-scheduler and the controller, each a ``keel`` command on the same ``keel.toml``.
+scheduler, the controller and the web console, each a ``keel`` command on the same
+``keel.toml``.
 
 A component the project has no use for is left out with why: the materializer when the online
 store is ``memory://`` (it lives inside the server, which follows the log itself), the monitor
 when no route has a ``[routes.monitor]`` block, the server and the controller when there are
-no routes.
+no routes; the console when no port is given for it.
 
 Example
 -------
@@ -32,7 +33,7 @@ from keel.supervisor.health import Alive, HealthCheck, HttpReady
 __all__ = ["COMPONENTS", "Plan", "plan", "run_dir", "shown"]
 
 #: Every component ``keel up`` knows, in the order they start.
-COMPONENTS = ("server", "materializer", "monitor", "scheduler", "controller")
+COMPONENTS = ("server", "materializer", "monitor", "scheduler", "controller", "ui")
 
 #: The environment every component gets on top of ``keel up``'s own: output reaches its log
 #: file as it is written, and rich's tables there are not folded at 80 columns.
@@ -59,12 +60,14 @@ def plan(
     skip: Sequence[str] = (),
     controller_args: Sequence[str] = ("--no-traffic",),
     python: str = sys.executable,
+    ui_port: int | None = None,
 ) -> Plan:
     """The components of the project whose settings are ``settings``, read from ``config``
     (None: from ``KEEL_*`` variables alone, which the components inherit).
 
     ``only`` and ``skip`` name components to run or leave out; ``controller_args`` are added
-    to ``keel controller`` (the traffic part of the controller already runs in the server).
+    to ``keel controller`` (the traffic part of the controller already runs in the server);
+    ``ui_port``: where the web console (``keel ui``) listens, on ``host`` (None: no console).
     """
     for name in (*only, *skip):
         if name not in COMPONENTS:
@@ -72,14 +75,18 @@ def plan(
                 f"no component {name!r}{did_you_mean(name, COMPONENTS)}; components: "
                 f"{', '.join(COMPONENTS)}"
             )
-    if not 0 < port < 65536:
-        raise ValidationError(f"port must be within 1..65535, got {port}")
+    for what, number in (("port", port), ("ui port", ui_port)):
+        if number is not None and not 0 < number < 65536:
+            raise ValidationError(f"{what} must be within 1..65535, got {number}")
+    if ui_port == port:
+        raise ValidationError(f"the console and the server cannot both listen on port {port}")
     keel: tuple[str, ...] = (python, "-m", "keel")
     if config is not None:
         keel += ("-c", str(os.path.abspath(config)))
     routes = settings.routes
     local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
+    console = url.rsplit(":", 1)[0] + f":{ui_port}"
     after_server = ("server",) if routes and _wanted("server", only, skip) else ()
 
     def component(
@@ -114,11 +121,20 @@ def plan(
         "controller": component("controller", "controller", "--url", url, *controller_args)
         if routes
         else "no [[routes]] in keel.toml to control",
+        "ui": component(
+            "ui",
+            *("ui", "--host", host, "--port", str(ui_port), "--server-url", url),
+            health=HttpReady(f"{console}/health"),
+        )
+        if ui_port is not None
+        else "no port given for the console",
     }
     components: list[Component] = []
     notes: dict[str, str] = {}
     for name in COMPONENTS:
         found = candidates[name]
+        if name == "ui" and ui_port is None:
+            continue  # not asked for: nothing to say
         if not _wanted(name, only, skip):
             notes[name] = (
                 "left out by --only" if only and name not in only else "left out by --skip"
