@@ -5,7 +5,8 @@ generator with the same request bodies (one 15-word sentence each, KServe v2 JSO
 same sweep of connections:
 
 * Keel: ``keel serve`` with the embed route as configured below (micro-batching, up to 16 per
-  batch, 10 ms window; ``workers`` model instances of ``threads`` torch threads each);
+  batch, 10 ms window), with 2 workers sharing 2 torch threads (the first figures) and with
+  one worker on 2 threads;
 * one forward pass per request: FastAPI + uvicorn, a sync endpoint, torch on both cores;
 * LitServe: dynamic batching, up to 8 per batch, 10 ms window, torch on both cores.
 
@@ -64,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serving-seconds", type=float, default=6.0, help="seconds per level")
     parser.add_argument(
         "--serving-keel",
-        default="2x1,1x2",
+        default="2x2,1x2",
         help="Keel configurations to measure, WORKERSxTHREADS (the first one is compared)",
     )
 
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             port = free_port()
             cmd = [sys.executable, "-m", "keel", "-c", str(root / "keel.toml"), "serve"]
             with server([*cmd, "--port", str(port), "--route", "embed"], port) as proc:
-                label = f"Keel ({workers} workers × {threads} threads)"
+                label = f"Keel ({workers} worker{'s' if workers > 1 else ''}, {threads} threads)"
                 sweeps.append(sweep(label, proc, port, levels, seconds))
     port = free_port()
     with server([str(python), str(SCRIPTS / "serve_fastapi.py"), str(port), "2"], port) as proc:

@@ -40,6 +40,35 @@ def test_concurrent_calls_embed_as_one_at_a_time() -> None:
         np.testing.assert_allclose(got, alone[i % len(batches)], atol=1e-5)
 
 
+def test_concurrent_forward_passes_share_the_intra_op_threads() -> None:
+    """One pass alone runs on every thread it is given; two at once take half each; the
+    survivor gets them all back."""
+    import threading
+
+    import torch
+
+    emb = MiniLM(threads=2)
+    emb(["load the model"])
+    model = emb._model
+    seen: list[int] = []
+    both_in = threading.Barrier(2, timeout=30)
+
+    class Watched(torch.nn.Module):
+        def forward(self, **enc):
+            seen.append(torch.get_num_threads())
+            both_in.wait()
+            return model(**enc)
+
+    emb._model = Watched()
+    threads = [threading.Thread(target=emb, args=([HELD_OUT[i]],)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(seen) == [1, 2]  # the first started on 2, the second on 1 (of 2)
+    assert torch.get_num_threads() == 2
+
+
 # Sentences the model was not checked on while choosing the quantization: products, support
 # requests, captions and news, short and long.
 HELD_OUT = [

@@ -12,13 +12,14 @@ weights' hash.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,8 @@ class MiniLM:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._ready = False
+        self._running = 0  # torch forward passes in flight, sharing the intra-op threads
+        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
     @property
     def fingerprint(self) -> str:
@@ -148,6 +151,27 @@ class MiniLM:
             out[i : i + len(batch)] = self._embed(tokenizer, batch)
         return out
 
+    @contextlib.contextmanager
+    def _sharing_threads(self, torch: Any) -> Iterator[None]:
+        """The CPU's intra-op threads shared among the forward passes in flight: one pass
+        alone uses them all (the lowest latency), two at once take half each (no more
+        threads than cores, where 2 + 2 would thrash), and when one ends the other gets them
+        all back. torch's thread count is process-wide and read as each op starts, so a pass
+        already running follows the change."""
+        if self.device != "cpu":
+            yield
+            return
+        budget = self.threads or self._cores
+        with self._lock:
+            self._running += 1
+            torch.set_num_threads(max(1, budget // self._running))
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                torch.set_num_threads(max(1, budget // max(1, self._running)))
+
     def _embed(self, tokenizer: Any, batch: list[str]) -> np.ndarray:
         """One batch: the encoder's last hidden state, mean-pooled over the real tokens and
         L2-normalized — in torch, or in numpy after ONNX Runtime."""
@@ -163,7 +187,7 @@ class MiniLM:
             return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         torch = self._torch
         enc = {k: v.to(self.device) for k, v in enc.items()}
-        with torch.inference_mode():
+        with self._sharing_threads(torch), torch.inference_mode():
             hidden = self._model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

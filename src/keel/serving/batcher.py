@@ -88,6 +88,7 @@ class Batcher:
         self.workers = workers
         self._wake: asyncio.Event | None = None
         self._free: asyncio.Semaphore | None = None  # one permit per idle worker
+        self._busy = 0  # workers running a batch
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()  # batches in flight
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"keel-batch-{name}")
@@ -188,7 +189,11 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
             await self._free.acquire()  # a worker is idle: gather its batch
-            batch = self._take()
+            # What is queued is shared among the idle workers: a burst that one batch could
+            # swallow whole runs as several smaller batches at once, on every free worker.
+            idle = self.workers - self._busy
+            batch = self._take(min(self.max_batch_size, -(-len(self._heap) // idle)))
+            self._busy += 1
             if len(batch) < self.max_batch_size and self._heap == [] and len(batch) > 1:
                 # Under load but not full: wait for more, up to the oldest request's window —
                 # and never longer than one forward pass takes, which would cost more than
@@ -206,6 +211,7 @@ class Batcher:
                     batch += self._take(self.max_batch_size - len(batch))
             live = self._drop_expired(batch)
             if not live:
+                self._busy -= 1
                 self._free.release()
                 continue
             task = asyncio.get_running_loop().create_task(self._dispatch(live))
@@ -223,6 +229,7 @@ class Batcher:
         except Exception as exc:  # the executor itself failed: fail this batch only
             results = [exc] * len(live)
         finally:
+            self._busy -= 1
             self._free.release()
         elapsed = time.monotonic() - started
         self._batch_s = elapsed if not self._batch_s else 0.8 * self._batch_s + 0.2 * elapsed
