@@ -187,16 +187,20 @@ def _looped(state: Any) -> list[str]:
     return [r.name for r in state.project.settings.routes if r.loop is not None]
 
 
-async def loop_index(request: Request) -> Response:
-    routes = await gathered(request, _looped)
+def _choose(request: Request, routes: list[str], target: str, what: str) -> Response:
+    """A page per route: straight to it when there is one, else a list to choose from."""
     if len(routes) == 1:
-        return RedirectResponse(request.url_for("loop", route=routes[0]), status_code=303)
+        return RedirectResponse(request.url_for(target, route=routes[0]), status_code=303)
     return render(
         request,
         "choose.html",
-        {"routes": routes, "target": "loop", "what": "Loop"},
-        page="loop_index",
+        {"routes": routes, "target": target, "what": what},
+        page=f"{target}_index",
     )
+
+
+async def loop_index(request: Request) -> Response:
+    return _choose(request, await gathered(request, _looped), "loop", "Loop")
 
 
 async def loop(request: Request) -> Response:
@@ -209,15 +213,7 @@ def _explained(state: Any) -> list[str]:
 
 
 async def explain_index(request: Request) -> Response:
-    routes = await gathered(request, _explained)
-    if len(routes) == 1:
-        return RedirectResponse(request.url_for("explain", route=routes[0]), status_code=303)
-    return render(
-        request,
-        "choose.html",
-        {"routes": routes, "target": "explain", "what": "Explanations"},
-        page="explain_index",
-    )
+    return _choose(request, await gathered(request, _explained), "explain", "Explanations")
 
 
 async def explain(request: Request) -> Response:
