@@ -289,6 +289,38 @@ def test_workers_keep_that_many_batches_in_flight(workers: int, wait_until_async
     assert len(threads) == workers
 
 
+def test_a_second_worker_waits_for_a_full_batch(wait_until_async) -> None:
+    """Below a full batch of backlog the running batch keeps the cores; the waiting requests
+    go at once when it ends, as one batch."""
+    sizes: list[int] = []
+    gate = threading.Event()
+    running: list[int] = []
+
+    def held(payloads):
+        running.append(len(payloads))
+        gate.wait(5)
+        return list(payloads)
+
+    async def go() -> None:
+        b = Batcher(
+            held, max_batch_size=8, max_wait_ms=0, workers=2, on_batch=lambda n, s: sizes.append(n)
+        )
+        first = asyncio.create_task(b.submit(0))
+        await wait_until_async(lambda: running == [1], lambda: f"one batch running ({running})")
+        rest = [asyncio.create_task(b.submit(i)) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        assert running == [1]  # 5 waiting, fewer than a batch: no second batch yet
+        more = [asyncio.create_task(b.submit(i)) for i in range(6, 12)]
+        await wait_until_async(lambda: len(running) == 2, lambda: f"a second batch ({running})")
+        assert running == [1, 8]  # a full batch waited: it runs beside the first
+        gate.set()
+        await asyncio.gather(first, *rest, *more)
+        await b.close()
+
+    asyncio.run(go())
+    assert sorted(sizes) == [1, 3, 8]
+
+
 def test_drain_answers_the_batches_in_flight_on_every_worker() -> None:
     def slow(payloads):
         time.sleep(0.05)

@@ -4,11 +4,12 @@
   the next batch takes them all (up to ``max_batch_size``), waiting at most ``max_wait_ms``
   from its oldest request — and no longer than one forward pass takes — to fill up.
 * The forward pass runs on the route's own worker thread, never on the event loop. A route
-  with ``workers`` > 1 keeps that many batches in flight, each on its own thread (model
-  instances, as Triton's instance groups): while one batch runs its forward pass, the next
-  is gathered, tokenized and started on the other thread, and the one before has its answers
-  encoded on the event loop — so no core waits for another stage. ``run_batch`` must then be
-  safe to call from several threads at once (Keel's runtimes are).
+  with ``workers`` > 1 keeps up to that many batches in flight, each on its own thread (model
+  instances, as Triton's instance groups). Another one starts only once a full batch waits
+  behind those running: at moderate load one batch at a time keeps every core for the lowest
+  latency; under a backlog batches run side by side, gathered, tokenized and encoded while
+  the others compute, so no core waits for another stage. ``run_batch`` must then be safe to
+  call from several threads at once (Keel's runtimes are).
 * A bounded queue sheds load: a request that cannot be started before its deadline, or that
   finds the queue full, is refused at once (:class:`Overloaded`, HTTP 503 + Retry-After)
   instead of timing out later. Higher ``priority`` requests are taken first.
@@ -189,10 +190,13 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
             await self._free.acquire()  # a worker is idle: gather its batch
-            # What is queued is shared among the idle workers: a burst that one batch could
-            # swallow whole runs as several smaller batches at once, on every free worker.
-            idle = self.workers - self._busy
-            batch = self._take(min(self.max_batch_size, -(-len(self._heap) // idle)))
+            # Another worker starts only once a full batch waits: until then the batch in
+            # flight keeps every thread (the lowest latency), and the next one is taken the
+            # moment it ends. Under a backlog, batches run side by side and share the cores.
+            while self._busy and len(self._heap) < self.max_batch_size and not self._draining:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = self._take()
             self._busy += 1
             if len(batch) < self.max_batch_size and self._heap == [] and len(batch) > 1:
                 # Under load but not full: wait for more, up to the oldest request's window —
@@ -231,6 +235,8 @@ class Batcher:
         finally:
             self._busy -= 1
             self._free.release()
+            if self._wake is not None:
+                self._wake.set()  # a worker waiting for this one to end may start
         elapsed = time.monotonic() - started
         self._batch_s = elapsed if not self._batch_s else 0.8 * self._batch_s + 0.2 * elapsed
         each = elapsed / len(live)
