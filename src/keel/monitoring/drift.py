@@ -43,6 +43,7 @@ from scipy import stats as sstats
 from scipy.spatial.distance import jensenshannon
 
 from keel.errors import ValidationError, did_you_mean
+from keel.monitoring import ecdf
 
 __all__ = [
     "DriftDetector",
@@ -84,14 +85,28 @@ def ks(reference_sorted: np.ndarray, current: np.ndarray) -> tuple[float, float]
     return _ks(reference_sorted, _Ranks.of(reference_sorted, cur))
 
 
+def _ks_was(
+    ref: np.ndarray, prefix: np.ndarray, centre: float, cur: np.ndarray
+) -> tuple[float, float, float]:
+    """KS statistic, its p-value and the Wasserstein distance of sorted ``cur`` against
+    sorted ``ref``: one compiled merge pass when numba is installed (:mod:`.ecdf`), else
+    from the window's ranks in NumPy."""
+    merge = ecdf.kernel()
+    if merge is None:
+        ranks = _Ranks.of(ref, cur)
+        d, p = _ks(ref, ranks)
+        return d, p, _wasserstein(ref, prefix, centre, ranks)
+    above, below, area = merge(ref, prefix, centre, cur)
+    n, m = len(ref), len(cur)
+    d = max(above, below, 0.0)
+    return d, _ks_pvalue(d, int(np.round(n * m / (n + m)))), float(area)
+
+
 def ks_wasserstein(reference_sorted: np.ndarray, current: np.ndarray) -> tuple[float, float, float]:
     """KS statistic, its p-value and the Wasserstein-1 distance, from the window's places
     in the reference (see :func:`ks`)."""
-    cur = np.sort(current)
-    ranks = _Ranks.of(reference_sorted, cur)
     prefix, centre = _prefix(reference_sorted)
-    d, p = _ks(reference_sorted, ranks)
-    return d, p, _wasserstein(reference_sorted, prefix, centre, ranks)
+    return _ks_was(reference_sorted, prefix, centre, np.sort(current))
 
 
 @dataclass(frozen=True, slots=True)
@@ -746,9 +761,7 @@ class DriftDetector:
         values, dropped = _values_of(col, kind, name, "window", self.categories_.get(name))
         p = was = psi_v = js = counts = None
         if kind == "numeric":
-            ranks = _Ranks.of(self.sorted_[name], values)
-            value, p = _ks(self.sorted_[name], ranks)
-            was = _wasserstein(self.sorted_[name], *self.prefix_[name], ranks)
+            value, p, was = _ks_was(self.sorted_[name], *self.prefix_[name], values)
             counts = _counts(values, self.edges_[name])
         elif kind == "categorical":
             counts = np.bincount(values, minlength=len(self.categories_[name]) + 1)
