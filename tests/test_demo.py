@@ -61,6 +61,7 @@ def test_demo_runs_end_to_end(demo_run: Any) -> None:
         "13. Jobs",
         "14. The loop, unattended",
         "15. Explanations",
+        " ui",  # the summary's way to the web console
     ):
         assert step in text
     # The recommender is trained, then fine-tuned on the drifting shop: each cycle's child is

@@ -243,4 +243,10 @@ def _summary(console: Console, project: Project, result: DemoResult) -> None:
             line += f"; surrogate {result.surrogate_model} R² {result.surrogate_r2:.3f}"
         table.add_row("explain", line)
         table.add_row("", f"keel -c {cfg} explain fraud --row '{{\"card_id\": 1, ...}}'")
+    table.add_row(
+        "console",
+        "routes, lineage graphs, shadows converging, drift over time, queues and the loop's "
+        "trail in a browser (http://127.0.0.1:8001)",
+    )
+    table.add_row("", f"keel -c {cfg} ui")
     console.print(Panel(table, title="Keel so far", expand=False))
