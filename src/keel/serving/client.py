@@ -48,3 +48,8 @@ def call(
         raise err from None
     except urllib.error.URLError as exc:
         raise UnavailableError(f"no Keel server answers at {url}: {exc.reason}") from None
+    except (TimeoutError, ConnectionError) as exc:
+        # Connected, then the answer did not come in time (or the connection dropped): urllib
+        # lets these through unwrapped once the request is sent.
+        why = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc)
+        raise UnavailableError(f"the Keel server at {url} did not answer {path}: {why}") from None
