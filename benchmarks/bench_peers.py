@@ -52,14 +52,17 @@ def table(rows: list[Row]) -> Table:
 
 
 def main() -> None:
+    # The sections asked for first (a section's module, and its imports, load only when it
+    # runs), then the full parser with their options.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--only", default=",".join(SECTIONS))
+    only = [s.strip() for s in pre.parse_known_args()[0].only.split(",") if s.strip()]
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default=",".join(SECTIONS), help="sections, comma-separated")
     parser.add_argument("--quick", action="store_true", help="smaller data, shorter loads")
-    only = [s.strip() for s in parser.parse_known_args()[0].only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {unknown}: choose from {', '.join(SECTIONS)}")
-    # A section's module (and its imports) loads only when it runs.
     modules = {s: importlib.import_module(f"peers_{s}") for s in only}
     for module in modules.values():
         module.add_arguments(parser)
