@@ -88,8 +88,7 @@ class Batcher:
         self._seq = itertools.count()
         self.workers = workers
         self._wake: asyncio.Event | None = None
-        self._free: asyncio.Semaphore | None = None  # one permit per idle worker
-        self._busy = 0  # workers running a batch
+        self._busy = 0  # workers running (or gathering) a batch
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()  # batches in flight
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"keel-batch-{name}")
@@ -148,7 +147,6 @@ class Batcher:
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
-            self._free = asyncio.Semaphore(self.workers)
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def drain(self, timeout_s: float = 60.0) -> None:
@@ -180,7 +178,7 @@ class Batcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _loop(self) -> None:
-        assert self._wake is not None and self._free is not None
+        assert self._wake is not None
         while True:
             while not self._heap:
                 if self._draining:
@@ -189,11 +187,13 @@ class Batcher:
                     return
                 self._wake.clear()
                 await self._wake.wait()
-            await self._free.acquire()  # a worker is idle: gather its batch
-            # Another worker starts only once a full batch waits: until then the batch in
-            # flight keeps every thread (the lowest latency), and the next one is taken the
-            # moment it ends. Under a backlog, batches run side by side and share the cores.
-            while self._busy and len(self._heap) < self.max_batch_size and not self._draining:
+            # A batch starts on an idle worker; another one beside a running batch only once
+            # a full batch waits: until then the batch in flight keeps every thread (the
+            # lowest latency), and the next one is taken the moment it ends. Under a backlog,
+            # batches run side by side and share the cores.
+            while self._busy >= self.workers or (
+                self._busy and len(self._heap) < self.max_batch_size and not self._draining
+            ):
                 self._wake.clear()
                 await self._wake.wait()
             batch = self._take()
@@ -216,7 +216,6 @@ class Batcher:
             live = self._drop_expired(batch)
             if not live:
                 self._busy -= 1
-                self._free.release()
                 continue
             task = asyncio.get_running_loop().create_task(self._dispatch(live))
             self._running.add(task)
@@ -224,7 +223,6 @@ class Batcher:
 
     async def _dispatch(self, live: list[_Item]) -> None:
         """Run one batch on a worker thread and answer its requests."""
-        assert self._free is not None
         started = time.monotonic()
         try:
             results = await asyncio.get_running_loop().run_in_executor(
@@ -234,9 +232,8 @@ class Batcher:
             results = [exc] * len(live)
         finally:
             self._busy -= 1
-            self._free.release()
             if self._wake is not None:
-                self._wake.set()  # a worker waiting for this one to end may start
+                self._wake.set()  # the worker is free: the next batch may start
         elapsed = time.monotonic() - started
         self._batch_s = elapsed if not self._batch_s else 0.8 * self._batch_s + 0.2 * elapsed
         each = elapsed / len(live)
