@@ -399,8 +399,8 @@ class RouteConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_wait_ms: float = 10.0
     max_queue: int = 1024
     threads: int | None = None
-    # Model instances: batches in flight at once, each on its own thread (with ``threads``
-    # intra-op threads each). On a CPU route, workers x threads = the cores it may use.
+    # Model instances: batches in flight at once, each on its own thread; a second starts
+    # only once a full batch waits. A text route's passes in flight share its ``threads``.
     workers: int = 1
     features: list[str] = msgspec.field(default_factory=list)
     fast_path: FastPathConfig | None = None

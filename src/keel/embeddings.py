@@ -162,15 +162,21 @@ class MiniLM:
             yield
             return
         budget = self.threads or self._cores
+
+        def share() -> None:  # under the lock; torch is told only when the share changes
+            threads = max(1, budget // max(1, self._running))
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
+
         with self._lock:
             self._running += 1
-            torch.set_num_threads(max(1, budget // self._running))
+            share()
         try:
             yield
         finally:
             with self._lock:
                 self._running -= 1
-                torch.set_num_threads(max(1, budget // max(1, self._running)))
+                share()
 
     def _embed(self, tokenizer: Any, batch: list[str]) -> np.ndarray:
         """One batch: the encoder's last hidden state, mean-pooled over the real tokens and
