@@ -86,7 +86,6 @@ def plan(
     routes = settings.routes
     local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     url = f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
-    console = url.rsplit(":", 1)[0] + f":{ui_port}"
     after_server = ("server",) if routes and _wanted("server", only, skip) else ()
 
     def component(
@@ -121,20 +120,19 @@ def plan(
         "controller": component("controller", "controller", "--url", url, *controller_args)
         if routes
         else "no [[routes]] in keel.toml to control",
-        "ui": component(
+    }
+    if ui_port is not None:  # the console runs only when asked for, and is not mentioned else
+        candidates["ui"] = component(
             "ui",
             *("ui", "--host", host, "--port", str(ui_port), "--server-url", url),
-            health=HttpReady(f"{console}/health"),
+            health=HttpReady(url.rsplit(":", 1)[0] + f":{ui_port}/health"),
         )
-        if ui_port is not None
-        else "no port given for the console",
-    }
     components: list[Component] = []
     notes: dict[str, str] = {}
     for name in COMPONENTS:
+        if name not in candidates:
+            continue
         found = candidates[name]
-        if name == "ui" and ui_port is None:
-            continue  # not asked for: nothing to say
         if not _wanted(name, only, skip):
             notes[name] = (
                 "left out by --only" if only and name not in only else "left out by --skip"
