@@ -188,3 +188,19 @@ def test_pages_need_a_read_token_once_the_project_has_tokens(console, tokens) ->
     assert tokens.reader not in r.headers["set-cookie"]  # only a session id
     assert client.get("/routes/fraud").status_code == 200
     assert console(AuthConfig()).get("/routes/fraud").status_code == 200  # no tokens: open
+
+
+def test_a_bug_in_a_page_is_a_plain_500_page_with_the_security_headers(
+    console, monkeypatch
+) -> None:
+    from keel.ui.data import jobs as jobs_data
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(jobs_data, "jobs_page", broken)
+    client = console()
+    r = client.get("/jobs")
+    assert r.status_code == 500 and "Something went wrong" in r.text
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert client.get("/").status_code == 200  # the console lives on

@@ -69,12 +69,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 class CatchAll:
-    """The last resort for a bug: logged with its traceback and answered as a generic 500 on
-    a connection that stays open. (Starlette's handler for ``Exception`` answers too, but
-    re-raises to the server, which then drops the client's keep-alive connection.)"""
+    """The last resort for a bug: logged with its traceback and answered as a generic 500
+    (``answer``; JSON by default) on a connection that stays open. (Starlette's handler for
+    ``Exception`` answers too, but re-raises to the server, which then drops the client's
+    keep-alive connection.)"""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, answer: Response | None = None) -> None:
         self.app = app
+        self.answer = answer or _json({"error": "internal error"}, 500)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -93,7 +95,7 @@ class CatchAll:
             logger.exception("request failed: %s %s", scope["method"], scope["path"])
             if started:
                 raise
-            await _json({"error": "internal error"}, 500)(scope, receive, send)
+            await self.answer(scope, receive, send)
 
 
 async def _body(request: Request) -> bytes:

@@ -10,7 +10,6 @@ Content-Security-Policy enforces).
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from collections.abc import AsyncIterator, MutableMapping
 from importlib import resources
@@ -29,6 +28,7 @@ from starlette.templating import Jinja2Templates
 
 from keel.config import AuthConfig
 from keel.errors import KeelError, ValidationError
+from keel.serving.app import CatchAll
 from keel.serving.auth import AUDIT
 from keel.ui import actions, pages
 from keel.ui.session import Sessions, SignInRequired
@@ -36,7 +36,6 @@ from keel.ui.state import ConsoleState
 
 __all__ = ["create_app"]
 
-logger = logging.getLogger(__name__)
 
 HERE = Path(str(resources.files("keel.ui")))
 
@@ -55,8 +54,7 @@ SECURITY_HEADERS = [
 
 class SecurityHeaders:
     """Pure ASGI middleware adding :data:`SECURITY_HEADERS` (and ``no-store`` on pages: they
-    show who is signed in and what they may do). A bug in a handler is logged with its
-    traceback and answered as a plain 500 page; the console lives on."""
+    show who is signed in and what they may do)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -75,20 +73,7 @@ class SecurityHeaders:
                 message = {**message, "headers": headers}
             await send(message)
 
-        started = False
-
-        async def noting(message: MutableMapping[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await with_headers(message)
-
-        try:
-            await self.app(scope, receive, noting)
-        except Exception:
-            logger.exception("console request failed: %s %s", scope["method"], scope["path"])
-            if started:
-                raise
-            await Response(BUG_PAGE, 500, media_type="text/html")(scope, receive, with_headers)
+        await self.app(scope, receive, with_headers)
 
 
 BUG_PAGE = (
@@ -196,7 +181,12 @@ def create_app(
             KeelError: _keel_error,
             HTTPException: _http_error,
         },
-        middleware=[Middleware(SecurityHeaders)],
+        # A bug in a handler is logged with its traceback and answered as a plain 500 page
+        # (with the security headers, which wrap it); the console lives on.
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(CatchAll, answer=Response(BUG_PAGE, 500, media_type="text/html")),
+        ],
     )
     app.state.console = state
     app.state.templates = templates()
